@@ -1,0 +1,205 @@
+//! In-memory fakes of every trait, for other crates' policy tests (feature `fake`).
+//!
+//! Each fake holds its answer behind a mutex so a test can change the world between calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::Clock;
+use crate::gpu::{GpuProbe, GpuStatus};
+use crate::keys::{Identity, KeyError, KeyStore, KeyUri};
+use crate::net::{Interface, Interfaces, NetError};
+use crate::storage::{Storage, StorageError, StorageUsage};
+use crate::system::{SystemError, SystemInfo, SystemSnapshot};
+use crate::thermal::{Thermal, ThermalError, ThermalZone};
+use crate::Hal;
+
+use zeroize::Zeroizing;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A host with fixed, settable figures.
+#[derive(Debug)]
+pub struct FakeSystem(pub Mutex<SystemSnapshot>);
+
+impl Default for FakeSystem {
+    fn default() -> Self {
+        Self(Mutex::new(SystemSnapshot {
+            cpu_model: "Cortex-A55 x4 + Cortex-A77 x4".into(),
+            cores: 8,
+            cpus: Vec::new(),
+            load: [0.5, 0.4, 0.3],
+            memory_total_bytes: 12 << 30,
+            memory_available_bytes: 10 << 30,
+            uptime_secs: 3600.0,
+            kernel: "6.1.0-fake".into(),
+            os_release: "Fake OS".into(),
+        }))
+    }
+}
+
+impl SystemInfo for FakeSystem {
+    fn snapshot(&self) -> Result<SystemSnapshot, SystemError> {
+        Ok(lock(&self.0).clone())
+    }
+}
+
+/// Interfaces the test sets.
+#[derive(Debug, Default)]
+pub struct FakeInterfaces(pub Mutex<Vec<Interface>>);
+
+impl Interfaces for FakeInterfaces {
+    fn list(&self) -> Result<Vec<Interface>, NetError> {
+        Ok(lock(&self.0).clone())
+    }
+}
+
+/// A filesystem of settable size.
+#[derive(Debug)]
+pub struct FakeStorage(pub Mutex<(u64, u64)>);
+
+impl Default for FakeStorage {
+    fn default() -> Self {
+        Self(Mutex::new((256 << 30, 200 << 30)))
+    }
+}
+
+impl Storage for FakeStorage {
+    fn usage(&self, path: &Path) -> Result<StorageUsage, StorageError> {
+        let (total_bytes, available_bytes) = *lock(&self.0);
+        Ok(StorageUsage {
+            path: path.to_owned(),
+            total_bytes,
+            available_bytes,
+        })
+    }
+}
+
+/// Thermal zones the test heats and cools.
+#[derive(Debug, Default)]
+pub struct FakeThermal(pub Mutex<Vec<ThermalZone>>);
+
+impl FakeThermal {
+    /// Sets every zone to `celsius`, creating one zone if there is none.
+    pub fn set_all(&self, celsius: f64) {
+        let mut zones = lock(&self.0);
+        if zones.is_empty() {
+            zones.push(ThermalZone {
+                name: "thermal_zone0".into(),
+                kind: "fake".into(),
+                celsius,
+            });
+        }
+        zones.iter_mut().for_each(|z| z.celsius = celsius);
+    }
+}
+
+impl Thermal for FakeThermal {
+    fn zones(&self) -> Result<Vec<ThermalZone>, ThermalError> {
+        Ok(lock(&self.0).clone())
+    }
+}
+
+/// A clock that moves only when [`FakeClock::advance`] is called.
+#[derive(Debug)]
+pub struct FakeClock(Mutex<(Duration, SystemTime)>);
+
+impl Default for FakeClock {
+    fn default() -> Self {
+        // 2026-01-01T00:00:00Z
+        Self(Mutex::new((
+            Duration::ZERO,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+        )))
+    }
+}
+
+impl FakeClock {
+    /// Moves both clocks forward.
+    pub fn advance(&self, by: Duration) {
+        let mut t = lock(&self.0);
+        t.0 += by;
+        t.1 += by;
+    }
+
+    /// Sets the wall clock alone (an NTP step, a box booting in 1970).
+    pub fn set_wall(&self, wall: SystemTime) {
+        lock(&self.0).1 = wall;
+    }
+}
+
+impl Clock for FakeClock {
+    fn monotonic(&self) -> Duration {
+        lock(&self.0).0
+    }
+
+    fn wall(&self) -> SystemTime {
+        lock(&self.0).1
+    }
+}
+
+/// Keys made in memory, one per URI, never written anywhere.
+#[derive(Debug, Default)]
+pub struct FakeKeyStore(Mutex<BTreeMap<String, Zeroizing<Vec<u8>>>>);
+
+impl KeyStore for FakeKeyStore {
+    fn open_or_create(&self, uri: &KeyUri) -> Result<Identity, KeyError> {
+        let mut keys = lock(&self.0);
+        let pkcs8 = match keys.get(&uri.to_string()) {
+            Some(pkcs8) => pkcs8.clone(),
+            None => {
+                let made = Identity::generate_ephemeral()?.pkcs8;
+                keys.insert(uri.to_string(), made.clone());
+                made
+            }
+        };
+        Identity::from_pkcs8(uri.clone(), Path::new("(fake)"), pkcs8)
+    }
+
+    fn open(&self, uri: &KeyUri) -> Result<Identity, KeyError> {
+        let pkcs8 = lock(&self.0).get(&uri.to_string()).cloned();
+        let pkcs8 = pkcs8.ok_or_else(|| KeyError::Io {
+            op: "open key",
+            path: PathBuf::from(uri.to_string()),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Identity::from_pkcs8(uri.clone(), Path::new("(fake)"), pkcs8)
+    }
+}
+
+/// A GPU probe that answers what the test set.
+#[derive(Debug)]
+pub struct FakeGpu(pub Mutex<GpuStatus>);
+
+impl Default for FakeGpu {
+    fn default() -> Self {
+        Self(Mutex::new(GpuStatus::Unavailable {
+            reason: "fake: no GPU".into(),
+        }))
+    }
+}
+
+impl GpuProbe for FakeGpu {
+    fn discover(&self) -> GpuStatus {
+        lock(&self.0).clone()
+    }
+}
+
+impl Hal {
+    /// A device made entirely of fakes.
+    pub fn fake() -> Self {
+        Self {
+            system: Arc::new(FakeSystem::default()),
+            interfaces: Arc::new(FakeInterfaces::default()),
+            storage: Arc::new(FakeStorage::default()),
+            thermal: Arc::new(FakeThermal::default()),
+            clock: Arc::new(FakeClock::default()),
+            keys: Arc::new(FakeKeyStore::default()),
+            gpu: Arc::new(FakeGpu::default()),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! `edge-hal`: the edge box seen through small traits.
+//!
+//! Every piece of hardware or OS state the agent reads goes through one trait here, with a real
+//! Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, wgpu/Vulkan, files on disk) and,
+//! behind the `fake` feature, an in-memory fake in [`fake`] for other crates' policy tests.
+//! The agent is handed a [`Hal`] and never reaches for the OS itself.
+//!
+//! Limits today: Linux only; one identity key store (`file://` URIs); GPU discovery through the
+//! Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1).
+
+pub mod clock;
+pub mod gpu;
+pub mod keys;
+pub mod net;
+pub mod storage;
+pub mod system;
+pub mod thermal;
+
+mod sysfs;
+
+#[cfg(feature = "fake")]
+pub mod fake;
+
+use std::sync::Arc;
+
+pub use clock::{Clock, SystemClock};
+pub use gpu::{GpuInfo, GpuProbe, GpuStatus, WgpuProbe};
+pub use keys::{DeviceId, FileKeyStore, Identity, KeyError, KeyStore, KeyUri};
+pub use net::{Interface, Interfaces, LinuxInterfaces};
+pub use storage::{LinuxStorage, Storage, StorageUsage};
+pub use system::{LinuxSystem, SystemInfo, SystemSnapshot};
+pub use thermal::{SysfsThermal, Thermal, ThermalZone};
+
+/// Everything the agent may ask of the device, each behind its trait.
+///
+/// Cloning is cheap: the parts are shared.
+#[derive(Clone)]
+pub struct Hal {
+    /// CPU, memory, load, uptime, kernel and OS release.
+    pub system: Arc<dyn SystemInfo>,
+    /// Network interfaces and their counters.
+    pub interfaces: Arc<dyn Interfaces>,
+    /// Capacity of the filesystem holding a path.
+    pub storage: Arc<dyn Storage>,
+    /// Thermal zones.
+    pub thermal: Arc<dyn Thermal>,
+    /// Monotonic and wall time.
+    pub clock: Arc<dyn Clock>,
+    /// The identity key store.
+    pub keys: Arc<dyn KeyStore>,
+    /// GPU adapter discovery.
+    pub gpu: Arc<dyn GpuProbe>,
+}
+
+impl Hal {
+    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU.
+    pub fn linux() -> Self {
+        Self {
+            system: Arc::new(LinuxSystem::default()),
+            interfaces: Arc::new(LinuxInterfaces::default()),
+            storage: Arc::new(LinuxStorage),
+            thermal: Arc::new(SysfsThermal::default()),
+            clock: Arc::new(SystemClock),
+            keys: Arc::new(FileKeyStore),
+            gpu: Arc::new(WgpuProbe::default()),
+        }
+    }
+}
