@@ -1,0 +1,202 @@
+//! The daemon: start-up in order, every long-lived task wired here, then wait for a signal or a
+//! failed task and drain within the grace period.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use edge_hal::{GpuStatus, Hal, KeyError};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::lock::{LockError, StateLock};
+use crate::monitor::Monitor;
+use crate::progress::Progress;
+use crate::snapshot::HardwareSnapshot;
+use crate::state::AgentState;
+use crate::status::{StatusError, StatusServer};
+use crate::systemd::{self, Watchdog};
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory cannot be created.
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another agent holds the state directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The identity key was refused or could not be made.
+    #[error(transparent)]
+    Identity(#[from] KeyError),
+    /// The status endpoint could not listen.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// A long-lived task failed.
+    #[error("task {task} failed: {message}")]
+    Task {
+        /// Its name.
+        task: &'static str,
+        /// Its error.
+        message: String,
+    },
+}
+
+impl AgentError {
+    /// The exit code that tells an operator (and systemd's `RestartPreventExitStatus=`) why.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::StateDir { .. } | Self::Lock(LockError::Io { .. }) => Exit::CannotCreate,
+            Self::Lock(LockError::Held { .. }) | Self::Status(StatusError::InUse { .. }) => Exit::InUse,
+            Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
+            Self::Identity(KeyError::Uri { .. }) => Exit::Config,
+            Self::Identity(_) => Exit::KeyRefused,
+            Self::Status(_) => Exit::CannotCreate,
+            Self::Task { .. } => Exit::TaskFailed,
+        }
+    }
+}
+
+/// Creates the state directory (mode 0700 for new directories).
+pub fn create_state_dir(path: &Path) -> Result<(), AgentError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| AgentError::StateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Runs `future` on `tracker`, reporting its error (if any) on `failures`.
+fn spawn_task<E: Display>(
+    tracker: &TaskTracker,
+    failures: &mpsc::Sender<(&'static str, String)>,
+    name: &'static str,
+    future: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    let failures = failures.clone();
+    tracker.spawn(async move {
+        let message = match future.await {
+            Ok(()) => return,
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(task = name, error = %message, "task failed");
+        let _ = failures.send((name, message)).await;
+    });
+}
+
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl Future<Output = T> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
+pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
+    systemd::status("starting: preparing state directory");
+    create_state_dir(&config.state_dir)?;
+    let _lock = StateLock::acquire(&config.state_dir)?;
+
+    systemd::status("starting: opening identity key");
+    let (keys, uri) = (hal.keys.clone(), config.identity_key.clone());
+    let identity = blocking(move || keys.open_or_create(&uri)).await?;
+    let device_id = identity.device_id();
+    tracing::info!(%device_id, key = %identity.uri(), "identity loaded");
+
+    systemd::status("starting: probing GPU");
+    let probe = hal.gpu.clone();
+    let gpu = blocking(move || probe.discover()).await;
+    match &gpu {
+        GpuStatus::Available(info) => {
+            tracing::info!(adapter = %info.name, driver = %info.driver_info, "GPU found");
+        }
+        GpuStatus::Unavailable { reason } => tracing::warn!(%reason, "no GPU"),
+    }
+
+    let (h, dir) = (hal.clone(), config.state_dir.clone());
+    let first = blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
+    let (publish, snapshot) = watch::channel(Arc::new(first));
+    let state = Arc::new(AgentState {
+        device_id,
+        public_key: identity.public_key().iter().map(|b| format!("{b:02x}")).collect(),
+        identity_key: identity.uri().to_string(),
+        started: tokio::time::Instant::now(),
+        started_wall: SystemTime::now(),
+        gpu,
+        snapshot,
+        samples: 1.into(),
+    });
+    drop(identity);
+
+    let status = StatusServer::bind(&config.status, state.clone()).await?;
+    let endpoints = status.endpoints().join(", ");
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| task_error("signals", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| task_error("signals", e))?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (failures, mut failed) = mpsc::channel(8);
+    let progress = Progress::new();
+    let monitor = Monitor {
+        hal,
+        state_dir: config.state_dir.clone(),
+        interval: config.sample_interval,
+        publish,
+        progress: progress.clone(),
+        state: state.clone(),
+    };
+    spawn_task(&tracker, &failures, "monitor", monitor.run(shutdown.clone()));
+    spawn_task(&tracker, &failures, "status", status.run(shutdown.clone()));
+    if let Some(interval) = systemd::watchdog_interval() {
+        // Alive means a sample within two intervals (plus slack for a slow one).
+        let max_age = config.sample_interval * 2 + std::time::Duration::from_secs(5);
+        let dog = Watchdog::systemd(interval, max_age, progress);
+        spawn_task(&tracker, &failures, "watchdog", dog.run(shutdown.clone()));
+    }
+
+    let running = format!("running: device {device_id}, status on {endpoints}");
+    tracing::info!(%device_id, %endpoints, "ready");
+    systemd::notify(&[NotifyState::Ready, NotifyState::Status(&running)]);
+
+    let result = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+        Some((task, message)) = failed.recv() => Err(AgentError::Task { task, message }),
+    };
+
+    systemd::notify(&[NotifyState::Stopping, NotifyState::Status("stopping: draining tasks")]);
+    shutdown.cancel();
+    tracker.close();
+    let drained = tokio::time::timeout(config.shutdown_grace, tracker.wait()).await;
+    result?;
+    if drained.is_err() {
+        tracing::error!(grace = ?config.shutdown_grace, "tasks still running after the grace period");
+        return Ok(Exit::DrainTimeout);
+    }
+    tracing::info!("stopped");
+    Ok(Exit::Ok)
+}
+
+fn task_error(task: &'static str, e: impl Display) -> AgentError {
+    AgentError::Task {
+        task,
+        message: e.to_string(),
+    }
+}

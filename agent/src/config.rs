@@ -1,0 +1,602 @@
+//! Configuration: `/etc/edge-agent/config.toml` plus sorted `config.d/*.toml` drop-ins.
+//!
+//! Loading has no side effects: files are read, merged (later drop-ins override earlier keys),
+//! deserialised into raw structs whose leaves are untyped TOML values, then checked field by
+//! field into a typed [`Config`]. Every problem in every file is collected and reported at once,
+//! each with its key path and the file it came from, so a person fixes the file in one pass.
+//! With no config file and no drop-ins at all the agent runs on embedded defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_hal::KeyUri;
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/edge-agent/config.toml";
+
+/// State directory of the embedded defaults: `edge-agent-state` under the working directory.
+pub const DEFAULT_STATE_DIR: &str = "edge-agent-state";
+
+/// Unix socket paths are limited to `sun_path`: 108 bytes with the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// One problem found while loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the bad value came from, where known.
+    pub file: Option<PathBuf>,
+    /// The key path, e.g. `status.tcp`; `None` for a whole-file problem (unreadable, bad TOML).
+    pub key: Option<String>,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The config could not be loaded; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// All problems, in file then key order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem", self.problems.len())?;
+        f.write_str(if self.problems.len() == 1 { ")" } else { "s)" })?;
+        self.problems
+            .iter()
+            .try_for_each(|p| write!(f, "\n  {p}"))
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald under systemd, coloured text on a terminal, plain text otherwise.
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Native journald fields.
+    Journald,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            "journald" => Ok(Self::Journald),
+            other => Err(format!(
+                "unknown log format {other:?}; expected auto, text, json or journald"
+            )),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `info,edge_agent=debug`.
+    pub level: String,
+}
+
+/// The local, read-only status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Unix socket path; `None` when disabled.
+    pub socket: Option<PathBuf>,
+    /// Optional loopback TCP address.
+    pub tcp: Option<SocketAddr>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Files it was loaded from, main file first; empty for embedded defaults.
+    pub sources: Vec<PathBuf>,
+    /// Directory for the key, the lock file and caches (absolute).
+    pub state_dir: PathBuf,
+    /// The identity key.
+    pub identity_key: KeyUri,
+    /// How often the hardware is sampled (and the watchdog's notion of progress).
+    pub sample_interval: Duration,
+    /// How long tasks get to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Logging.
+    pub log: LogConfig,
+    /// Status endpoint.
+    pub status: StatusConfig,
+}
+
+/// The file as written: every leaf an untyped value, so that a wrong type is one more problem
+/// in the list rather than the end of parsing.
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    /// `[agent]`: identity and state.
+    #[serde(default)]
+    agent: RawAgent,
+    /// `[log]`: log format and level.
+    #[serde(default)]
+    log: RawLog,
+    /// `[status]`: the local status endpoint.
+    #[serde(default)]
+    status: RawStatus,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAgent {
+    /// State directory; relative paths are taken from the working directory.
+    /// Default `edge-agent-state`.
+    state_dir: Option<Value>,
+    /// Identity key URI. Default `file://<state_dir>/identity.key`.
+    identity_key: Option<Value>,
+    /// Seconds between hardware samples, 1 to 3600. Default 10.
+    sample_interval_secs: Option<Value>,
+    /// Seconds tasks get to drain after SIGTERM, 1 to 300. Default 10.
+    shutdown_grace_secs: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawLog {
+    /// `auto`, `text`, `json` or `journald`. Default `auto`.
+    format: Option<Value>,
+    /// A `tracing` filter directive. Default `info`.
+    level: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawStatus {
+    /// Unix socket path; `""` disables it. Default `<state_dir>/status.sock`.
+    socket: Option<Value>,
+    /// Loopback `address:port` for TCP, e.g. `127.0.0.1:9464`. Default: none.
+    tcp: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+/// Loads the config: `path` (which must exist) or the default path (which may be absent), then
+/// the `config.d/*.toml` drop-ins beside it in name order. `cwd` resolves relative paths.
+pub fn load(path: Option<&Path>, cwd: &Path) -> Result<Config, ConfigError> {
+    let main = path.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_owned);
+    let mut loader = Loader::default();
+    match std::fs::read_to_string(&main) {
+        Ok(text) => loader.merge_file(&main, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_none() => {}
+        Err(e) => loader.problem(Some(&main), None, format!("cannot read: {e}")),
+    }
+    let dropins = main.parent().unwrap_or(Path::new("/")).join("config.d");
+    match std::fs::read_dir(&dropins) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            for file in files {
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => loader.merge_file(&file, &text),
+                    Err(e) => loader.problem(Some(&file), None, format!("cannot read: {e}")),
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => loader.problem(Some(&dropins), None, format!("cannot list drop-ins: {e}")),
+    }
+    loader.finish(cwd)
+}
+
+/// Validates one TOML document on its own (used for tests and for checking a file by hand).
+pub fn from_str(text: &str, cwd: &Path) -> Result<Config, ConfigError> {
+    let mut loader = Loader::default();
+    loader.merge_file(Path::new("(inline)"), text);
+    loader.finish(cwd)
+}
+
+#[derive(Default)]
+struct Loader {
+    merged: Table,
+    /// Which file set each leaf (by dotted key), for error messages.
+    origins: BTreeMap<String, PathBuf>,
+    sources: Vec<PathBuf>,
+    problems: Vec<Problem>,
+}
+
+impl Loader {
+    fn problem(&mut self, file: Option<&Path>, key: Option<&str>, message: String) {
+        self.problems.push(Problem {
+            file: file.map(Path::to_owned),
+            key: key.map(str::to_owned),
+            message,
+        });
+    }
+
+    fn merge_file(&mut self, file: &Path, text: &str) {
+        match text.parse::<Table>() {
+            Ok(table) => {
+                self.sources.push(file.to_owned());
+                merge(&mut self.merged, table, file, "", &mut self.origins);
+            }
+            Err(e) => {
+                let message = e.to_string().trim_end().replace('\n', "\n    ");
+                self.problem(Some(file), None, format!("not valid TOML: {message}"));
+            }
+        }
+    }
+
+    fn finish(mut self, cwd: &Path) -> Result<Config, ConfigError> {
+        let raw = match RawConfig::deserialize(Value::Table(std::mem::take(&mut self.merged))) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.problem(None, None, format!("wrong shape: {e}"));
+                RawConfig::default()
+            }
+        };
+        let mut check = Check {
+            origins: &self.origins,
+            problems: &mut self.problems,
+        };
+        let config = check.config(raw, cwd, std::mem::take(&mut self.sources));
+        if self.problems.is_empty() {
+            config.ok_or_else(|| unreachable_problem())
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+fn unreachable_problem() -> ConfigError {
+    ConfigError {
+        problems: vec![Problem {
+            file: None,
+            key: None,
+            message: "internal error: config incomplete without a reported problem".into(),
+        }],
+    }
+}
+
+fn merge(
+    into: &mut Table,
+    from: Table,
+    file: &Path,
+    prefix: &str,
+    origins: &mut BTreeMap<String, PathBuf>,
+) {
+    for (key, value) in from {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (into.get_mut(&key), value) {
+            (Some(Value::Table(existing)), Value::Table(table)) => {
+                merge(existing, table, file, &path, origins);
+            }
+            (_, value) => {
+                record_origins(&value, &path, file, origins);
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+fn record_origins(value: &Value, path: &str, file: &Path, origins: &mut BTreeMap<String, PathBuf>) {
+    if let Value::Table(table) = value {
+        for (key, value) in table {
+            record_origins(value, &format!("{path}.{key}"), file, origins);
+        }
+    } else {
+        origins.insert(path.to_owned(), file.to_owned());
+    }
+}
+
+struct Check<'a> {
+    origins: &'a BTreeMap<String, PathBuf>,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, key: &str, message: impl Into<String>) {
+        // A key under an unknown table has no origin of its own; try its parents.
+        let mut origin = self.origins.get(key);
+        let mut k = key;
+        while origin.is_none() {
+            let Some((parent, _)) = k.rsplit_once('.') else { break };
+            k = parent;
+            origin = self.origins.get(k);
+        }
+        self.problems.push(Problem {
+            file: origin.cloned(),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    fn unknown(&mut self, section: &str, unknown: BTreeMap<String, Value>, known: &[&str]) {
+        for key in unknown.into_keys() {
+            let path = if section.is_empty() {
+                key
+            } else {
+                format!("{section}.{key}")
+            };
+            self.fail(&path, format!("unknown key; expected one of: {}", known.join(", ")));
+        }
+    }
+
+    fn string(&mut self, key: &str, value: Option<Value>) -> Option<String> {
+        match value? {
+            Value::String(s) => Some(s),
+            other => {
+                self.fail(key, format!("expected a string, found {}", describe(&other)));
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, key: &str, value: Option<Value>, default: u64, max: u64) -> Option<Duration> {
+        let secs = match value {
+            None => default,
+            Some(Value::Integer(n)) if (1..=max as i64).contains(&n) => n as u64,
+            Some(Value::Integer(n)) => {
+                self.fail(key, format!("{n} is out of range; expected 1 to {max} seconds"));
+                return None;
+            }
+            Some(other) => {
+                self.fail(key, format!("expected whole seconds, found {}", describe(&other)));
+                return None;
+            }
+        };
+        Some(Duration::from_secs(secs))
+    }
+
+    fn config(&mut self, raw: RawConfig, cwd: &Path, sources: Vec<PathBuf>) -> Option<Config> {
+        self.unknown("", raw.unknown, &["agent", "log", "status"]);
+        let RawAgent {
+            state_dir,
+            identity_key,
+            sample_interval_secs,
+            shutdown_grace_secs,
+            unknown,
+        } = raw.agent;
+        self.unknown(
+            "agent",
+            unknown,
+            &["state_dir", "identity_key", "sample_interval_secs", "shutdown_grace_secs"],
+        );
+        let state_dir = self
+            .string("agent.state_dir", state_dir)
+            .or_else(|| Some(DEFAULT_STATE_DIR.into()))
+            .and_then(|dir| self.path("agent.state_dir", &dir, cwd));
+        let identity_key = match self.string("agent.identity_key", identity_key) {
+            Some(uri) => KeyUri::parse(&uri)
+                .map_err(|e| self.fail("agent.identity_key", e.to_string()))
+                .ok(),
+            None => state_dir.as_ref().map(|d| KeyUri::file(d.join("identity.key"))),
+        };
+        let sample_interval = self.seconds("agent.sample_interval_secs", sample_interval_secs, 10, 3600);
+        let shutdown_grace = self.seconds("agent.shutdown_grace_secs", shutdown_grace_secs, 10, 300);
+
+        self.unknown("log", raw.log.unknown, &["format", "level"]);
+        let format = self
+            .string("log.format", raw.log.format)
+            .map_or(Ok(LogFormat::Auto), |f| f.parse())
+            .map_err(|e| self.fail("log.format", e))
+            .ok();
+        let level = self
+            .string("log.level", raw.log.level)
+            .unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.fail("log.level", format!("not a tracing filter ({e}); try \"info\" or \"debug\""));
+        }
+
+        self.unknown("status", raw.status.unknown, &["socket", "tcp"]);
+        let socket = match self.string("status.socket", raw.status.socket) {
+            Some(s) if s.is_empty() => Some(None),
+            Some(s) => self.path("status.socket", &s, cwd).map(Some),
+            None => state_dir.as_ref().map(|d| Some(d.join("status.sock"))),
+        };
+        if let Some(Some(path)) = &socket {
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                self.fail(
+                    "status.socket",
+                    format!("{} is {len} bytes long; a Unix socket path must be at most {MAX_SOCKET_PATH}", path.display()),
+                );
+            }
+        }
+        let tcp = match self.string("status.tcp", raw.status.tcp) {
+            None => Some(None),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(Some(addr)),
+                Ok(addr) => {
+                    self.fail(
+                        "status.tcp",
+                        format!("{addr} is not a loopback address; the status endpoint is local only (use 127.0.0.1 or [::1])"),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.fail("status.tcp", format!("{s:?} is not address:port, e.g. \"127.0.0.1:9464\""));
+                    None
+                }
+            },
+        };
+
+        Some(Config {
+            sources,
+            state_dir: state_dir?,
+            identity_key: identity_key?,
+            sample_interval: sample_interval?,
+            shutdown_grace: shutdown_grace?,
+            log: LogConfig {
+                format: format?,
+                level,
+            },
+            status: StatusConfig {
+                socket: socket?,
+                tcp: tcp?,
+            },
+        })
+    }
+
+    fn path(&mut self, key: &str, value: &str, cwd: &Path) -> Option<PathBuf> {
+        if value.is_empty() {
+            self.fail(key, "must not be empty");
+            return None;
+        }
+        if value.contains('\0') {
+            self.fail(key, "must not contain a NUL byte");
+            return None;
+        }
+        Some(cwd.join(value))
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("string {s:?}"),
+        Value::Integer(n) => format!("integer {n}"),
+        Value::Float(x) => format!("float {x}"),
+        Value::Boolean(b) => format!("boolean {b}"),
+        Value::Datetime(d) => format!("datetime {d}"),
+        Value::Array(_) => "an array".into(),
+        Value::Table(_) => "a table".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        from_str(text, Path::new("/cwd"))
+            .expect_err("should be refused")
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key.as_deref().unwrap_or("-"), p.message))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_the_embedded_defaults() {
+        let c = from_str("", Path::new("/cwd")).expect("defaults");
+        assert_eq!(c.state_dir, Path::new("/cwd/edge-agent-state"));
+        assert_eq!(c.identity_key, KeyUri::file("/cwd/edge-agent-state/identity.key"));
+        assert_eq!(c.status.socket.as_deref(), Some(Path::new("/cwd/edge-agent-state/status.sock")));
+        assert_eq!(c.status.tcp, None);
+        assert_eq!(c.sample_interval, Duration::from_secs(10));
+        assert_eq!(c.log.format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = from_str(include_str!("../config/config.example.toml"), Path::new("/"))
+            .expect("example config must validate");
+        assert_eq!(c.state_dir, Path::new("/var/lib/edge-agent"));
+        assert_eq!(c.status.socket.as_deref(), Some(Path::new("/run/edge-agent/status.sock")));
+    }
+
+    #[test]
+    fn each_kind_of_bad_value_is_reported_with_its_path() {
+        let cases = [
+            ("agent.sample_interval_secs = \"ten\"", "agent.sample_interval_secs: expected whole seconds, found string \"ten\""),
+            ("agent.sample_interval_secs = 0", "agent.sample_interval_secs: 0 is out of range"),
+            ("agent.shutdown_grace_secs = 301", "agent.shutdown_grace_secs: 301 is out of range"),
+            ("agent.state_dir = 7", "agent.state_dir: expected a string, found integer 7"),
+            ("agent.state_dir = \"\"", "agent.state_dir: must not be empty"),
+            ("agent.identity_key = \"/etc/key\"", "agent.identity_key: key URI \"/etc/key\": only file:// URIs"),
+            ("log.format = \"xml\"", "log.format: unknown log format \"xml\""),
+            ("log.level = \"info,=[\"", "log.level: not a tracing filter"),
+            ("status.tcp = \"0.0.0.0:9464\"", "status.tcp: 0.0.0.0:9464 is not a loopback address"),
+            ("status.tcp = \"localhost\"", "status.tcp: \"localhost\" is not address:port"),
+            (&format!("status.socket = \"/{}\"", "s".repeat(120)), "status.socket: /sss"),
+            ("agent.colour = \"blue\"", "agent.colour: unknown key; expected one of: state_dir"),
+            ("[network]\nhub = 1", "network: unknown key"),
+        ];
+        for (text, want) in cases {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text}: {got:?}");
+            assert!(got[0].starts_with(want), "{text}:\n got {:?}\nwant {want:?}", got[0]);
+        }
+    }
+
+    #[test]
+    fn several_bad_fields_are_all_reported() {
+        let got = problems(
+            "[agent]\nsample_interval_secs = -1\nshutdown_grace_secs = true\n[log]\nformat = 3\n[status]\ntcp = \"8.8.8.8:53\"\n",
+        );
+        let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap_or("")).collect();
+        assert_eq!(
+            keys,
+            ["agent.sample_interval_secs", "agent.shutdown_grace_secs", "log.format", "status.tcp"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = from_str("[agent\nstate_dir = 1", Path::new("/")).expect_err("bad toml");
+        let text = err.to_string();
+        assert!(text.contains("(inline): not valid TOML"), "{text}");
+        assert!(text.contains("line 1"), "{text}");
+    }
+
+    #[test]
+    fn dropins_override_in_name_order_and_problems_name_their_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "[agent]\nsample_interval_secs = 5\nstate_dir = \"/var/lib/a\"\n").expect("write");
+        std::fs::create_dir(dir.path().join("config.d")).expect("mkdir");
+        std::fs::write(dir.path().join("config.d/20-b.toml"), "agent.sample_interval_secs = 7\n").expect("write");
+        std::fs::write(dir.path().join("config.d/10-a.toml"), "agent.sample_interval_secs = 6\n").expect("write");
+        std::fs::write(dir.path().join("config.d/README"), "not toml, ignored").expect("write");
+        let c = load(Some(&main), dir.path()).expect("valid");
+        assert_eq!(c.sample_interval, Duration::from_secs(7));
+        assert_eq!(c.state_dir, Path::new("/var/lib/a"));
+        assert_eq!(c.sources.len(), 3);
+
+        std::fs::write(dir.path().join("config.d/30-bad.toml"), "log.format = \"yaml\"\n[agent\n").expect("write");
+        std::fs::write(dir.path().join("config.d/40-bad.toml"), "log.format = \"yaml\"\n").expect("write");
+        let err = load(Some(&main), dir.path()).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("30-bad.toml: not valid TOML"), "{text}");
+        assert!(text.contains("40-bad.toml: log.format: unknown log format \"yaml\""), "{text}");
+    }
+
+    #[test]
+    fn an_explicit_config_path_must_exist_but_the_default_may_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = load(Some(&dir.path().join("missing.toml")), dir.path()).expect_err("missing");
+        assert!(err.to_string().contains("missing.toml: cannot read"), "{err}");
+    }
+}

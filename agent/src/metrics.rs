@@ -1,0 +1,140 @@
+//! `/metrics`: the agent's state in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Rendered on request from the latest snapshot, so a scrape costs one pass over a few dozen
+//! numbers and the agent keeps no metric registry between scrapes.
+
+use std::fmt::Write;
+
+use edge_hal::GpuStatus;
+
+use crate::state::{AgentState, VERSIONS};
+
+/// One metric family being written: its HELP and TYPE lines, then samples.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"{}\"", escape(value));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+        self
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition for the agent's current state.
+pub fn render(state: &AgentState) -> String {
+    let snap = state.snapshot.borrow().clone();
+    let mut e = Exposition {
+        out: String::with_capacity(4096),
+    };
+    let device = state.device_id.to_string();
+    e.family("edge_agent_build_info", "gauge", "Agent build; always 1.")
+        .sample(
+            "edge_agent_build_info",
+            &[("version", VERSIONS.agent), ("arch", VERSIONS.arch), ("device_id", &device)],
+            1.0,
+        );
+    e.family("edge_agent_uptime_seconds", "gauge", "Seconds since the agent started.")
+        .sample("edge_agent_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
+    e.family("edge_agent_samples_total", "counter", "Hardware samples taken.")
+        .sample("edge_agent_samples_total", &[], state.samples() as f64);
+    e.family("edge_agent_sample_errors", "gauge", "Hardware parts unreadable in the latest sample.")
+        .sample("edge_agent_sample_errors", &[], snap.errors.len() as f64);
+    e.family("edge_agent_gpu_available", "gauge", "1 if a GPU adapter was found at start.")
+        .sample(
+            "edge_agent_gpu_available",
+            &[],
+            f64::from(u8::from(matches!(state.gpu, GpuStatus::Available(_)))),
+        );
+
+    if let Some(sys) = &snap.system {
+        e.family("edge_host_load_average", "gauge", "Load average.");
+        for (window, load) in ["1m", "5m", "15m"].iter().zip(sys.load) {
+            e.sample("edge_host_load_average", &[("window", window)], load);
+        }
+        e.family("edge_host_memory_total_bytes", "gauge", "Physical memory.")
+            .sample("edge_host_memory_total_bytes", &[], sys.memory_total_bytes as f64);
+        e.family("edge_host_memory_available_bytes", "gauge", "Memory available without swapping.")
+            .sample("edge_host_memory_available_bytes", &[], sys.memory_available_bytes as f64);
+        e.family("edge_host_uptime_seconds", "gauge", "Seconds since boot.")
+            .sample("edge_host_uptime_seconds", &[], sys.uptime_secs);
+        e.family("edge_host_cpu_frequency_hertz", "gauge", "Current CPU frequency.");
+        for cpu in &sys.cpus {
+            if let Some(khz) = cpu.cur_khz {
+                e.sample("edge_host_cpu_frequency_hertz", &[("cpu", &cpu.id.to_string())], khz as f64 * 1e3);
+            }
+        }
+    }
+    let counters: [(&str, &str, fn(&edge_hal::net::Counters) -> u64); 4] = [
+        ("edge_host_network_receive_bytes_total", "Bytes received.", |c| c.rx_bytes),
+        ("edge_host_network_transmit_bytes_total", "Bytes sent.", |c| c.tx_bytes),
+        ("edge_host_network_receive_packets_total", "Packets received.", |c| c.rx_packets),
+        ("edge_host_network_transmit_packets_total", "Packets sent.", |c| c.tx_packets),
+    ];
+    for (name, help, get) in counters {
+        e.family(name, "counter", help);
+        for iface in &snap.interfaces {
+            e.sample(name, &[("interface", &iface.name)], get(&iface.counters) as f64);
+        }
+    }
+    if let Some(storage) = &snap.storage {
+        e.family("edge_host_state_fs_size_bytes", "gauge", "Size of the state directory's filesystem.")
+            .sample("edge_host_state_fs_size_bytes", &[], storage.total_bytes as f64);
+        e.family("edge_host_state_fs_available_bytes", "gauge", "Free space on the state directory's filesystem.")
+            .sample("edge_host_state_fs_available_bytes", &[], storage.available_bytes as f64);
+    }
+    e.family("edge_host_temperature_celsius", "gauge", "Thermal zone temperature.");
+    for zone in &snap.thermal {
+        e.sample(
+            "edge_host_temperature_celsius",
+            &[("zone", &zone.name), ("type", &zone.kind)],
+            zone.celsius,
+        );
+    }
+    e.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn samples_carry_labels_and_families_their_type() {
+        let mut e = Exposition { out: String::new() };
+        e.family("x_total", "counter", "X.")
+            .sample("x_total", &[("interface", "eth0"), ("q", "\"")], 3.0);
+        assert_eq!(
+            e.out,
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total{interface=\"eth0\",q=\"\\\"\"} 3\n"
+        );
+    }
+}

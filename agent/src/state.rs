@@ -1,0 +1,98 @@
+//! What the running agent knows about itself, shared by its tasks and its status endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use edge_hal::{DeviceId, GpuStatus};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::snapshot::HardwareSnapshot;
+
+/// Build facts shown in `/status` and `/metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    /// This crate's version.
+    pub agent: &'static str,
+    /// CPU architecture the binary was built for.
+    pub arch: &'static str,
+}
+
+/// The versions of this build.
+pub const VERSIONS: Versions = Versions {
+    agent: env!("CARGO_PKG_VERSION"),
+    arch: std::env::consts::ARCH,
+};
+
+/// Shared agent state. Read-mostly: the monitor publishes snapshots through `snapshot`.
+#[derive(Debug)]
+pub struct AgentState {
+    /// Device id from the identity key.
+    pub device_id: DeviceId,
+    /// Hex Ed25519 public key.
+    pub public_key: String,
+    /// Where the identity key lives.
+    pub identity_key: String,
+    /// When the agent started (monotonic).
+    pub started: Instant,
+    /// When the agent started (wall clock).
+    pub started_wall: SystemTime,
+    /// GPU discovery result at start-up.
+    pub gpu: GpuStatus,
+    /// Latest hardware snapshot.
+    pub snapshot: watch::Receiver<Arc<HardwareSnapshot>>,
+    /// Hardware samples taken since start.
+    pub samples: AtomicU64,
+}
+
+impl AgentState {
+    /// Samples taken so far.
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct StatusReport<'a> {
+    /// Device id.
+    pub device_id: String,
+    /// Hex Ed25519 public key.
+    pub public_key: &'a str,
+    /// Key URI.
+    pub identity_key: &'a str,
+    /// Build facts.
+    pub versions: &'static Versions,
+    /// Seconds since the agent started.
+    pub uptime_secs: f64,
+    /// Start time, Unix seconds.
+    pub started_at_unix: u64,
+    /// Hardware samples taken.
+    pub samples: u64,
+    /// Latest hardware snapshot.
+    pub hardware: Arc<HardwareSnapshot>,
+    /// GPU discovery result.
+    pub gpu: &'a GpuStatus,
+}
+
+impl AgentState {
+    /// The status document as of now.
+    pub fn report(&self) -> StatusReport<'_> {
+        StatusReport {
+            device_id: self.device_id.to_string(),
+            public_key: &self.public_key,
+            identity_key: &self.identity_key,
+            versions: &VERSIONS,
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            started_at_unix: self
+                .started_wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            samples: self.samples(),
+            hardware: self.snapshot.borrow().clone(),
+            gpu: &self.gpu,
+        }
+    }
+}
