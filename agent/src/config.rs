@@ -328,14 +328,15 @@ struct Check<'a> {
 
 impl Check<'_> {
     fn fail(&mut self, key: &str, message: impl Into<String>) {
-        // A key under an unknown table has no origin of its own; try its parents.
-        let mut origin = self.origins.get(key);
-        let mut k = key;
-        while origin.is_none() {
-            let Some((parent, _)) = k.rsplit_once('.') else { break };
-            k = parent;
-            origin = self.origins.get(k);
-        }
+        // Origins are recorded per leaf: a table's origin is that of its first leaf.
+        let prefix = format!("{key}.");
+        let origin = self.origins.get(key).or_else(|| {
+            self.origins
+                .range(prefix.clone()..)
+                .next()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, file)| file)
+        });
         self.problems.push(Problem {
             file: origin.cloned(),
             key: Some(key.to_owned()),

@@ -1,1 +1,124 @@
+//! Helpers for the workspace end-to-end tests: find the built binaries, write a config for a
+//! throwaway agent, and listen on a `NOTIFY_SOCKET` like systemd does.
 
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built for the same target and profile as this test.
+///
+/// `cargo test --workspace` builds `edge-agent` beside the test executables (`target/<..>/deps/..`
+/// for tests, `target/<..>/edge-agent` for the binary). `EDGE_AGENT_BIN` overrides.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var("EDGE_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo test --workspace` (or `cargo build -p edge-agent`) first",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory holding an agent's config, state and sockets.
+pub struct Sandbox {
+    /// The directory; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox whose `config.toml` is `extra` appended to a base that keeps everything inside.
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = format!(
+            "[agent]\nstate_dir = \"{0}/state\"\nsample_interval_secs = 1\nshutdown_grace_secs = 5\n\
+             [log]\nformat = \"text\"\nlevel = \"info\"\n[status]\nsocket = \"{0}/status.sock\"\n{extra}",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.toml"), base).expect("write config");
+        Self { dir }
+    }
+
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `edge-agent --config <config> <args>`, with Mesa's device-select layer quietened.
+    pub fn agent(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("edge-agent"));
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd.env("NODEVICE_SELECT", "1").env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
+        cmd
+    }
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    /// Its path, for `NOTIFY_SOCKET`.
+    pub path: PathBuf,
+    /// Every message received so far, one entry per `KEY=value` line.
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    /// Binds `notify.sock` in `dir`.
+    pub fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Self {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until a line equal to `want` arrives (true) or `within` passes (false).
+    pub fn wait_for(&mut self, want: &str, within: Duration) -> bool {
+        if self.seen.iter().any(|l| l == want) {
+            return true;
+        }
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = text.lines().any(|l| l == want);
+                self.seen.extend(text.lines().map(str::to_owned));
+                if found {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Waits for `child` to exit, up to `within`; kills it and panics if it does not.
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

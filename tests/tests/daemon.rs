@@ -1,0 +1,159 @@
+//! The `edge-agent` binary end to end: systemd notify protocol, status, signals, exit codes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use edge_tests::{NotifySocket, Sandbox, wait_exit};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Generous: under qemu-user the Vulkan probe alone takes seconds.
+const START: Duration = Duration::from_secs(120);
+
+fn stdout(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run edge-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ready_status_watchdog_then_clean_stop_on_sigterm() {
+    let sandbox = Sandbox::new("");
+    let mut notify = NotifySocket::bind(sandbox.dir.path());
+    let mut agent = sandbox
+        .agent(&[])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+
+    assert!(notify.wait_for("READY=1", START), "no READY=1; got {:?}", notify.seen);
+    assert!(
+        notify.seen.iter().any(|l| l.starts_with("STATUS=running: device ")),
+        "{:?}",
+        notify.seen
+    );
+    assert!(notify.wait_for("WATCHDOG=1", Duration::from_secs(10)), "{:?}", notify.seen);
+
+    let (code, body, err) = stdout(&mut sandbox.agent(&["status"]));
+    assert_eq!(code, 0, "status failed: {err}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+    let device_id = status["device_id"].as_str().expect("device_id");
+    assert_eq!(device_id.len(), 32, "{status}");
+    assert!(status["hardware"]["system"]["memory_total_bytes"].as_u64() > Some(0), "{status}");
+    assert!(
+        status["hardware"]["interfaces"].as_array().expect("interfaces").iter().any(|i| i["name"] == "lo"),
+        "{status}"
+    );
+    assert!(status["gpu"]["status"].is_string(), "{status}");
+
+    let (code, metrics, _) = stdout(&mut sandbox.agent(&["status", "--metrics"]));
+    assert_eq!(code, 0);
+    assert!(metrics.contains(&format!("device_id=\"{device_id}\"")), "{metrics}");
+    assert!(metrics.contains("edge_host_network_receive_bytes_total{interface=\"lo\"}"), "{metrics}");
+
+    let (_, id, _) = stdout(&mut sandbox.agent(&["id"]));
+    assert_eq!(id.trim(), device_id, "`id` and `/status` agree");
+
+    let stop = Instant::now();
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let exit = wait_exit(&mut agent, Duration::from_secs(5 + 10));
+    assert_eq!(exit.code(), Some(0), "clean stop exits 0");
+    assert!(notify.wait_for("STOPPING=1", Duration::from_secs(1)), "{:?}", notify.seen);
+    eprintln!("stopped {:?} after SIGTERM", stop.elapsed());
+    assert!(!sandbox.dir.path().join("status.sock").exists(), "socket removed on exit");
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_dir_is_refused() {
+    let sandbox = Sandbox::new("");
+    let mut notify = NotifySocket::bind(sandbox.dir.path());
+    let mut first = sandbox
+        .agent(&[])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+
+    let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains(&format!("in use by another edge-agent (pid {})", first.id())), "{err}");
+
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGINT).expect("SIGINT");
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(15)).code(), Some(0));
+}
+
+#[test]
+fn bad_config_exits_64_listing_every_problem() {
+    let sandbox = Sandbox::new("[network]\nhub = 1\n");
+    std::fs::create_dir(sandbox.dir.path().join("config.d")).expect("mkdir");
+    std::fs::write(
+        sandbox.dir.path().join("config.d/50-local.toml"),
+        "agent.sample_interval_secs = \"often\"\nstatus.tcp = \"192.0.2.1:80\"\n",
+    )
+    .expect("write drop-in");
+    let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
+    assert_eq!(code, 64, "{err}");
+    for want in [
+        "3 problems",
+        "config.toml: network: unknown key",
+        "50-local.toml: agent.sample_interval_secs: expected whole seconds",
+        "50-local.toml: status.tcp: 192.0.2.1:80 is not a loopback address",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(!sandbox.state().exists(), "a refused config creates nothing");
+}
+
+#[test]
+fn a_world_readable_key_stops_the_agent_with_65_naming_the_file() {
+    let sandbox = Sandbox::new("");
+    let (code, _, err) = stdout(&mut sandbox.agent(&["id"]));
+    assert_eq!(code, 0, "{err}");
+    let key = sandbox.state().join("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains(&key.display().to_string()) && err.contains("0644"), "{err}");
+
+    let (code, out, _) = stdout(&mut sandbox.agent(&["check"]));
+    assert_eq!(code, 1, "check fails on a refused key:\n{out}");
+    assert!(out.lines().any(|l| l.starts_with("FAIL  identity") && l.contains("0644")), "{out}");
+}
+
+#[test]
+fn two_agents_making_the_key_at_once_end_with_one_key() {
+    for round in 0..5 {
+        let sandbox = Sandbox::new("");
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                sandbox
+                    .agent(&["id"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        let ids: Vec<String> = children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().expect("wait");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+            .collect();
+        assert_eq!(ids[0], ids[1], "round {round}: two identities were made");
+        let files: Vec<_> = std::fs::read_dir(sandbox.state())
+            .expect("state dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(files, ["identity.key"], "round {round}: stray files");
+    }
+}
