@@ -60,7 +60,9 @@ impl AgentError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::StateDir { .. } | Self::Lock(LockError::Io { .. }) => Exit::CannotCreate,
-            Self::Lock(LockError::Held { .. }) | Self::Status(StatusError::InUse { .. }) => Exit::InUse,
+            Self::Lock(LockError::Held { .. }) | Self::Status(StatusError::InUse { .. }) => {
+                Exit::InUse
+            }
             Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
             Self::Identity(KeyError::Uri { .. }) => Exit::Config,
             Self::Identity(_) => Exit::KeyRefused,
@@ -100,12 +102,11 @@ fn spawn_task<E: Display>(
     });
 }
 
-fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl Future<Output = T> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-    }
+/// Runs blocking work (file I/O, the GPU probe) off the runtime; a panic there is re-raised here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
@@ -135,7 +136,11 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
     let (publish, snapshot) = watch::channel(Arc::new(first));
     let state = Arc::new(AgentState {
         device_id,
-        public_key: identity.public_key().iter().map(|b| format!("{b:02x}")).collect(),
+        public_key: identity
+            .public_key()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         identity_key: identity.uri().to_string(),
         started: tokio::time::Instant::now(),
         started_wall: SystemTime::now(),
@@ -162,7 +167,12 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
         progress: progress.clone(),
         state: state.clone(),
     };
-    spawn_task(&tracker, &failures, "monitor", monitor.run(shutdown.clone()));
+    spawn_task(
+        &tracker,
+        &failures,
+        "monitor",
+        monitor.run(shutdown.clone()),
+    );
     spawn_task(&tracker, &failures, "status", status.run(shutdown.clone()));
     if let Some(interval) = systemd::watchdog_interval() {
         // Alive means a sample within two intervals (plus slack for a slow one).
@@ -181,7 +191,10 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
         Some((task, message)) = failed.recv() => Err(AgentError::Task { task, message }),
     };
 
-    systemd::notify(&[NotifyState::Stopping, NotifyState::Status("stopping: draining tasks")]);
+    systemd::notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining tasks"),
+    ]);
     shutdown.cancel();
     tracker.close();
     let drained = tokio::time::timeout(config.shutdown_grace, tracker.wait()).await;

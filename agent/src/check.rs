@@ -83,11 +83,18 @@ fn config_line(config: &Config) -> Line {
 fn state_dir(config: &Config, hal: &Hal) -> Line {
     let dir = &config.state_dir;
     // Capacity and writability are those of the nearest existing ancestor.
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     let probe = existing.join(format!(".edge-agent-check.{}", std::process::id()));
     let writable = std::fs::File::create(&probe).map(|_| std::fs::remove_file(&probe));
     if let Err(e) = writable {
-        return line(Level::Fail, "state dir", format!("{} is not writable: {e}", existing.display()));
+        return line(
+            Level::Fail,
+            "state dir",
+            format!("{} is not writable: {e}", existing.display()),
+        );
     }
     let created = if existing == dir.as_path() {
         String::new()
@@ -105,10 +112,19 @@ fn state_dir(config: &Config, hal: &Hal) -> Line {
             line(
                 level,
                 "state dir",
-                format!("{}{created}: writable, {} MiB free of {} MiB", dir.display(), free >> 20, u.total_bytes >> 20),
+                format!(
+                    "{}{created}: writable, {} MiB free of {} MiB",
+                    dir.display(),
+                    free >> 20,
+                    u.total_bytes >> 20
+                ),
             )
         }
-        Err(e) => line(Level::Warn, "state dir", format!("{}{created}: writable; {e}", dir.display())),
+        Err(e) => line(
+            Level::Warn,
+            "state dir",
+            format!("{}{created}: writable; {e}", dir.display()),
+        ),
     }
 }
 
@@ -117,27 +133,43 @@ fn identity(config: &Config, hal: &Hal) -> Line {
         Ok(id) => line(
             Level::Ok,
             "identity",
-            format!("{} (mode 0600), device id {}", config.identity_key, id.device_id()),
+            format!(
+                "{} (mode 0600), device id {}",
+                config.identity_key,
+                id.device_id()
+            ),
         ),
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => line(
             Level::Warn,
             "identity",
-            format!("{} does not exist yet; it is made on first start", config.identity_key),
+            format!(
+                "{} does not exist yet; it is made on first start",
+                config.identity_key
+            ),
         ),
         Err(e) => line(Level::Fail, "identity", e.to_string()),
     }
 }
 
 fn clock(wall: SystemTime) -> Line {
-    let secs = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let secs = wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
     if secs < CLOCK_FLOOR_UNIX {
         line(
             Level::Fail,
             "clock",
-            format!("wall clock reads {secs} s since 1970, before 2026: is NTP running? TLS and signed reports need a true clock"),
+            format!(
+                "wall clock reads {secs} s since 1970, before 2026: is NTP running? TLS and signed reports need a true clock"
+            ),
         )
     } else {
-        line(Level::Ok, "clock", format!("wall clock {secs} s since 1970"))
+        line(
+            Level::Ok,
+            "clock",
+            format!("wall clock {secs} s since 1970"),
+        )
     }
 }
 
@@ -146,11 +178,16 @@ fn gpu(status: GpuStatus) -> Line {
         GpuStatus::Available(info) => line(
             Level::Ok,
             "gpu",
-            format!("{} ({}, {}, {})", info.name, info.backend, info.device_type, info.driver_info),
+            format!(
+                "{} ({}, {}, {})",
+                info.name, info.backend, info.device_type, info.driver_info
+            ),
         ),
-        GpuStatus::Unavailable { reason } => {
-            line(Level::Warn, "gpu", format!("no GPU: {reason}; compute work will be refused"))
-        }
+        GpuStatus::Unavailable { reason } => line(
+            Level::Warn,
+            "gpu",
+            format!("no GPU: {reason}; compute work will be refused"),
+        ),
     }
 }
 
@@ -161,12 +198,20 @@ fn interfaces(hal: &Hal) -> Line {
                 .iter()
                 .filter(|i| i.name != "lo" && i.oper_state == "up" && !i.addresses.is_empty())
                 .map(|i| {
-                    let ips: Vec<String> = i.addresses.iter().map(|a| format!("{}/{}", a.ip, a.prefix)).collect();
+                    let ips: Vec<String> = i
+                        .addresses
+                        .iter()
+                        .map(|a| format!("{}/{}", a.ip, a.prefix))
+                        .collect();
                     format!("{} {}", i.name, ips.join(" "))
                 })
                 .collect();
             if up.is_empty() {
-                line(Level::Warn, "network", "no interface is up with an address besides lo")
+                line(
+                    Level::Warn,
+                    "network",
+                    "no interface is up with an address besides lo",
+                )
             } else {
                 line(Level::Ok, "network", up.join("; "))
             }
@@ -185,12 +230,24 @@ fn dns(resolv_conf: &Path) -> Line {
                 .filter(|s| !s.is_empty())
                 .collect();
             if servers.is_empty() {
-                line(Level::Fail, "dns", format!("{} lists no nameserver", resolv_conf.display()))
+                line(
+                    Level::Fail,
+                    "dns",
+                    format!("{} lists no nameserver", resolv_conf.display()),
+                )
             } else {
-                line(Level::Ok, "dns", format!("nameservers {}", servers.join(", ")))
+                line(
+                    Level::Ok,
+                    "dns",
+                    format!("nameservers {}", servers.join(", ")),
+                )
             }
         }
-        Err(e) => line(Level::Fail, "dns", format!("cannot read {}: {e}", resolv_conf.display())),
+        Err(e) => line(
+            Level::Fail,
+            "dns",
+            format!("cannot read {}: {e}", resolv_conf.display()),
+        ),
     }
 }
 
@@ -212,7 +269,12 @@ mod tests {
         let hal = Hal::fake();
         let lines = run(&config(dir.path()), &hal, &resolv);
         let by_name = |n| lines.iter().find(|l| l.name == n).expect("line");
-        assert_eq!(by_name("state dir").level, Level::Ok, "{:?}", by_name("state dir"));
+        assert_eq!(
+            by_name("state dir").level,
+            Level::Ok,
+            "{:?}",
+            by_name("state dir")
+        );
         assert!(by_name("state dir").detail.contains("will be created"));
         assert_eq!(by_name("dns").level, Level::Ok);
         assert_eq!(by_name("gpu").level, Level::Warn);
@@ -231,7 +293,11 @@ mod tests {
             ..Hal::fake()
         };
         let lines = run(&config(dir.path()), &hal, &resolv);
-        let fails: Vec<&str> = lines.iter().filter(|l| l.level == Level::Fail).map(|l| l.name).collect();
+        let fails: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.level == Level::Fail)
+            .map(|l| l.name)
+            .collect();
         assert_eq!(fails, ["clock", "dns"]);
     }
 
@@ -241,7 +307,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         let edge_hal::KeyUri::File(path) = &config.identity_key;
-        edge_hal::KeyStore::open_or_create(&edge_hal::FileKeyStore, &config.identity_key).expect("make key");
+        edge_hal::KeyStore::open_or_create(&edge_hal::FileKeyStore, &config.identity_key)
+            .expect("make key");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let hal = Hal {
             keys: Arc::new(edge_hal::FileKeyStore),
@@ -249,6 +316,10 @@ mod tests {
         };
         let id = identity(&config, &hal);
         assert_eq!(id.level, Level::Fail);
-        assert!(id.detail.contains(&path.display().to_string()), "{}", id.detail);
+        assert!(
+            id.detail.contains(&path.display().to_string()),
+            "{}",
+            id.detail
+        );
     }
 }

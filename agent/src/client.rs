@@ -12,7 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens there.
-    #[error("cannot connect to {endpoint}: {source} (is edge-agent running? `systemctl status edge-agent`)")]
+    #[error(
+        "cannot connect to {endpoint}: {source} (is edge-agent running? `systemctl status edge-agent`)"
+    )]
     Connect {
         /// The socket or address.
         endpoint: String,
@@ -66,11 +68,15 @@ pub async fn get(endpoint: &Endpoint, path: &str) -> Result<String, ClientError>
     };
     match endpoint {
         Endpoint::Unix(socket) => {
-            let stream = tokio::net::UnixStream::connect(socket).await.map_err(connect_err)?;
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(connect_err)?;
             exchange(stream, &name, path, "localhost").await
         }
         Endpoint::Tcp(addr) => {
-            let stream = tokio::net::TcpStream::connect(addr).await.map_err(connect_err)?;
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(connect_err)?;
             exchange(stream, &name, path, &addr.to_string()).await
         }
     }
@@ -94,7 +100,12 @@ where
         .expect("a GET with a valid path and host is a valid request");
     let response = sender.send_request(request).await.map_err(http_err)?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(http_err)?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http_err)?
+        .to_bytes();
     conn.abort();
     let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {

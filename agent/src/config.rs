@@ -59,9 +59,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration ({} problem", self.problems.len())?;
         f.write_str(if self.problems.len() == 1 { ")" } else { "s)" })?;
-        self.problems
-            .iter()
-            .try_for_each(|p| write!(f, "\n  {p}"))
+        self.problems.iter().try_for_each(|p| write!(f, "\n  {p}"))
     }
 }
 
@@ -267,7 +265,7 @@ impl Loader {
         };
         let config = check.config(raw, cwd, std::mem::take(&mut self.sources));
         if self.problems.is_empty() {
-            config.ok_or_else(|| unreachable_problem())
+            config.ok_or_else(unreachable_problem)
         } else {
             Err(ConfigError {
                 problems: self.problems,
@@ -351,7 +349,10 @@ impl Check<'_> {
             } else {
                 format!("{section}.{key}")
             };
-            self.fail(&path, format!("unknown key; expected one of: {}", known.join(", ")));
+            self.fail(
+                &path,
+                format!("unknown key; expected one of: {}", known.join(", ")),
+            );
         }
     }
 
@@ -359,22 +360,37 @@ impl Check<'_> {
         match value? {
             Value::String(s) => Some(s),
             other => {
-                self.fail(key, format!("expected a string, found {}", describe(&other)));
+                self.fail(
+                    key,
+                    format!("expected a string, found {}", describe(&other)),
+                );
                 None
             }
         }
     }
 
-    fn seconds(&mut self, key: &str, value: Option<Value>, default: u64, max: u64) -> Option<Duration> {
+    fn seconds(
+        &mut self,
+        key: &str,
+        value: Option<Value>,
+        default: u64,
+        max: u64,
+    ) -> Option<Duration> {
         let secs = match value {
             None => default,
             Some(Value::Integer(n)) if (1..=max as i64).contains(&n) => n as u64,
             Some(Value::Integer(n)) => {
-                self.fail(key, format!("{n} is out of range; expected 1 to {max} seconds"));
+                self.fail(
+                    key,
+                    format!("{n} is out of range; expected 1 to {max} seconds"),
+                );
                 return None;
             }
             Some(other) => {
-                self.fail(key, format!("expected whole seconds, found {}", describe(&other)));
+                self.fail(
+                    key,
+                    format!("expected whole seconds, found {}", describe(&other)),
+                );
                 return None;
             }
         };
@@ -393,7 +409,12 @@ impl Check<'_> {
         self.unknown(
             "agent",
             unknown,
-            &["state_dir", "identity_key", "sample_interval_secs", "shutdown_grace_secs"],
+            &[
+                "state_dir",
+                "identity_key",
+                "sample_interval_secs",
+                "shutdown_grace_secs",
+            ],
         );
         let state_dir = self
             .string("agent.state_dir", state_dir)
@@ -403,10 +424,14 @@ impl Check<'_> {
             Some(uri) => KeyUri::parse(&uri)
                 .map_err(|e| self.fail("agent.identity_key", e.to_string()))
                 .ok(),
-            None => state_dir.as_ref().map(|d| KeyUri::file(d.join("identity.key"))),
+            None => state_dir
+                .as_ref()
+                .map(|d| KeyUri::file(d.join("identity.key"))),
         };
-        let sample_interval = self.seconds("agent.sample_interval_secs", sample_interval_secs, 10, 3600);
-        let shutdown_grace = self.seconds("agent.shutdown_grace_secs", shutdown_grace_secs, 10, 300);
+        let sample_interval =
+            self.seconds("agent.sample_interval_secs", sample_interval_secs, 10, 3600);
+        let shutdown_grace =
+            self.seconds("agent.shutdown_grace_secs", shutdown_grace_secs, 10, 300);
 
         self.unknown("log", raw.log.unknown, &["format", "level"]);
         let format = self
@@ -418,7 +443,10 @@ impl Check<'_> {
             .string("log.level", raw.log.level)
             .unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            self.fail("log.level", format!("not a tracing filter ({e}); try \"info\" or \"debug\""));
+            self.fail(
+                "log.level",
+                format!("not a tracing filter ({e}); try \"info\" or \"debug\""),
+            );
         }
 
         self.unknown("status", raw.status.unknown, &["socket", "tcp"]);
@@ -448,7 +476,10 @@ impl Check<'_> {
                     None
                 }
                 Err(_) => {
-                    self.fail("status.tcp", format!("{s:?} is not address:port, e.g. \"127.0.0.1:9464\""));
+                    self.fail(
+                        "status.tcp",
+                        format!("{s:?} is not address:port, e.g. \"127.0.0.1:9464\""),
+                    );
                     None
                 }
             },
@@ -513,8 +544,14 @@ mod tests {
     fn empty_file_gives_the_embedded_defaults() {
         let c = from_str("", Path::new("/cwd")).expect("defaults");
         assert_eq!(c.state_dir, Path::new("/cwd/edge-agent-state"));
-        assert_eq!(c.identity_key, KeyUri::file("/cwd/edge-agent-state/identity.key"));
-        assert_eq!(c.status.socket.as_deref(), Some(Path::new("/cwd/edge-agent-state/status.sock")));
+        assert_eq!(
+            c.identity_key,
+            KeyUri::file("/cwd/edge-agent-state/identity.key")
+        );
+        assert_eq!(
+            c.status.socket.as_deref(),
+            Some(Path::new("/cwd/edge-agent-state/status.sock"))
+        );
         assert_eq!(c.status.tcp, None);
         assert_eq!(c.sample_interval, Duration::from_secs(10));
         assert_eq!(c.log.format, LogFormat::Auto);
@@ -522,33 +559,76 @@ mod tests {
 
     #[test]
     fn the_example_config_is_valid() {
-        let c = from_str(include_str!("../config/config.example.toml"), Path::new("/"))
-            .expect("example config must validate");
+        let c = from_str(
+            include_str!("../config/config.example.toml"),
+            Path::new("/"),
+        )
+        .expect("example config must validate");
         assert_eq!(c.state_dir, Path::new("/var/lib/edge-agent"));
-        assert_eq!(c.status.socket.as_deref(), Some(Path::new("/run/edge-agent/status.sock")));
+        assert_eq!(
+            c.status.socket.as_deref(),
+            Some(Path::new("/run/edge-agent/status.sock"))
+        );
     }
 
     #[test]
     fn each_kind_of_bad_value_is_reported_with_its_path() {
         let cases = [
-            ("agent.sample_interval_secs = \"ten\"", "agent.sample_interval_secs: expected whole seconds, found string \"ten\""),
-            ("agent.sample_interval_secs = 0", "agent.sample_interval_secs: 0 is out of range"),
-            ("agent.shutdown_grace_secs = 301", "agent.shutdown_grace_secs: 301 is out of range"),
-            ("agent.state_dir = 7", "agent.state_dir: expected a string, found integer 7"),
-            ("agent.state_dir = \"\"", "agent.state_dir: must not be empty"),
-            ("agent.identity_key = \"/etc/key\"", "agent.identity_key: key URI \"/etc/key\": only file:// URIs"),
-            ("log.format = \"xml\"", "log.format: unknown log format \"xml\""),
+            (
+                "agent.sample_interval_secs = \"ten\"",
+                "agent.sample_interval_secs: expected whole seconds, found string \"ten\"",
+            ),
+            (
+                "agent.sample_interval_secs = 0",
+                "agent.sample_interval_secs: 0 is out of range",
+            ),
+            (
+                "agent.shutdown_grace_secs = 301",
+                "agent.shutdown_grace_secs: 301 is out of range",
+            ),
+            (
+                "agent.state_dir = 7",
+                "agent.state_dir: expected a string, found integer 7",
+            ),
+            (
+                "agent.state_dir = \"\"",
+                "agent.state_dir: must not be empty",
+            ),
+            (
+                "agent.identity_key = \"/etc/key\"",
+                "agent.identity_key: key URI \"/etc/key\": only file:// URIs",
+            ),
+            (
+                "log.format = \"xml\"",
+                "log.format: unknown log format \"xml\"",
+            ),
             ("log.level = \"info,=[\"", "log.level: not a tracing filter"),
-            ("status.tcp = \"0.0.0.0:9464\"", "status.tcp: 0.0.0.0:9464 is not a loopback address"),
-            ("status.tcp = \"localhost\"", "status.tcp: \"localhost\" is not address:port"),
-            (&format!("status.socket = \"/{}\"", "s".repeat(120)), "status.socket: /sss"),
-            ("agent.colour = \"blue\"", "agent.colour: unknown key; expected one of: state_dir"),
+            (
+                "status.tcp = \"0.0.0.0:9464\"",
+                "status.tcp: 0.0.0.0:9464 is not a loopback address",
+            ),
+            (
+                "status.tcp = \"localhost\"",
+                "status.tcp: \"localhost\" is not address:port",
+            ),
+            (
+                &format!("status.socket = \"/{}\"", "s".repeat(120)),
+                "status.socket: /sss",
+            ),
+            (
+                "agent.colour = \"blue\"",
+                "agent.colour: unknown key; expected one of: state_dir",
+            ),
             ("[network]\nhub = 1", "network: unknown key"),
         ];
         for (text, want) in cases {
             let got = problems(text);
             assert_eq!(got.len(), 1, "{text}: {got:?}");
-            assert!(got[0].starts_with(want), "{text}:\n got {:?}\nwant {want:?}", got[0]);
+            assert!(
+                got[0].starts_with(want),
+                "{text}:\n got {:?}\nwant {want:?}",
+                got[0]
+            );
         }
     }
 
@@ -557,10 +637,18 @@ mod tests {
         let got = problems(
             "[agent]\nsample_interval_secs = -1\nshutdown_grace_secs = true\n[log]\nformat = 3\n[status]\ntcp = \"8.8.8.8:53\"\n",
         );
-        let keys: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap_or("")).collect();
+        let keys: Vec<&str> = got
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or(""))
+            .collect();
         assert_eq!(
             keys,
-            ["agent.sample_interval_secs", "agent.shutdown_grace_secs", "log.format", "status.tcp"]
+            [
+                "agent.sample_interval_secs",
+                "agent.shutdown_grace_secs",
+                "log.format",
+                "status.tcp"
+            ]
         );
     }
 
@@ -576,28 +664,54 @@ mod tests {
     fn dropins_override_in_name_order_and_problems_name_their_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let main = dir.path().join("config.toml");
-        std::fs::write(&main, "[agent]\nsample_interval_secs = 5\nstate_dir = \"/var/lib/a\"\n").expect("write");
+        std::fs::write(
+            &main,
+            "[agent]\nsample_interval_secs = 5\nstate_dir = \"/var/lib/a\"\n",
+        )
+        .expect("write");
         std::fs::create_dir(dir.path().join("config.d")).expect("mkdir");
-        std::fs::write(dir.path().join("config.d/20-b.toml"), "agent.sample_interval_secs = 7\n").expect("write");
-        std::fs::write(dir.path().join("config.d/10-a.toml"), "agent.sample_interval_secs = 6\n").expect("write");
+        std::fs::write(
+            dir.path().join("config.d/20-b.toml"),
+            "agent.sample_interval_secs = 7\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("config.d/10-a.toml"),
+            "agent.sample_interval_secs = 6\n",
+        )
+        .expect("write");
         std::fs::write(dir.path().join("config.d/README"), "not toml, ignored").expect("write");
         let c = load(Some(&main), dir.path()).expect("valid");
         assert_eq!(c.sample_interval, Duration::from_secs(7));
         assert_eq!(c.state_dir, Path::new("/var/lib/a"));
         assert_eq!(c.sources.len(), 3);
 
-        std::fs::write(dir.path().join("config.d/30-bad.toml"), "log.format = \"yaml\"\n[agent\n").expect("write");
-        std::fs::write(dir.path().join("config.d/40-bad.toml"), "log.format = \"yaml\"\n").expect("write");
+        std::fs::write(
+            dir.path().join("config.d/30-bad.toml"),
+            "log.format = \"yaml\"\n[agent\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("config.d/40-bad.toml"),
+            "log.format = \"yaml\"\n",
+        )
+        .expect("write");
         let err = load(Some(&main), dir.path()).expect_err("invalid");
         let text = err.to_string();
         assert!(text.contains("30-bad.toml: not valid TOML"), "{text}");
-        assert!(text.contains("40-bad.toml: log.format: unknown log format \"yaml\""), "{text}");
+        assert!(
+            text.contains("40-bad.toml: log.format: unknown log format \"yaml\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn an_explicit_config_path_must_exist_but_the_default_may_not() {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = load(Some(&dir.path().join("missing.toml")), dir.path()).expect_err("missing");
-        assert!(err.to_string().contains("missing.toml: cannot read"), "{err}");
+        assert!(
+            err.to_string().contains("missing.toml: cannot read"),
+            "{err}"
+        );
     }
 }

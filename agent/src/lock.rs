@@ -57,7 +57,11 @@ impl StateLock {
                 let holder = holder.trim();
                 return Err(LockError::Held {
                     dir: dir.to_owned(),
-                    holder: if holder.is_empty() { "unknown".into() } else { holder.into() },
+                    holder: if holder.is_empty() {
+                        "unknown".into()
+                    } else {
+                        holder.into()
+                    },
                 });
             }
             Err((_, errno)) => return Err(io(errno.into())),
@@ -79,7 +83,10 @@ mod tests {
         let first = StateLock::acquire(dir.path()).expect("first");
         let err = StateLock::acquire(dir.path()).expect_err("second");
         let pid = std::process::id().to_string();
-        assert!(matches!(&err, LockError::Held { holder, .. } if *holder == pid), "{err}");
+        assert!(
+            matches!(&err, LockError::Held { holder, .. } if *holder == pid),
+            "{err}"
+        );
         drop(first);
         StateLock::acquire(dir.path()).expect("free again");
     }

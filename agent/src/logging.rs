@@ -43,7 +43,11 @@ pub fn init(format: LogFormat, level: &str) {
             }
         },
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .init(),
         LogFormat::Text | LogFormat::Auto => registry.with(text()).init(),
     }

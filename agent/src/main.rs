@@ -14,7 +14,11 @@ use edge_agent::{app, check, logging};
 use edge_hal::Hal;
 
 #[derive(Parser)]
-#[command(name = "edge-agent", version, about = "The edge box agent: GPU compute, bandwidth and IP for the network")]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "The edge box agent: GPU compute, bandwidth and IP for the network"
+)]
 struct Cli {
     /// Config file; its `config.d/*.toml` drop-ins are read too [default: /etc/edge-agent/config.toml,
     /// or embedded defaults when that does not exist].
@@ -61,7 +65,11 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     let daemon = matches!(command, Command::Run);
     // One-shot commands print their answer on stdout; their logs stay quiet unless asked.
-    let level = if daemon { config.log.level.as_str() } else { "warn" };
+    let level = if daemon {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
     logging::init(cli.log_format.unwrap_or(config.log.format), level);
     let hal = Hal::linux();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -88,17 +96,26 @@ fn main() -> ExitCode {
             if failed { Exit::Failed } else { Exit::Ok }
         }
         Command::Info => {
-            let dir = config.state_dir.ancestors().find(|p| p.exists()).unwrap_or(&config.state_dir);
+            let dir = config
+                .state_dir
+                .ancestors()
+                .find(|p| p.exists())
+                .unwrap_or(&config.state_dir);
             let info = serde_json::json!({
                 "hardware": HardwareSnapshot::collect(&hal, dir),
                 "gpu": hal.gpu.discover(),
             });
-            println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&info).unwrap_or_default()
+            );
             Exit::Ok
         }
-        Command::Id => match app::create_state_dir(&config.state_dir)
-            .and_then(|()| hal.keys.open_or_create(&config.identity_key).map_err(Into::into))
-        {
+        Command::Id => match app::create_state_dir(&config.state_dir).and_then(|()| {
+            hal.keys
+                .open_or_create(&config.identity_key)
+                .map_err(Into::into)
+        }) {
             Ok(id) => {
                 println!("{}", id.device_id());
                 Exit::Ok

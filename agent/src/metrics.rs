@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use edge_hal::GpuStatus;
+use edge_hal::net::Counters;
 
 use crate::state::{AgentState, VERSIONS};
 
@@ -55,21 +56,45 @@ pub fn render(state: &AgentState) -> String {
     e.family("edge_agent_build_info", "gauge", "Agent build; always 1.")
         .sample(
             "edge_agent_build_info",
-            &[("version", VERSIONS.agent), ("arch", VERSIONS.arch), ("device_id", &device)],
+            &[
+                ("version", VERSIONS.agent),
+                ("arch", VERSIONS.arch),
+                ("device_id", &device),
+            ],
             1.0,
         );
-    e.family("edge_agent_uptime_seconds", "gauge", "Seconds since the agent started.")
-        .sample("edge_agent_uptime_seconds", &[], state.started.elapsed().as_secs_f64());
-    e.family("edge_agent_samples_total", "counter", "Hardware samples taken.")
-        .sample("edge_agent_samples_total", &[], state.samples() as f64);
-    e.family("edge_agent_sample_errors", "gauge", "Hardware parts unreadable in the latest sample.")
-        .sample("edge_agent_sample_errors", &[], snap.errors.len() as f64);
-    e.family("edge_agent_gpu_available", "gauge", "1 if a GPU adapter was found at start.")
-        .sample(
-            "edge_agent_gpu_available",
-            &[],
-            f64::from(u8::from(matches!(state.gpu, GpuStatus::Available(_)))),
-        );
+    e.family(
+        "edge_agent_uptime_seconds",
+        "gauge",
+        "Seconds since the agent started.",
+    )
+    .sample(
+        "edge_agent_uptime_seconds",
+        &[],
+        state.started.elapsed().as_secs_f64(),
+    );
+    e.family(
+        "edge_agent_samples_total",
+        "counter",
+        "Hardware samples taken.",
+    )
+    .sample("edge_agent_samples_total", &[], state.samples() as f64);
+    e.family(
+        "edge_agent_sample_errors",
+        "gauge",
+        "Hardware parts unreadable in the latest sample.",
+    )
+    .sample("edge_agent_sample_errors", &[], snap.errors.len() as f64);
+    e.family(
+        "edge_agent_gpu_available",
+        "gauge",
+        "1 if a GPU adapter was found at start.",
+    )
+    .sample(
+        "edge_agent_gpu_available",
+        &[],
+        f64::from(u8::from(matches!(state.gpu, GpuStatus::Available(_)))),
+    );
 
     if let Some(sys) = &snap.system {
         e.family("edge_host_load_average", "gauge", "Load average.");
@@ -77,37 +102,98 @@ pub fn render(state: &AgentState) -> String {
             e.sample("edge_host_load_average", &[("window", window)], load);
         }
         e.family("edge_host_memory_total_bytes", "gauge", "Physical memory.")
-            .sample("edge_host_memory_total_bytes", &[], sys.memory_total_bytes as f64);
-        e.family("edge_host_memory_available_bytes", "gauge", "Memory available without swapping.")
-            .sample("edge_host_memory_available_bytes", &[], sys.memory_available_bytes as f64);
+            .sample(
+                "edge_host_memory_total_bytes",
+                &[],
+                sys.memory_total_bytes as f64,
+            );
+        e.family(
+            "edge_host_memory_available_bytes",
+            "gauge",
+            "Memory available without swapping.",
+        )
+        .sample(
+            "edge_host_memory_available_bytes",
+            &[],
+            sys.memory_available_bytes as f64,
+        );
         e.family("edge_host_uptime_seconds", "gauge", "Seconds since boot.")
             .sample("edge_host_uptime_seconds", &[], sys.uptime_secs);
-        e.family("edge_host_cpu_frequency_hertz", "gauge", "Current CPU frequency.");
+        e.family(
+            "edge_host_cpu_frequency_hertz",
+            "gauge",
+            "Current CPU frequency.",
+        );
         for cpu in &sys.cpus {
             if let Some(khz) = cpu.cur_khz {
-                e.sample("edge_host_cpu_frequency_hertz", &[("cpu", &cpu.id.to_string())], khz as f64 * 1e3);
+                e.sample(
+                    "edge_host_cpu_frequency_hertz",
+                    &[("cpu", &cpu.id.to_string())],
+                    khz as f64 * 1e3,
+                );
             }
         }
     }
-    let counters: [(&str, &str, fn(&edge_hal::net::Counters) -> u64); 4] = [
-        ("edge_host_network_receive_bytes_total", "Bytes received.", |c| c.rx_bytes),
-        ("edge_host_network_transmit_bytes_total", "Bytes sent.", |c| c.tx_bytes),
-        ("edge_host_network_receive_packets_total", "Packets received.", |c| c.rx_packets),
-        ("edge_host_network_transmit_packets_total", "Packets sent.", |c| c.tx_packets),
+    type Counter = fn(&Counters) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
+        (
+            "edge_host_network_receive_bytes_total",
+            "Bytes received.",
+            |c| c.rx_bytes,
+        ),
+        (
+            "edge_host_network_transmit_bytes_total",
+            "Bytes sent.",
+            |c| c.tx_bytes,
+        ),
+        (
+            "edge_host_network_receive_packets_total",
+            "Packets received.",
+            |c| c.rx_packets,
+        ),
+        (
+            "edge_host_network_transmit_packets_total",
+            "Packets sent.",
+            |c| c.tx_packets,
+        ),
     ];
     for (name, help, get) in counters {
         e.family(name, "counter", help);
         for iface in &snap.interfaces {
-            e.sample(name, &[("interface", &iface.name)], get(&iface.counters) as f64);
+            e.sample(
+                name,
+                &[("interface", &iface.name)],
+                get(&iface.counters) as f64,
+            );
         }
     }
     if let Some(storage) = &snap.storage {
-        e.family("edge_host_state_fs_size_bytes", "gauge", "Size of the state directory's filesystem.")
-            .sample("edge_host_state_fs_size_bytes", &[], storage.total_bytes as f64);
-        e.family("edge_host_state_fs_available_bytes", "gauge", "Free space on the state directory's filesystem.")
-            .sample("edge_host_state_fs_available_bytes", &[], storage.available_bytes as f64);
+        e.family(
+            "edge_host_state_fs_size_bytes",
+            "gauge",
+            "Size of the state directory's filesystem.",
+        )
+        .sample(
+            "edge_host_state_fs_size_bytes",
+            &[],
+            storage.total_bytes as f64,
+        );
+        e.family(
+            "edge_host_state_fs_available_bytes",
+            "gauge",
+            "Free space on the state directory's filesystem.",
+        )
+        .sample(
+            "edge_host_state_fs_available_bytes",
+            &[],
+            storage.available_bytes as f64,
+        );
     }
-    e.family("edge_host_temperature_celsius", "gauge", "Thermal zone temperature.");
+    e.family(
+        "edge_host_temperature_celsius",
+        "gauge",
+        "Thermal zone temperature.",
+    );
     for zone in &snap.thermal {
         e.sample(
             "edge_host_temperature_celsius",
@@ -130,8 +216,11 @@ mod tests {
     #[test]
     fn samples_carry_labels_and_families_their_type() {
         let mut e = Exposition { out: String::new() };
-        e.family("x_total", "counter", "X.")
-            .sample("x_total", &[("interface", "eth0"), ("q", "\"")], 3.0);
+        e.family("x_total", "counter", "X.").sample(
+            "x_total",
+            &[("interface", "eth0"), ("q", "\"")],
+            3.0,
+        );
         assert_eq!(
             e.out,
             "# HELP x_total X.\n# TYPE x_total counter\nx_total{interface=\"eth0\",q=\"\\\"\"} 3\n"

@@ -63,7 +63,11 @@ mod tests {
         let snap = HardwareSnapshot::collect(&Hal::linux(), Path::new("/nonexistent/state"));
         assert!(snap.storage.is_none());
         assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
-        assert!(snap.errors[0].contains("/nonexistent/state"), "{:?}", snap.errors);
+        assert!(
+            snap.errors[0].contains("/nonexistent/state"),
+            "{:?}",
+            snap.errors
+        );
         assert!(snap.system.is_some() && !snap.interfaces.is_empty());
     }
 }

@@ -60,7 +60,10 @@ async fn status(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(&state),
     )
 }
@@ -91,10 +94,16 @@ impl StatusServer {
             None => None,
         };
         let tcp = match config.tcp {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StatusError::Listen {
-                endpoint: addr.to_string(),
-                source,
-            })?),
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StatusError::Listen {
+                            endpoint: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
             None => None,
         };
         Ok(Self { unix, tcp, state })
@@ -132,7 +141,10 @@ impl StatusServer {
             let Some(listener) = self.tcp else {
                 return Ok(());
             };
-            let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let endpoint = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             axum::serve(listener, app.clone())
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await

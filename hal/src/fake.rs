@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use crate::Hal;
 use crate::clock::Clock;
 use crate::gpu::{GpuProbe, GpuStatus};
 use crate::keys::{Identity, KeyError, KeyStore, KeyUri};
@@ -14,7 +15,6 @@ use crate::net::{Interface, Interfaces, NetError};
 use crate::storage::{Storage, StorageError, StorageUsage};
 use crate::system::{SystemError, SystemInfo, SystemSnapshot};
 use crate::thermal::{Thermal, ThermalError, ThermalZone};
-use crate::Hal;
 
 use zeroize::Zeroizing;
 

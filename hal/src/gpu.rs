@@ -121,13 +121,16 @@ fn probe() -> GpuStatus {
     desc.backends = wgpu::Backends::VULKAN;
     let instance = wgpu::Instance::new(desc);
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-    let Some(adapter) = adapters.into_iter().max_by_key(|a| rank(a.get_info().device_type)) else {
-        let detail =
-            match pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            {
-                Err(e) => e.to_string(),
-                Ok(_) => "enumeration and request disagree".to_owned(),
-            };
+    let Some(adapter) = adapters
+        .into_iter()
+        .max_by_key(|a| rank(a.get_info().device_type))
+    else {
+        let detail = match pollster::block_on(
+            instance.request_adapter(&wgpu::RequestAdapterOptions::default()),
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => "enumeration and request disagree".to_owned(),
+        };
         let icd = std::env::var("VK_ICD_FILENAMES")
             .map(|v| format!(" (VK_ICD_FILENAMES={v})"))
             .unwrap_or_default();
@@ -154,7 +157,7 @@ fn probe() -> GpuStatus {
         device_id: info.device,
         limits: GpuLimits {
             max_buffer_size: l.max_buffer_size,
-            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size.into(),
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
             max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,

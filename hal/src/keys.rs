@@ -7,8 +7,10 @@
 //! is refused, never replaced: replacing it would silently change the device's identity.
 //!
 //! The secret bytes live in [`Zeroizing`] buffers and are wiped when dropped. `ring`'s parsed key
-//! pair does not wipe itself, so it is rebuilt for each signature and dropped at once; signing is
-//! rare (reports, receipts), so the extra ~50 us per signature buys a short-lived secret.
+//! pair and its freshly generated PKCS#8 document do not wipe themselves (a known limit of ring's
+//! API): the key pair is rebuilt for each signature and dropped at once, and a new document is
+//! copied out of at once, so those unwiped copies are short-lived stack values. Signing is rare
+//! (reports, receipts), so rebuilding per signature costs little.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -110,7 +112,9 @@ impl KeyUri {
             return Err(err("expected file:///absolute/path (three slashes)"));
         }
         if path.contains(['%', '?', '#']) {
-            return Err(err("percent-escapes, queries and fragments are not supported"));
+            return Err(err(
+                "percent-escapes, queries and fragments are not supported",
+            ));
         }
         if path.ends_with('/') {
             return Err(err("the path names a directory, not a key file"));
@@ -173,7 +177,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub(crate) fn from_pkcs8(uri: KeyUri, path: &Path, pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
+    pub(crate) fn from_pkcs8(
+        uri: KeyUri,
+        path: &Path,
+        pkcs8: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, KeyError> {
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| {
             let len = pkcs8.len();
             // DER: 0x30, then a one-byte length for documents this small.
@@ -203,13 +211,7 @@ impl Identity {
     /// A fresh key that lives only in memory (tests, fakes).
     pub fn generate_ephemeral() -> Result<Self, KeyError> {
         let path = PathBuf::from("(memory)");
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|_| KeyError::Random { path: path.clone() })?;
-        Self::from_pkcs8(
-            KeyUri::File(path.clone()),
-            &path,
-            Zeroizing::new(doc.as_ref().to_vec()),
-        )
+        Self::from_pkcs8(KeyUri::File(path.clone()), &path, generate(&path)?)
     }
 
     /// Where the key lives.
@@ -319,10 +321,24 @@ fn load(uri: &KeyUri, path: &Path, mut file: File) -> Result<Identity, KeyError>
     Identity::from_pkcs8(uri.clone(), path, bytes)
 }
 
+/// A new PKCS#8 key. ring's `Document` has no `Drop` that wipes it; it is copied into a
+/// zeroizing buffer at once and its own bytes go out of scope here.
+fn generate(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let doc =
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random {
+            path: path.to_owned(),
+        })?;
+    Ok(Zeroizing::new(doc.as_ref().to_vec()))
+}
+
 fn create(uri: &KeyUri, path: &Path) -> Result<Identity, KeyError> {
     let io = |op, p: &Path| {
         let p = p.to_owned();
-        move |source| KeyError::Io { op, path: p, source }
+        move |source| KeyError::Io {
+            op,
+            path: p,
+            source,
+        }
     };
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::DirBuilder::new()
@@ -330,22 +346,26 @@ fn create(uri: &KeyUri, path: &Path) -> Result<Identity, KeyError> {
         .mode(0o700)
         .create(dir)
         .map_err(io("create key directory", dir))?;
-    let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Random {
-        path: path.to_owned(),
-    })?;
-    let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
-    drop(doc);
+    let pkcs8 = generate(path)?;
 
     // Write a private temporary file, make it durable, then hard-link it into place: link(2)
     // refuses to replace an existing file, so when two processes race, exactly one key wins and
     // the loser opens the winner's.
-    let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut nonce = [0u8; 8];
-    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut nonce).map_err(|_| KeyError::Random {
-        path: path.to_owned(),
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut nonce).map_err(|_| {
+        KeyError::Random {
+            path: path.to_owned(),
+        }
     })?;
     let nonce = u64::from_le_bytes(nonce);
-    let tmp = dir.join(format!(".{file_name}.{}.{nonce:016x}.tmp", std::process::id()));
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.{nonce:016x}.tmp",
+        std::process::id()
+    ));
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -420,9 +440,19 @@ mod tests {
         let before = std::fs::read(&path).expect("read");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = FileKeyStore.open_or_create(&uri).expect_err("0644 key");
-        assert!(matches!(err, KeyError::Insecure { mode: 0o644, .. }), "{err:?}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
-        assert_eq!(std::fs::read(&path).expect("read"), before, "key left untouched");
+        assert!(
+            matches!(err, KeyError::Insecure { mode: 0o644, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "key left untouched"
+        );
     }
 
     #[test]
@@ -432,9 +462,17 @@ mod tests {
         FileKeyStore.open_or_create(&uri).expect("create");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..40]).expect("truncate");
-        let err = FileKeyStore.open_or_create(&uri).expect_err("truncated key");
-        assert!(matches!(err, KeyError::Truncated { len: 40, .. }), "{err:?}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        let err = FileKeyStore
+            .open_or_create(&uri)
+            .expect_err("truncated key");
+        assert!(
+            matches!(err, KeyError::Truncated { len: 40, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -447,10 +485,14 @@ mod tests {
             .mode(0o600)
             .open(&path)
             .expect("create");
-        f.write_all(b"-----BEGIN NONSENSE-----\nnot a key\n").expect("write");
+        f.write_all(b"-----BEGIN NONSENSE-----\nnot a key\n")
+            .expect("write");
         let err = FileKeyStore.open_or_create(&uri).expect_err("garbage key");
         assert!(matches!(err, KeyError::Corrupt { .. }), "{err:?}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
@@ -467,7 +509,10 @@ mod tests {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
         });
         assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("readdir").count(), 1);

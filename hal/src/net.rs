@@ -185,11 +185,18 @@ mod tests {
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let payload = [0x5a_u8; 1000];
         for _ in 0..64 {
-            tx.send_to(&payload, rx.local_addr().expect("addr")).expect("send");
+            tx.send_to(&payload, rx.local_addr().expect("addr"))
+                .expect("send");
         }
         let after = lo().counters;
-        assert!(after.tx_bytes >= before.tx_bytes + 64_000, "{before:?} -> {after:?}");
-        assert!(after.rx_packets >= before.rx_packets + 64, "{before:?} -> {after:?}");
+        assert!(
+            after.tx_bytes >= before.tx_bytes + 64_000,
+            "{before:?} -> {after:?}"
+        );
+        assert!(
+            after.rx_packets >= before.rx_packets + 64,
+            "{before:?} -> {after:?}"
+        );
     }
 
     #[test]

@@ -110,7 +110,9 @@ impl SystemInfo for LinuxSystem {
         let cpus = ids
             .iter()
             .map(|&id| {
-                let freq = self.sysfs.join(format!("devices/system/cpu/cpu{id}/cpufreq"));
+                let freq = self
+                    .sysfs
+                    .join(format!("devices/system/cpu/cpu{id}/cpufreq"));
                 Cpu {
                     id,
                     cur_khz: sysfs::read_u64(&freq.join("scaling_cur_freq")),
@@ -189,7 +191,11 @@ fn parse_cpuinfo(text: &str) -> (String, Vec<u32>) {
             "model name" if model_name.is_none() => model_name = Some(value.to_owned()),
             "Hardware" => hardware = Some(value.to_owned()),
             "CPU implementer" => implementer = value.to_owned(),
-            "CPU part" => *parts.entry((implementer.clone(), value.to_owned())).or_default() += 1,
+            "CPU part" => {
+                *parts
+                    .entry((implementer.clone(), value.to_owned()))
+                    .or_default() += 1
+            }
             _ => {}
         }
     }
@@ -257,7 +263,10 @@ mod tests {
     #[test]
     fn x86_cpuinfo_uses_model_name() {
         let text = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n";
-        assert_eq!(parse_cpuinfo(text), ("AMD EPYC 7B13".to_owned(), vec![0, 1]));
+        assert_eq!(
+            parse_cpuinfo(text),
+            ("AMD EPYC 7B13".to_owned(), vec![0, 1])
+        );
     }
 
     #[test]
@@ -273,7 +282,11 @@ mod tests {
     fn this_machine_reports_plausible_figures() {
         let s = LinuxSystem::default().snapshot().expect("snapshot");
         let threads = std::thread::available_parallelism().expect("cpus").get() as u32;
-        assert!(s.cores >= threads, "{} cores listed, {threads} usable", s.cores);
+        assert!(
+            s.cores >= threads,
+            "{} cores listed, {threads} usable",
+            s.cores
+        );
         assert!(s.memory_total_bytes > 64 << 20, "{s:?}");
         assert!(s.memory_available_bytes <= s.memory_total_bytes, "{s:?}");
         assert!(s.uptime_secs > 0.0, "{s:?}");

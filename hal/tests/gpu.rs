@@ -25,7 +25,11 @@ fn discover_with_icd(icd: &str) -> serde_json::Value {
         .output()
         .expect("run child");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout
         .lines()
         .find_map(|l| l.split_once(MARK).map(|(_, json)| json.to_owned()))
@@ -61,8 +65,17 @@ fn lavapipe_is_found_when_mesa_is_installed() {
     assert_eq!(status["status"], "available", "{status}");
     assert_eq!(status["backend"], "vulkan", "{status}");
     assert_eq!(status["device_type"], "cpu", "{status}");
-    assert!(status["name"].as_str().expect("name").contains("llvmpipe"), "{status}");
-    assert!(status["limits"]["max_storage_buffer_binding_size"].as_u64().expect("limit") >= 1 << 27, "{status}");
+    assert!(
+        status["name"].as_str().expect("name").contains("llvmpipe"),
+        "{status}"
+    );
+    assert!(
+        status["limits"]["max_storage_buffer_binding_size"]
+            .as_u64()
+            .expect("limit")
+            >= 1 << 27,
+        "{status}"
+    );
 }
 
 #[test]

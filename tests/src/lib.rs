@@ -15,7 +15,10 @@ pub fn bin(name: &str) -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -58,7 +61,9 @@ impl Sandbox {
     pub fn agent(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("edge-agent"));
         cmd.arg("--config").arg(self.config()).args(args);
-        cmd.env("NODEVICE_SELECT", "1").env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
+        cmd.env("NODEVICE_SELECT", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC");
         cmd
     }
 }

@@ -32,30 +32,54 @@ fn ready_status_watchdog_then_clean_stop_on_sigterm() {
         .spawn()
         .expect("start agent");
 
-    assert!(notify.wait_for("READY=1", START), "no READY=1; got {:?}", notify.seen);
     assert!(
-        notify.seen.iter().any(|l| l.starts_with("STATUS=running: device ")),
+        notify.wait_for("READY=1", START),
+        "no READY=1; got {:?}",
+        notify.seen
+    );
+    assert!(
+        notify
+            .seen
+            .iter()
+            .any(|l| l.starts_with("STATUS=running: device ")),
         "{:?}",
         notify.seen
     );
-    assert!(notify.wait_for("WATCHDOG=1", Duration::from_secs(10)), "{:?}", notify.seen);
+    assert!(
+        notify.wait_for("WATCHDOG=1", Duration::from_secs(10)),
+        "{:?}",
+        notify.seen
+    );
 
     let (code, body, err) = stdout(&mut sandbox.agent(&["status"]));
     assert_eq!(code, 0, "status failed: {err}");
     let status: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
     let device_id = status["device_id"].as_str().expect("device_id");
     assert_eq!(device_id.len(), 32, "{status}");
-    assert!(status["hardware"]["system"]["memory_total_bytes"].as_u64() > Some(0), "{status}");
     assert!(
-        status["hardware"]["interfaces"].as_array().expect("interfaces").iter().any(|i| i["name"] == "lo"),
+        status["hardware"]["system"]["memory_total_bytes"].as_u64() > Some(0),
+        "{status}"
+    );
+    assert!(
+        status["hardware"]["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .any(|i| i["name"] == "lo"),
         "{status}"
     );
     assert!(status["gpu"]["status"].is_string(), "{status}");
 
     let (code, metrics, _) = stdout(&mut sandbox.agent(&["status", "--metrics"]));
     assert_eq!(code, 0);
-    assert!(metrics.contains(&format!("device_id=\"{device_id}\"")), "{metrics}");
-    assert!(metrics.contains("edge_host_network_receive_bytes_total{interface=\"lo\"}"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("device_id=\"{device_id}\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_host_network_receive_bytes_total{interface=\"lo\"}"),
+        "{metrics}"
+    );
 
     let (_, id, _) = stdout(&mut sandbox.agent(&["id"]));
     assert_eq!(id.trim(), device_id, "`id` and `/status` agree");
@@ -64,9 +88,16 @@ fn ready_status_watchdog_then_clean_stop_on_sigterm() {
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     let exit = wait_exit(&mut agent, Duration::from_secs(5 + 10));
     assert_eq!(exit.code(), Some(0), "clean stop exits 0");
-    assert!(notify.wait_for("STOPPING=1", Duration::from_secs(1)), "{:?}", notify.seen);
+    assert!(
+        notify.wait_for("STOPPING=1", Duration::from_secs(1)),
+        "{:?}",
+        notify.seen
+    );
     eprintln!("stopped {:?} after SIGTERM", stop.elapsed());
-    assert!(!sandbox.dir.path().join("status.sock").exists(), "socket removed on exit");
+    assert!(
+        !sandbox.dir.path().join("status.sock").exists(),
+        "socket removed on exit"
+    );
 }
 
 #[test]
@@ -83,10 +114,19 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
 
     let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
     assert_eq!(code, 75, "{err}");
-    assert!(err.contains(&format!("in use by another edge-agent (pid {})", first.id())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "in use by another edge-agent (pid {})",
+            first.id()
+        )),
+        "{err}"
+    );
 
     kill(Pid::from_raw(first.id() as i32), Signal::SIGINT).expect("SIGINT");
-    assert_eq!(wait_exit(&mut first, Duration::from_secs(15)).code(), Some(0));
+    assert_eq!(
+        wait_exit(&mut first, Duration::from_secs(15)).code(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -108,7 +148,10 @@ fn bad_config_exits_64_listing_every_problem() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
-    assert!(!sandbox.state().exists(), "a refused config creates nothing");
+    assert!(
+        !sandbox.state().exists(),
+        "a refused config creates nothing"
+    );
 }
 
 #[test]
@@ -120,11 +163,18 @@ fn a_world_readable_key_stops_the_agent_with_65_naming_the_file() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
     assert_eq!(code, 65, "{err}");
-    assert!(err.contains(&key.display().to_string()) && err.contains("0644"), "{err}");
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("0644"),
+        "{err}"
+    );
 
     let (code, out, _) = stdout(&mut sandbox.agent(&["check"]));
     assert_eq!(code, 1, "check fails on a refused key:\n{out}");
-    assert!(out.lines().any(|l| l.starts_with("FAIL  identity") && l.contains("0644")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL  identity") && l.contains("0644")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -145,7 +195,11 @@ fn two_agents_making_the_key_at_once_end_with_one_key() {
             .into_iter()
             .map(|c| {
                 let out = c.wait_with_output().expect("wait");
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             })
             .collect();
