@@ -45,7 +45,7 @@ host_bin=$PWD/target/release/edge-agent
 arm_bin=$PWD/target/$TARGET/release/edge-agent
 p_host=$(start "$host_bin" "$work/x86_64")
 p_arm=$(start "$arm_bin" "$work/aarch64")
-sleep "$SECS" & p_sleep=$!
+sleep $((SECS + 600)) & p_sleep=$!
 echo "idling ${SECS}s (figures include start-up: GPU probe, first sample)..."
 sleep "$SECS"
 
@@ -53,5 +53,5 @@ printf '%-34s %9s %9s %9s %9s %9s\n' "process" "RSS MiB" "peak MiB" "CPU s" "% c
 measure "baseline: sleep" "$p_sleep"
 measure "edge-agent x86_64" "$p_host" "$host_bin"
 measure "edge-agent aarch64 (qemu-user)" "$p_arm" "$arm_bin"
-kill -TERM "$p_host" "$p_arm"
-wait "$p_host" "$p_arm" || true
+kill -TERM "$p_host" "$p_arm" "$p_sleep"
+while kill -0 "$p_host" 2>/dev/null || kill -0 "$p_arm" 2>/dev/null; do sleep 0.1; done

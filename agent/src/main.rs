@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use edge_agent::client::{self, Endpoint};
@@ -11,7 +13,7 @@ use edge_agent::config::{self, LogFormat};
 use edge_agent::exit::Exit;
 use edge_agent::snapshot::HardwareSnapshot;
 use edge_agent::{app, check, logging};
-use edge_hal::Hal;
+use edge_hal::{GpuProbe, Hal, IsolatedProbe};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +44,10 @@ enum Command {
     /// Print the device id, making the identity key on first use.
     Id,
     /// Ask the running agent for its status (JSON) or metrics.
+    /// Discover the GPU in this process and print the result as JSON (run by the agent itself,
+    /// so that the Vulkan driver is never loaded into the daemon).
+    #[command(hide = true)]
+    ProbeGpu,
     Status {
         /// Print /metrics instead of /status.
         #[arg(long)]
@@ -50,6 +56,18 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         tcp: Option<SocketAddr>,
     },
+}
+
+/// The real device, with GPU discovery in a child process (`edge-agent probe-gpu`).
+fn hal() -> Hal {
+    let mut hal = Hal::linux();
+    if let Ok(exe) = std::env::current_exe() {
+        hal.gpu = Arc::new(IsolatedProbe {
+            command: vec![exe.into(), "probe-gpu".into()],
+            timeout: Duration::from_secs(30),
+        });
+    }
+    hal
 }
 
 fn main() -> ExitCode {
@@ -71,7 +89,7 @@ fn main() -> ExitCode {
         "warn"
     };
     logging::init(cli.log_format.unwrap_or(config.log.format), level);
-    let hal = Hal::linux();
+    let hal = hal();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -125,6 +143,11 @@ fn main() -> ExitCode {
                 e.exit()
             }
         },
+        Command::ProbeGpu => {
+            let status = edge_hal::WgpuProbe::default().discover();
+            println!("{}", serde_json::to_string(&status).unwrap_or_default());
+            Exit::Ok
+        }
         Command::Status { metrics, tcp } => {
             let endpoint = match (tcp, &config.status.socket, config.status.tcp) {
                 (Some(addr), _, _) => Endpoint::Tcp(addr),

@@ -1,16 +1,24 @@
 //! GPU adapter discovery through wgpu's Vulkan backend.
 //!
-//! Discovery runs on its own thread with a deadline, so a driver that hangs or panics while
-//! being enumerated yields [`GpuStatus::Unavailable`] with the reason instead of stalling the agent.
-//! A hung driver thread cannot be killed; it is left behind and the reason says so.
+//! [`WgpuProbe`] enumerates adapters in this process, on its own thread with a deadline, so a
+//! driver that hangs or panics yields [`GpuStatus::Unavailable`] with the reason instead of stalling
+//! the caller (a hung thread cannot be killed; it is left behind and the reason says so).
+//!
+//! [`IsolatedProbe`] runs the same discovery in a child process and reads its answer. A daemon
+//! should use it: loading a Vulkan driver maps it into the process for good (lavapipe's LLVM alone
+//! is ~45 MiB resident, and the loader does not unmap it on `vkDestroyInstance`), and a hung driver
+//! in a child is killed at the deadline instead of being abandoned.
 
+use std::ffi::OsString;
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What discovery found.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum GpuStatus {
     /// An adapter the agent can use.
@@ -23,7 +31,7 @@ pub enum GpuStatus {
 }
 
 /// The adapter's identity and the limits that bound the work it can take.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuInfo {
     /// Adapter name, e.g. `Adreno (TM) 650` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
     pub name: String,
@@ -44,7 +52,7 @@ pub struct GpuInfo {
 }
 
 /// Compute-relevant adapter limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuLimits {
     /// Largest buffer, in bytes.
     pub max_buffer_size: u64,
@@ -116,6 +124,66 @@ impl GpuProbe for WgpuProbe {
     }
 }
 
+/// Discovery in a child process that prints one [`GpuStatus`] as JSON on stdout (for the agent:
+/// its own binary with a hidden `probe-gpu` command that runs [`WgpuProbe`]).
+#[derive(Debug, Clone)]
+pub struct IsolatedProbe {
+    /// Program and arguments.
+    pub command: Vec<OsString>,
+    /// Deadline; the child is killed when it passes.
+    pub timeout: Duration,
+}
+
+impl GpuProbe for IsolatedProbe {
+    fn discover(&self) -> GpuStatus {
+        let unavailable = |reason: String| GpuStatus::Unavailable { reason };
+        let Some((program, args)) = self.command.split_first() else {
+            return unavailable("no probe command configured".into());
+        };
+        let shown = program.to_string_lossy();
+        let mut child = match Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => return unavailable(format!("cannot run the GPU probe {shown}: {e}")),
+        };
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return unavailable(format!(
+                        "the Vulkan driver did not answer within {:?}; the probe was killed",
+                        self.timeout
+                    ));
+                }
+                Err(e) => return unavailable(format!("cannot wait for the GPU probe: {e}")),
+            }
+        };
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        if !status.success() {
+            return unavailable(format!(
+                "the GPU probe failed ({status}); the driver may have crashed"
+            ));
+        }
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| {
+            unavailable(format!("the GPU probe's answer is not a GPU status: {e}"))
+        })
+    }
+}
+
 fn probe() -> GpuStatus {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::VULKAN;
@@ -179,5 +247,60 @@ fn rank(t: wgpu::DeviceType) -> u8 {
         wgpu::DeviceType::VirtualGpu => 2,
         wgpu::DeviceType::Other => 1,
         wgpu::DeviceType::Cpu => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isolated(script: &str, timeout_ms: u64) -> GpuStatus {
+        IsolatedProbe {
+            command: ["sh", "-c", script].map(OsString::from).to_vec(),
+            timeout: Duration::from_millis(timeout_ms),
+        }
+        .discover()
+    }
+
+    fn reason(status: GpuStatus) -> String {
+        match status {
+            GpuStatus::Unavailable { reason } => reason,
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn isolated_probe_reads_the_childs_answer() {
+        let status = isolated(
+            r#"echo '{"status":"unavailable","reason":"no driver"}'"#,
+            10_000,
+        );
+        assert_eq!(reason(status), "no driver");
+    }
+
+    #[test]
+    fn a_hung_probe_is_killed_at_the_deadline() {
+        let start = Instant::now();
+        let why = reason(isolated("sleep 30", 300));
+        assert!(
+            why.contains("did not answer") && why.contains("killed"),
+            "{why}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not killed: {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_crashing_or_babbling_probe_is_no_gpu_with_the_reason() {
+        assert!(reason(isolated("kill -SEGV $$", 10_000)).contains("probe failed"));
+        assert!(reason(isolated("echo hello", 10_000)).contains("not a GPU status"));
+        let missing = IsolatedProbe {
+            command: vec!["/nonexistent/probe".into()],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(reason(missing.discover()).contains("/nonexistent/probe"));
     }
 }

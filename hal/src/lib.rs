@@ -24,7 +24,7 @@ pub mod fake;
 use std::sync::Arc;
 
 pub use clock::{Clock, SystemClock};
-pub use gpu::{GpuInfo, GpuProbe, GpuStatus, WgpuProbe};
+pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe, WgpuProbe};
 pub use keys::{DeviceId, FileKeyStore, Identity, KeyError, KeyStore, KeyUri};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
 pub use storage::{LinuxStorage, Storage, StorageUsage};

@@ -68,7 +68,17 @@ fn ready_status_watchdog_then_clean_stop_on_sigterm() {
             .any(|i| i["name"] == "lo"),
         "{status}"
     );
-    assert!(status["gpu"]["status"].is_string(), "{status}");
+    // The GPU is probed in a child process; with lavapipe installed it must be found.
+    let lavapipe = format!(
+        "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+        std::env::consts::ARCH
+    );
+    if std::path::Path::new(&lavapipe).exists() {
+        assert_eq!(status["gpu"]["status"], "available", "{status}");
+    } else {
+        eprintln!("NOTE: {lavapipe} missing; only checking that /status reports the GPU at all");
+        assert!(status["gpu"]["status"].is_string(), "{status}");
+    }
 
     let (code, metrics, _) = stdout(&mut sandbox.agent(&["status", "--metrics"]));
     assert_eq!(code, 0);
