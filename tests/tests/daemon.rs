@@ -171,11 +171,21 @@ fn a_world_readable_key_stops_the_agent_with_65_naming_the_file() {
     assert_eq!(code, 0, "{err}");
     let key = sandbox.state().join("identity.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
+    let (code, _, err) = stdout(&mut sandbox.agent(&["--log-format", "json", "run"]));
     assert_eq!(code, 65, "{err}");
     assert!(
         err.contains(&key.display().to_string()) && err.contains("0644"),
         "{err}"
+    );
+    // Logs as JSON on request: the error is also a structured log line.
+    let logged = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no JSON error line in:\n{err}"));
+    assert!(
+        logged["fields"]["error"].as_str().is_some_and(|e| e.contains("0644")),
+        "{logged}"
     );
 
     let (code, out, _) = stdout(&mut sandbox.agent(&["check"]));
