@@ -184,7 +184,9 @@ fn a_world_readable_key_stops_the_agent_with_65_naming_the_file() {
         .find(|v| v["level"] == "ERROR")
         .unwrap_or_else(|| panic!("no JSON error line in:\n{err}"));
     assert!(
-        logged["fields"]["error"].as_str().is_some_and(|e| e.contains("0644")),
+        logged["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("0644")),
         "{logged}"
     );
 
