@@ -58,6 +58,8 @@ pub struct GpuLimits {
     pub max_buffer_size: u64,
     /// Largest storage buffer binding, in bytes.
     pub max_storage_buffer_binding_size: u64,
+    /// Largest uniform buffer binding, in bytes.
+    pub max_uniform_buffer_binding_size: u64,
     /// Storage buffers per shader stage.
     pub max_storage_buffers_per_shader_stage: u32,
     /// Workgroup shared memory, in bytes.
@@ -207,7 +209,6 @@ fn probe() -> GpuStatus {
         };
     };
     let info = adapter.get_info();
-    let l = adapter.limits();
     GpuStatus::Available(GpuInfo {
         name: info.name,
         backend: info.backend.to_str().to_owned(),
@@ -223,20 +224,26 @@ fn probe() -> GpuStatus {
         driver_info: info.driver_info,
         vendor_id: info.vendor,
         device_id: info.device,
-        limits: GpuLimits {
-            max_buffer_size: l.max_buffer_size,
-            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
-            max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
-            max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
-            max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
-            max_compute_workgroup_size: [
-                l.max_compute_workgroup_size_x,
-                l.max_compute_workgroup_size_y,
-                l.max_compute_workgroup_size_z,
-            ],
-            max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
-        },
+        limits: limits_of(&adapter.limits()),
     })
+}
+
+/// The compute-relevant subset of wgpu's limits.
+pub fn limits_of(l: &wgpu::Limits) -> GpuLimits {
+    GpuLimits {
+        max_buffer_size: l.max_buffer_size,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+        max_uniform_buffer_binding_size: l.max_uniform_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size: [
+            l.max_compute_workgroup_size_x,
+            l.max_compute_workgroup_size_y,
+            l.max_compute_workgroup_size_z,
+        ],
+        max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+    }
 }
 
 /// Prefer real GPUs over software rasterisers.
