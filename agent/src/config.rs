@@ -127,6 +127,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Status endpoint.
     pub status: StatusConfig,
+    /// GPU memory the owner lends to jobs, in bytes.
+    pub gpu_memory_budget: u64,
 }
 
 /// The file as written: every leaf an untyped value, so that a wrong type is one more problem
@@ -142,6 +144,9 @@ struct RawConfig {
     /// `[status]`: the local status endpoint.
     #[serde(default)]
     status: RawStatus,
+    /// `[gpu]`: what the owner lends to GPU jobs.
+    #[serde(default)]
+    gpu: RawGpu,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -177,6 +182,14 @@ struct RawStatus {
     socket: Option<Value>,
     /// Loopback `address:port` for TCP, e.g. `127.0.0.1:9464`. Default: none.
     tcp: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawGpu {
+    /// GPU memory lent to jobs, in MiB (buffers and read-back), 16 to 65536. Default 2048.
+    memory_budget_mib: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -369,6 +382,37 @@ impl Check<'_> {
         }
     }
 
+    fn integer(
+        &mut self,
+        key: &str,
+        value: Option<Value>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        unit: &str,
+    ) -> Option<u64> {
+        match value {
+            None => Some(default),
+            Some(Value::Integer(n)) if u64::try_from(n).is_ok_and(|n| range.contains(&n)) => {
+                Some(n as u64)
+            }
+            Some(Value::Integer(n)) => {
+                let (lo, hi) = (range.start(), range.end());
+                self.fail(
+                    key,
+                    format!("{n} is out of range; expected {lo} to {hi} {unit}"),
+                );
+                None
+            }
+            Some(other) => {
+                self.fail(
+                    key,
+                    format!("expected whole {unit}, found {}", describe(&other)),
+                );
+                None
+            }
+        }
+    }
+
     fn seconds(
         &mut self,
         key: &str,
@@ -376,29 +420,22 @@ impl Check<'_> {
         default: u64,
         max: u64,
     ) -> Option<Duration> {
-        let secs = match value {
-            None => default,
-            Some(Value::Integer(n)) if (1..=max as i64).contains(&n) => n as u64,
-            Some(Value::Integer(n)) => {
-                self.fail(
-                    key,
-                    format!("{n} is out of range; expected 1 to {max} seconds"),
-                );
-                return None;
-            }
-            Some(other) => {
-                self.fail(
-                    key,
-                    format!("expected whole seconds, found {}", describe(&other)),
-                );
-                return None;
-            }
-        };
-        Some(Duration::from_secs(secs))
+        self.integer(key, value, default, 1..=max, "seconds")
+            .map(Duration::from_secs)
     }
 
     fn config(&mut self, raw: RawConfig, cwd: &Path, sources: Vec<PathBuf>) -> Option<Config> {
-        self.unknown("", raw.unknown, &["agent", "log", "status"]);
+        self.unknown("", raw.unknown, &["agent", "log", "status", "gpu"]);
+        self.unknown("gpu", raw.gpu.unknown, &["memory_budget_mib"]);
+        let gpu_memory_budget = self
+            .integer(
+                "gpu.memory_budget_mib",
+                raw.gpu.memory_budget_mib,
+                2048,
+                16..=65_536,
+                "MiB",
+            )
+            .map(|mib| mib << 20);
         let RawAgent {
             state_dir,
             identity_key,
@@ -499,6 +536,7 @@ impl Check<'_> {
                 socket: socket?,
                 tcp: tcp?,
             },
+            gpu_memory_budget: gpu_memory_budget?,
         })
     }
 
@@ -555,6 +593,7 @@ mod tests {
         assert_eq!(c.status.tcp, None);
         assert_eq!(c.sample_interval, Duration::from_secs(10));
         assert_eq!(c.log.format, LogFormat::Auto);
+        assert_eq!(c.gpu_memory_budget, 2048 << 20);
     }
 
     #[test]
@@ -620,6 +659,14 @@ mod tests {
                 "agent.colour: unknown key; expected one of: state_dir",
             ),
             ("[network]\nhub = 1", "network: unknown key"),
+            (
+                "gpu.memory_budget_mib = 8",
+                "gpu.memory_budget_mib: 8 is out of range; expected 16 to 65536 MiB",
+            ),
+            (
+                "gpu.memory_budget_mib = 1.5",
+                "gpu.memory_budget_mib: expected whole MiB, found float 1.5",
+            ),
         ];
         for (text, want) in cases {
             let got = problems(text);

@@ -11,6 +11,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod exit;
+pub mod jobs;
 pub mod lock;
 pub mod logging;
 pub mod metrics;

@@ -12,7 +12,7 @@ use edge_agent::client::{self, Endpoint};
 use edge_agent::config::{self, LogFormat};
 use edge_agent::exit::Exit;
 use edge_agent::snapshot::HardwareSnapshot;
-use edge_agent::{app, check, logging};
+use edge_agent::{app, check, jobs, logging};
 use edge_hal::{GpuProbe, Hal, IsolatedProbe};
 
 #[derive(Parser)]
@@ -44,6 +44,15 @@ enum Command {
     /// Print the device id, making the identity key on first use.
     Id,
     /// Ask the running agent for its status (JSON) or metrics.
+    /// Validate and run one GPU job, then print its signed receipt as JSON.
+    RunJob {
+        /// A job file (docs/jobs.md), or builtin:hash_chain, builtin:copy[:BYTES],
+        /// builtin:fma_peak, builtin:sgemm[:N].
+        job: String,
+        /// Write the job's outputs (its read_write bindings, in order) to this file.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Discover the GPU in this process and print the result as JSON (run by the agent itself,
     /// so that the Vulkan driver is never loaded into the daemon).
     #[command(hide = true)]
@@ -143,6 +152,44 @@ fn main() -> ExitCode {
                 e.exit()
             }
         },
+        Command::RunJob { job, output } => {
+            let identity = app::create_state_dir(&config.state_dir).and_then(|()| {
+                hal.keys
+                    .open_or_create(&config.identity_key)
+                    .map_err(Into::into)
+            });
+            let identity = match identity {
+                Ok(identity) => identity,
+                Err(e) => {
+                    eprintln!("edge-agent: {e}");
+                    return e.exit().into();
+                }
+            };
+            let blobs = config.state_dir.join("blobs");
+            let ran = jobs::load(&job).and_then(|job| {
+                jobs::run(
+                    job,
+                    &identity,
+                    config.gpu_memory_budget,
+                    &blobs,
+                    output.as_deref(),
+                )
+            });
+            match ran {
+                Ok(receipt) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&receipt).unwrap_or_default()
+                    );
+                    Exit::Ok
+                }
+                Err(e) => {
+                    eprintln!("edge-agent: {e}");
+                    // A runaway kernel may still occupy the driver: leave without teardown.
+                    std::process::exit(Exit::Failed as i32);
+                }
+            }
+        }
         Command::ProbeGpu => {
             let status = edge_hal::WgpuProbe::default().discover();
             println!("{}", serde_json::to_string(&status).unwrap_or_default());

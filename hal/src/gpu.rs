@@ -177,11 +177,13 @@ impl GpuProbe for IsolatedProbe {
         }
         if !status.success() {
             return unavailable(format!(
-                "the GPU probe failed ({status}); the driver may have crashed"
+                "the GPU probe {shown} failed ({status}); the driver may have crashed"
             ));
         }
         serde_json::from_str(out.trim()).unwrap_or_else(|e| {
-            unavailable(format!("the GPU probe's answer is not a GPU status: {e}"))
+            unavailable(format!(
+                "the answer of the GPU probe {shown} is not a GPU status: {e}"
+            ))
         })
     }
 }
@@ -302,7 +304,8 @@ mod tests {
 
     #[test]
     fn a_crashing_or_babbling_probe_is_no_gpu_with_the_reason() {
-        assert!(reason(isolated("kill -SEGV $$", 10_000)).contains("probe failed"));
+        let crashed = reason(isolated("kill -SEGV $$", 10_000));
+        assert!(crashed.contains("probe sh failed") && crashed.contains("SIGSEGV"), "{crashed}");
         assert!(reason(isolated("echo hello", 10_000)).contains("not a GPU status"));
         let missing = IsolatedProbe {
             command: vec!["/nonexistent/probe".into()],

@@ -1,0 +1,129 @@
+//! `edge-agent run-job`: validate, run and sign one GPU job by hand, for developers and support.
+//!
+//! The job is a JSON file (see docs/jobs.md) or a built-in: `builtin:hash_chain`,
+//! `builtin:copy[:BYTES]`, `builtin:fma_peak`, `builtin:sgemm[:N]`.
+
+use std::path::Path;
+
+use edge_gpu::executor::{ExecError, Executor};
+use edge_gpu::job::{BlobStore, Job};
+use edge_gpu::kernels;
+use edge_gpu::receipt::{self, Receipt};
+use edge_gpu::validate::validate;
+use edge_hal::Identity;
+
+/// Why a job did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunJobError {
+    /// The job file cannot be read.
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The outputs cannot be written.
+    #[error("cannot write outputs to {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The job file is not a job.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: edge_gpu::job::JobError,
+    },
+    /// An unknown or malformed built-in.
+    #[error("{0}")]
+    Builtin(String),
+    /// Validation refused it.
+    #[error(transparent)]
+    Refused(#[from] edge_gpu::validate::Refused),
+    /// The GPU failed it, or there is none.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+/// A built-in job by name, or the job in a file.
+pub fn load(spec: &str) -> Result<Job, RunJobError> {
+    let Some(builtin) = spec.strip_prefix("builtin:") else {
+        let text = std::fs::read_to_string(spec).map_err(|source| RunJobError::Read {
+            path: spec.to_owned(),
+            source,
+        })?;
+        return Job::from_json(&text).map_err(|source| RunJobError::Parse {
+            path: spec.to_owned(),
+            source,
+        });
+    };
+    let (name, arg) = builtin
+        .split_once(':')
+        .map_or((builtin, None), |(n, a)| (n, Some(a)));
+    let number = |default: u32| -> Result<u32, RunJobError> {
+        arg.map_or(Ok(default), |a| {
+            a.parse()
+                .map_err(|_| RunJobError::Builtin(format!("{spec}: {a:?} is not a number")))
+        })
+    };
+    let bad = |e: kernels::BuiltinError| RunJobError::Builtin(format!("{spec}: {e}"));
+    match name {
+        "hash_chain" => kernels::hash_chain(0x5eed, 1000, number(65_536)?).map_err(bad),
+        "copy" => {
+            let bytes = number(64 << 20)?;
+            let input: Vec<u8> = (0..bytes).map(|i| i as u8).collect();
+            kernels::copy(bytes, &input).map_err(bad)
+        }
+        "fma_peak" => Ok(kernels::fma_peak(number(256)?, 1024)),
+        "sgemm" => {
+            let n = number(512)?;
+            let a = kernels::random_f32s(n as usize * n as usize, 1);
+            let b = kernels::random_f32s(n as usize * n as usize, 2);
+            kernels::sgemm(n, n, n, &a, &b).map_err(bad)
+        }
+        other => Err(RunJobError::Builtin(format!(
+            "unknown built-in {other:?}; try hash_chain, copy, fma_peak or sgemm"
+        ))),
+    }
+}
+
+/// Validates and runs `job` on a fresh executor; writes the outputs to `output` if given.
+pub fn run(
+    job: Job,
+    identity: &Identity,
+    budget: u64,
+    blobs: &Path,
+    output: Option<&Path>,
+) -> Result<Receipt, RunJobError> {
+    let executor = Executor::start()?;
+    let store = BlobStore {
+        dir: blobs.to_owned(),
+    };
+    let valid = validate(job, &executor.adapter().limits, budget, &store)?;
+    let out = match executor.run(valid.clone()) {
+        Ok(out) => out,
+        Err(e @ ExecError::Timeout { .. }) => {
+            // The runaway dispatch cannot be stopped; tearing the executor down would wait for it.
+            std::mem::forget(executor);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(path) = output {
+        let bytes: Vec<u8> = out
+            .outputs
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect();
+        std::fs::write(path, bytes).map_err(|source| RunJobError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(receipt::sign(identity, executor.adapter(), &valid, &out))
+}

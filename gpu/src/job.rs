@@ -1,0 +1,283 @@
+//! The job model, version 1: what a consumer sends to run on the box's GPU.
+//!
+//! A job is JSON (see `docs/jobs.md`). Unknown fields are refused, so a typo is an error rather than
+//! a silently ignored setting. Inputs are inline (base64) or named by SHA-256 and fetched from a
+//! [`BlobStore`]; either way the bytes are checked before use.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256;
+
+/// The job format this build speaks.
+pub const JOB_VERSION: u32 = 1;
+
+/// A WGSL compute job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Format version; must be [`JOB_VERSION`].
+    pub version: u32,
+    /// Caller's id for the job: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Buffers bound at `@group(0)`, one per `@binding` the entry point uses.
+    pub bindings: Vec<Binding>,
+    /// Workgroups in x, y and z.
+    pub dispatch: [u32; 3],
+    /// Higher runs first; ties run in arrival order. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Unix time in milliseconds after which the job is worthless and is not started.
+    #[serde(default)]
+    pub deadline_unix_ms: Option<u64>,
+    /// Resource limits the consumer sets for this job.
+    #[serde(default)]
+    pub limits: JobLimits,
+}
+
+/// WGSL source and the compute entry point to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// WGSL source.
+    pub wgsl: String,
+    /// Name of the `@compute` function.
+    pub entry_point: String,
+}
+
+/// How the shader sees a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingKind {
+    /// `var<storage, read>`.
+    StorageRead,
+    /// `var<storage, read_write>`: its contents after the run are the job's output.
+    StorageReadWrite,
+    /// `var<uniform>`.
+    Uniform,
+}
+
+/// One buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// The `@binding(n)` number.
+    pub binding: u32,
+    /// How the shader sees it.
+    pub kind: BindingKind,
+    /// Size in bytes: a positive multiple of 4.
+    pub size: u64,
+    /// Initial contents, zero-padded to `size`; all zeros when absent.
+    #[serde(default)]
+    pub input: Option<Blob>,
+}
+
+/// Input bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Blob {
+    /// Inline, standard base64 with padding.
+    Base64(String),
+    /// Content-addressed: fetched from the blob store by its SHA-256.
+    Sha256(Sha256),
+}
+
+impl Blob {
+    /// Inline bytes.
+    pub fn inline(bytes: &[u8]) -> Self {
+        Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+/// Per-job limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    /// Most GPU memory the job may use, bindings and read-back together. Default: no limit of its
+    /// own (the owner's budget still applies).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Longest the kernel may run, in milliseconds (1 to 600000). Default 10000.
+    #[serde(default = "default_runtime_ms")]
+    pub max_runtime_ms: u64,
+}
+
+fn default_runtime_ms() -> u64 {
+    10_000
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            max_runtime_ms: default_runtime_ms(),
+        }
+    }
+}
+
+/// Errors reading a job or its inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The JSON does not describe a job.
+    #[error("job is not valid: line {line}, column {column}: {message}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde said.
+        message: String,
+    },
+    /// A blob named by hash is not in the store.
+    #[error("blob {sha256} is not in the blob store {dir}")]
+    MissingBlob {
+        /// Its hash.
+        sha256: Sha256,
+        /// The store.
+        dir: PathBuf,
+    },
+    /// A stored blob's bytes do not hash to its name.
+    #[error("blob {sha256} in {dir} is corrupt: its bytes hash to {actual}")]
+    CorruptBlob {
+        /// The name.
+        sha256: Sha256,
+        /// What the bytes hash to.
+        actual: Sha256,
+        /// The store.
+        dir: PathBuf,
+    },
+    /// Inline data is not base64.
+    #[error("inline input is not base64: {0}")]
+    Base64(String),
+    /// The blob store could not be read.
+    #[error("cannot read blob {sha256}: {source}")]
+    Io {
+        /// The blob.
+        sha256: Sha256,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Job {
+    /// Parses a job from JSON; errors carry line and column.
+    pub fn from_json(text: &str) -> Result<Self, JobError> {
+        serde_json::from_str(text).map_err(|e| JobError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Content-addressed input blobs: a directory of files named by their SHA-256.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl BlobStore {
+    /// The bytes of `blob`, checked against its hash when it names one. Reads at most `max` bytes
+    /// (larger inputs are refused by validation before they are read whole).
+    pub fn resolve(&self, blob: &Blob, max: u64) -> Result<Vec<u8>, JobError> {
+        match blob {
+            Blob::Base64(text) => base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| JobError::Base64(e.to_string())),
+            Blob::Sha256(sha256) => {
+                let path = self.dir.join(sha256.to_string());
+                let io = |source| JobError::Io {
+                    sha256: *sha256,
+                    source,
+                };
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(JobError::MissingBlob {
+                            sha256: *sha256,
+                            dir: self.dir.clone(),
+                        });
+                    }
+                    Err(e) => return Err(io(e)),
+                };
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)
+                    .map_err(io)?;
+                let actual = Sha256::of(&bytes);
+                if actual != *sha256 {
+                    return Err(JobError::CorruptBlob {
+                        sha256: *sha256,
+                        actual,
+                        dir: self.dir.clone(),
+                    });
+                }
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "version": 1, "id": "j1",
+        "kernel": {"wgsl": "@compute @workgroup_size(1) fn main() {}", "entry_point": "main"},
+        "bindings": [{"binding": 0, "kind": "storage_read_write", "size": 16, "input": {"base64": "AAAA"}}],
+        "dispatch": [1, 1, 1]
+    }"#;
+
+    #[test]
+    fn a_minimal_job_parses_with_defaults() {
+        let job = Job::from_json(MINIMAL).expect("valid");
+        assert_eq!(job.priority, 0);
+        assert_eq!(job.limits.max_runtime_ms, 10_000);
+        assert_eq!(job.bindings[0].kind, BindingKind::StorageReadWrite);
+        let back = Job::from_json(&serde_json::to_string(&job).expect("json")).expect("round trip");
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_say_where() {
+        let typo = MINIMAL.replace("\"dispatch\"", "\"dispatchh\"");
+        let err = Job::from_json(&typo).expect_err("typo");
+        assert!(
+            err.to_string().contains("unknown field `dispatchh`"),
+            "{err}"
+        );
+        let err = Job::from_json("{\n  \"version\": 1,\n  oops\n}").expect_err("syntax");
+        assert!(matches!(err, JobError::Json { line: 3, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn blobs_are_checked_against_their_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore {
+            dir: dir.path().to_owned(),
+        };
+        let data = b"matrix bytes".to_vec();
+        let name = Sha256::of(&data);
+        let err = store
+            .resolve(&Blob::Sha256(name), 1024)
+            .expect_err("missing");
+        assert!(matches!(err, JobError::MissingBlob { .. }), "{err}");
+        std::fs::write(dir.path().join(name.to_string()), &data).expect("write");
+        assert_eq!(store.resolve(&Blob::Sha256(name), 1024).expect("ok"), data);
+        std::fs::write(dir.path().join(name.to_string()), b"tampered").expect("write");
+        let err = store
+            .resolve(&Blob::Sha256(name), 1024)
+            .expect_err("corrupt");
+        assert!(matches!(err, JobError::CorruptBlob { .. }), "{err}");
+        assert_eq!(
+            store.resolve(&Blob::inline(&data), 1024).expect("inline"),
+            data
+        );
+        assert!(store.resolve(&Blob::Base64("!!".into()), 10).is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! Built-in jobs, each with a CPU reference. They go through the same validation and executor as
+//! anyone's job; the capability benchmark and verification challenges are made of them.
+//!
+//! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
+//! - [`sgemm`]: f32 C = A·B, 64x64 workgroup tiles in shared memory, 4x4 outputs per invocation
+//!   held in registers, vec4 loads.
+//! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
+//! - [`hash_chain`]: a deterministic integer kernel (xorshift and multiply rounds) whose output
+//!   every correct machine reproduces bit for bit.
+
+use crate::job::{Binding, BindingKind, Blob, Job, JobLimits, Kernel};
+
+fn job(
+    id: String,
+    wgsl: &str,
+    bindings: Vec<Binding>,
+    dispatch: [u32; 3],
+    max_runtime_ms: u64,
+) -> Job {
+    Job {
+        version: crate::job::JOB_VERSION,
+        id,
+        kernel: Kernel {
+            wgsl: wgsl.to_owned(),
+            entry_point: "main".to_owned(),
+        },
+        bindings,
+        dispatch,
+        priority: 0,
+        deadline_unix_ms: None,
+        limits: JobLimits {
+            max_bytes: None,
+            max_runtime_ms,
+        },
+    }
+}
+
+fn uniform(binding: u32, words: [u32; 4]) -> Binding {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    Binding {
+        binding,
+        kind: BindingKind::Uniform,
+        size: 16,
+        input: Some(Blob::inline(&bytes)),
+    }
+}
+
+fn storage(binding: u32, kind: BindingKind, size: u64, input: Option<&[u8]>) -> Binding {
+    Binding {
+        binding,
+        kind,
+        size,
+        input: input.map(Blob::inline),
+    }
+}
+
+/// Little-endian bytes of `values`.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `f32`s from little-endian bytes.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// `u32`s from little-endian bytes.
+pub fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Deterministic pseudo-random f32s in [-1, 1) (xorshift32), for test and benchmark matrices.
+pub fn random_f32s(count: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+const FMA_PEAK: &str = r#"
+struct Params { iters: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> result: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let base = vec4<f32>(f32(gid.x & 7u)) * 0.001 + vec4<f32>(0.1, 0.2, 0.3, 0.4);
+    var a = base; var b = base + 0.5; var c = base + 0.25; var d = base + 0.75;
+    let m = vec4<f32>(0.999);
+    let k = vec4<f32>(0.001);
+    for (var r = 0u; r < params.iters; r++) {
+        a = fma(a, m, k); b = fma(b, m, k); c = fma(c, m, k); d = fma(d, m, k);
+        a = fma(a, m, k); b = fma(b, m, k); c = fma(c, m, k); d = fma(d, m, k);
+        a = fma(a, m, k); b = fma(b, m, k); c = fma(c, m, k); d = fma(d, m, k);
+        a = fma(a, m, k); b = fma(b, m, k); c = fma(c, m, k); d = fma(d, m, k);
+    }
+    result[gid.x] = a + b + c + d;
+}
+"#;
+
+/// FP32 work of one [`fma_peak`] run: invocations x iterations x 16 vec4 FMAs x 4 lanes x 2 flops.
+pub fn fma_peak_flops(workgroups: u32, iters: u32) -> f64 {
+    f64::from(workgroups) * 256.0 * f64::from(iters) * 128.0
+}
+
+/// FP32 peak: `workgroups` x 256 invocations, each `iters` rounds of 16 independent vec4 FMAs.
+pub fn fma_peak(workgroups: u32, iters: u32) -> Job {
+    let invocations = u64::from(workgroups) * 256;
+    job(
+        format!("builtin.fma_peak.{workgroups}x{iters}"),
+        FMA_PEAK,
+        vec![
+            uniform(0, [iters, 0, 0, 0]),
+            storage(1, BindingKind::StorageReadWrite, invocations * 16, None),
+        ],
+        [workgroups, 1, 1],
+        60_000,
+    )
+}
+
+/// CPU reference for one [`fma_peak`] invocation's result (four lanes).
+pub fn fma_peak_reference(invocation: u32, iters: u32) -> [f32; 4] {
+    let base: [f32; 4] =
+        std::array::from_fn(|l| (invocation & 7) as f32 * 0.001 + [0.1, 0.2, 0.3, 0.4][l]);
+    std::array::from_fn(|l| {
+        let mut chains = [base[l], base[l] + 0.5, base[l] + 0.25, base[l] + 0.75];
+        for _ in 0..iters * 4 {
+            chains.iter_mut().for_each(|x| *x = x.mul_add(0.999, 0.001));
+        }
+        chains.iter().sum()
+    })
+}
+
+const SGEMM: &str = r#"
+struct Dims { m: u32, n: u32, k: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+
+// A 64x64 tile of C per workgroup of 16x16 invocations; each invocation owns 4 rows x 4 columns.
+var<workgroup> tile_a: array<array<f32, 64>, 16>;       // [k][row], A's tile transposed
+var<workgroup> tile_b: array<array<vec4<f32>, 16>, 16>; // [k][column / 4]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let k4 = dims.k / 4u;
+    let n4 = dims.n / 4u;
+    let a_row = li / 4u;
+    let a_col = li % 4u;
+    let b_row = li / 16u;
+    let b_col = li % 16u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var t = 0u; t < dims.k; t += 16u) {
+        let av = a[(wg.y * 64u + a_row) * k4 + t / 4u + a_col];
+        tile_a[a_col * 4u][a_row] = av.x;
+        tile_a[a_col * 4u + 1u][a_row] = av.y;
+        tile_a[a_col * 4u + 2u][a_row] = av.z;
+        tile_a[a_col * 4u + 3u][a_row] = av.w;
+        tile_b[b_row][b_col] = b[(t + b_row) * n4 + wg.x * 16u + b_col];
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let bv = tile_b[kk][lid.x];
+            let r = lid.y * 4u;
+            acc0 = fma(vec4<f32>(tile_a[kk][r]), bv, acc0);
+            acc1 = fma(vec4<f32>(tile_a[kk][r + 1u]), bv, acc1);
+            acc2 = fma(vec4<f32>(tile_a[kk][r + 2u]), bv, acc2);
+            acc3 = fma(vec4<f32>(tile_a[kk][r + 3u]), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    let row = wg.y * 64u + lid.y * 4u;
+    let col = wg.x * 16u + lid.x;
+    c[row * n4 + col] = acc0;
+    c[(row + 1u) * n4 + col] = acc1;
+    c[(row + 2u) * n4 + col] = acc2;
+    c[(row + 3u) * n4 + col] = acc3;
+}
+"#;
+
+/// Errors building a built-in job.
+#[derive(Debug, thiserror::Error)]
+pub enum BuiltinError {
+    /// Sizes the kernel does not tile.
+    #[error("{what} must be a positive multiple of {multiple}, not {value}")]
+    Size {
+        /// Which parameter.
+        what: &'static str,
+        /// Required multiple.
+        multiple: u32,
+        /// What was given.
+        value: u32,
+    },
+}
+
+fn multiple(what: &'static str, value: u32, multiple: u32) -> Result<(), BuiltinError> {
+    if value == 0 || !value.is_multiple_of(multiple) {
+        return Err(BuiltinError::Size {
+            what,
+            multiple,
+            value,
+        });
+    }
+    Ok(())
+}
+
+/// C (m x n) = A (m x k) · B (k x n), row-major f32; m, n multiples of 64, k of 16.
+pub fn sgemm(m: u32, n: u32, k: u32, a: &[f32], b: &[f32]) -> Result<Job, BuiltinError> {
+    multiple("m", m, 64)?;
+    multiple("n", n, 64)?;
+    multiple("k", k, 16)?;
+    let (m64, n64, k64) = (u64::from(m), u64::from(n), u64::from(k));
+    Ok(job(
+        format!("builtin.sgemm.{m}x{n}x{k}"),
+        SGEMM,
+        vec![
+            uniform(0, [m, n, k, 0]),
+            storage(
+                1,
+                BindingKind::StorageRead,
+                m64 * k64 * 4,
+                Some(&f32_bytes(a)),
+            ),
+            storage(
+                2,
+                BindingKind::StorageRead,
+                k64 * n64 * 4,
+                Some(&f32_bytes(b)),
+            ),
+            storage(3, BindingKind::StorageReadWrite, m64 * n64 * 4, None),
+        ],
+        [n / 64, m / 64, 1],
+        120_000,
+    ))
+}
+
+/// CPU reference: C = A·B in f64, rounded to f32.
+pub fn sgemm_reference(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let sum: f64 = (0..k)
+                .map(|l| f64::from(a[i * k + l]) * f64::from(b[l * n + j]))
+                .sum();
+            c[i * n + j] = sum as f32;
+        }
+    }
+    c
+}
+
+const COPY: &str = r#"
+@group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>) {
+    let stride = groups.x * 256u;
+    for (var i = gid.x; i < arrayLength(&dst); i += stride) {
+        dst[i] = src[i];
+    }
+}
+"#;
+
+/// Copies `bytes` (a positive multiple of 16) from one buffer to another.
+pub fn copy(bytes: u32, input: &[u8]) -> Result<Job, BuiltinError> {
+    multiple("bytes", bytes, 16)?;
+    let groups = (bytes / 16).div_ceil(256).min(4096);
+    Ok(job(
+        format!("builtin.copy.{bytes}"),
+        COPY,
+        vec![
+            storage(0, BindingKind::StorageRead, u64::from(bytes), Some(input)),
+            storage(1, BindingKind::StorageReadWrite, u64::from(bytes), None),
+        ],
+        [groups, 1, 1],
+        60_000,
+    ))
+}
+
+const HASH_CHAIN: &str = r#"
+struct Params { seed: u32, rounds: u32, count: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= params.count) { return; }
+    var x = params.seed ^ (i * 0x9E3779B9u);
+    for (var r = 0u; r < params.rounds; r++) {
+        x ^= x << 13u;
+        x ^= x >> 17u;
+        x ^= x << 5u;
+        x = x * 0x2C1B3C6Du + 0x297A2D39u;
+    }
+    out[i] = x;
+}
+"#;
+
+/// `count` independent chains of `rounds` integer rounds from `seed`.
+pub fn hash_chain(seed: u32, rounds: u32, count: u32) -> Result<Job, BuiltinError> {
+    multiple("count", count, 1)?;
+    Ok(job(
+        format!("builtin.hash_chain.{seed:08x}.{rounds}.{count}"),
+        HASH_CHAIN,
+        vec![
+            uniform(0, [seed, rounds, count, 0]),
+            storage(1, BindingKind::StorageReadWrite, u64::from(count) * 4, None),
+        ],
+        [count.div_ceil(64), 1, 1],
+        60_000,
+    ))
+}
+
+/// CPU reference for [`hash_chain`], bit for bit.
+pub fn hash_chain_reference(seed: u32, rounds: u32, count: u32) -> Vec<u32> {
+    (0..count)
+        .map(|i| {
+            let mut x = seed ^ i.wrapping_mul(0x9E37_79B9);
+            for _ in 0..rounds {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x = x.wrapping_mul(0x2C1B_3C6D).wrapping_add(0x297A_2D39);
+            }
+            x
+        })
+        .collect()
+}

@@ -1,0 +1,185 @@
+//! Receipts: the device's signed statement of what it ran, on what, and what came out.
+//!
+//! The signature is Ed25519 by the device identity key over
+//! `b"edge-receipt-v1\n"` followed by the receipt body serialised as JSON with its fields in the
+//! order below (no maps, no floats: the bytes are fixed by the values). Anyone holding a receipt
+//! can check it with [`verify`]: the public key it carries must hash to its device id, and the
+//! signature must hold.
+
+use edge_hal::keys::{self, DeviceId, Identity};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Sha256, decode_hex, hex};
+use crate::executor::{Adapter, JobOutput};
+use crate::validate::ValidJob;
+
+/// Domain separation: a receipt signature can never be taken for another message's.
+const DOMAIN: &[u8] = b"edge-receipt-v1\n";
+
+/// What was run, where, and with what result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBody {
+    /// Receipt format, 1.
+    pub version: u32,
+    /// The job's id.
+    pub job_id: String,
+    /// The device that ran it.
+    pub device_id: String,
+    /// The device's Ed25519 public key, hex.
+    pub public_key: String,
+    /// SHA-256 of the WGSL source.
+    pub kernel_sha256: Sha256,
+    /// SHA-256 of every binding's initial contents, in binding order.
+    pub input_sha256: Sha256,
+    /// SHA-256 of every `storage_read_write` binding's final contents, in binding order.
+    pub output_sha256: Sha256,
+    /// Adapter name.
+    pub adapter: String,
+    /// Driver and version.
+    pub driver: String,
+    /// Submission time, Unix milliseconds.
+    pub started_at_unix_ms: u64,
+    /// Submission to read-back, microseconds.
+    pub duration_us: u64,
+}
+
+/// A signed receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// What is attested.
+    #[serde(flatten)]
+    pub body: ReceiptBody,
+    /// Ed25519 signature over [`ReceiptBody::signed_bytes`], hex.
+    pub signature: String,
+}
+
+/// Why a receipt does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    /// The public key is not 32 bytes of hex.
+    #[error("receipt public key is not a 32-byte hex Ed25519 key")]
+    PublicKey,
+    /// The public key belongs to another device id.
+    #[error("receipt public key belongs to device {actual}, not {claimed}")]
+    DeviceId {
+        /// What the receipt says.
+        claimed: String,
+        /// What the key hashes to.
+        actual: String,
+    },
+    /// The signature does not hold.
+    #[error("receipt signature does not verify for job {job_id}")]
+    Signature {
+        /// The job.
+        job_id: String,
+    },
+    /// Unknown format.
+    #[error("receipt format {0} is not supported")]
+    Version(u32),
+}
+
+impl ReceiptBody {
+    /// The exact bytes the signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut bytes = DOMAIN.to_vec();
+        // Serialising plain strings and integers cannot fail.
+        bytes.extend(serde_json::to_vec(self).unwrap_or_default());
+        bytes
+    }
+}
+
+/// Signs a receipt for `job`, which produced `output` on `adapter`.
+pub fn sign(identity: &Identity, adapter: &Adapter, job: &ValidJob, output: &JobOutput) -> Receipt {
+    let body = ReceiptBody {
+        version: 1,
+        job_id: job.job.id.clone(),
+        device_id: identity.device_id().to_string(),
+        public_key: hex(identity.public_key()),
+        kernel_sha256: job.kernel_sha256,
+        input_sha256: job.input_sha256(),
+        output_sha256: output.output_sha256(),
+        adapter: adapter.name.clone(),
+        driver: adapter.driver.clone(),
+        started_at_unix_ms: output
+            .started_at
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        duration_us: output.duration.as_micros() as u64,
+    };
+    let signature = hex(&identity.sign(&body.signed_bytes()));
+    Receipt { body, signature }
+}
+
+/// Checks a receipt's key, device id and signature.
+pub fn verify(receipt: &Receipt) -> Result<(), ReceiptError> {
+    let body = &receipt.body;
+    if body.version != 1 {
+        return Err(ReceiptError::Version(body.version));
+    }
+    let public_key: [u8; 32] = decode_hex(&body.public_key)
+        .and_then(|k| k.try_into().ok())
+        .ok_or(ReceiptError::PublicKey)?;
+    let actual = DeviceId::from_public_key(&public_key).to_string();
+    if actual != body.device_id {
+        return Err(ReceiptError::DeviceId {
+            claimed: body.device_id.clone(),
+            actual,
+        });
+    }
+    let signature = decode_hex(&receipt.signature).unwrap_or_default();
+    if !keys::verify(&public_key, &body.signed_bytes(), &signature) {
+        return Err(ReceiptError::Signature {
+            job_id: body.job_id.clone(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(identity: &Identity) -> Receipt {
+        let body = ReceiptBody {
+            version: 1,
+            job_id: "j1".into(),
+            device_id: identity.device_id().to_string(),
+            public_key: hex(identity.public_key()),
+            kernel_sha256: Sha256::of(b"kernel"),
+            input_sha256: Sha256::of(b"in"),
+            output_sha256: Sha256::of(b"out"),
+            adapter: "llvmpipe".into(),
+            driver: "Mesa".into(),
+            started_at_unix_ms: 1_795_660_000_000,
+            duration_us: 1234,
+        };
+        let signature = hex(&identity.sign(&body.signed_bytes()));
+        Receipt { body, signature }
+    }
+
+    #[test]
+    fn a_signed_receipt_verifies_after_a_json_round_trip() {
+        let id = Identity::generate_ephemeral().expect("key");
+        let r = receipt(&id);
+        let json = serde_json::to_string(&r).expect("json");
+        let back: Receipt = serde_json::from_str(&json).expect("parse");
+        verify(&back).expect("verifies");
+    }
+
+    #[test]
+    fn any_change_breaks_it() {
+        let id = Identity::generate_ephemeral().expect("key");
+        let mut r = receipt(&id);
+        r.body.output_sha256 = Sha256::of(b"other output");
+        assert!(matches!(verify(&r), Err(ReceiptError::Signature { .. })));
+
+        let other = Identity::generate_ephemeral().expect("key");
+        let mut r = receipt(&id);
+        r.body.public_key = hex(other.public_key());
+        assert!(matches!(verify(&r), Err(ReceiptError::DeviceId { .. })));
+
+        let mut r = receipt(&id);
+        r.body.duration_us += 1;
+        assert!(verify(&r).is_err());
+    }
+}

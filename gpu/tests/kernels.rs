@@ -1,0 +1,241 @@
+//! Built-in kernels on a real Vulkan driver (lavapipe here), each checked against its CPU
+//! reference; receipts over real runs; a runaway kernel and a missing driver, each in a child
+//! process (a runaway dispatch cannot be stopped, and the Vulkan loader reads its environment once
+//! per process).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edge_gpu::executor::{ExecError, Executor, JobOutput};
+use edge_gpu::job::{BlobStore, Job};
+use edge_gpu::kernels::{self, f32s, u32s};
+use edge_gpu::validate::{ValidJob, validate};
+use edge_gpu::{freivalds, receipt};
+use edge_hal::Identity;
+
+fn lavapipe_installed() -> bool {
+    Path::new(&format!(
+        "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+        std::env::consts::ARCH
+    ))
+    .exists()
+}
+
+/// The executor, or `None` (said loudly) where this machine has no Vulkan driver at all.
+fn executor() -> Option<Executor> {
+    match Executor::start() {
+        Ok(executor) => Some(executor),
+        Err(e) if !lavapipe_installed() => {
+            eprintln!(
+                "SKIPPED: no Vulkan driver ({e}); install mesa-vulkan-drivers (cross/README.md)"
+            );
+            None
+        }
+        Err(e) => panic!("lavapipe is installed but the executor did not start: {e}"),
+    }
+}
+
+fn prepare(executor: &Executor, job: Job) -> ValidJob {
+    let store = BlobStore {
+        dir: "/nonexistent".into(),
+    };
+    validate(job, &executor.adapter().limits, 1 << 30, &store).expect("built-in jobs are valid")
+}
+
+fn run(executor: &Executor, job: Job) -> (ValidJob, JobOutput) {
+    let valid = prepare(executor, job);
+    let output = executor.run(valid.clone()).expect("job runs");
+    (valid, output)
+}
+
+#[test]
+fn hash_chain_matches_the_cpu_bit_for_bit() {
+    let Some(ex) = executor() else { return };
+    let (seed, rounds, count) = (0xC0FF_EE00, 257, 1000);
+    let (_, out) = run(&ex, kernels::hash_chain(seed, rounds, count).expect("job"));
+    assert_eq!(
+        u32s(&out.outputs[0].1),
+        kernels::hash_chain_reference(seed, rounds, count)
+    );
+}
+
+#[test]
+fn copy_reproduces_its_input() {
+    let Some(ex) = executor() else { return };
+    let input: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + 3) as u8).collect();
+    let (_, out) = run(&ex, kernels::copy(1 << 20, &input).expect("job"));
+    assert!(out.outputs[0].1 == input, "copy differs from its input");
+}
+
+#[test]
+fn fma_peak_matches_the_cpu_reference() {
+    let Some(ex) = executor() else { return };
+    let (groups, iters) = (2, 50);
+    let (_, out) = run(&ex, kernels::fma_peak(groups, iters));
+    let got = f32s(&out.outputs[0].1);
+    assert_eq!(got.len(), groups as usize * 256 * 4);
+    for invocation in [0u32, 1, 7, 300, 511] {
+        let want = kernels::fma_peak_reference(invocation, iters);
+        for lane in 0..4 {
+            let g = got[invocation as usize * 4 + lane];
+            assert!(
+                (g - want[lane]).abs() <= 1e-5 * want[lane].abs(),
+                "invocation {invocation} lane {lane}: {g} vs {}",
+                want[lane]
+            );
+        }
+    }
+}
+
+#[test]
+fn sgemm_matches_the_cpu_and_passes_freivalds() {
+    let Some(ex) = executor() else { return };
+    let (m, n, k) = (128, 192, 80);
+    let a = kernels::random_f32s(m * k, 11);
+    let b = kernels::random_f32s(k * n, 12);
+    let (_, out) = run(
+        &ex,
+        kernels::sgemm(m as u32, n as u32, k as u32, &a, &b).expect("job"),
+    );
+    let c = f32s(&out.outputs[0].1);
+    let want = kernels::sgemm_reference(m, n, k, &a, &b);
+    let worst = c
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "largest difference from the CPU: {worst}");
+    freivalds::check((m, n, k), &a, &b, &c, 10, 99).expect("Freivalds accepts a correct product");
+    let mut tampered = c.clone();
+    tampered[5 * n + 9] += 1e-2;
+    assert!(freivalds::check((m, n, k), &a, &b, &tampered, 10, 99).is_err());
+}
+
+#[test]
+fn pipelines_are_cached_by_kernel_and_receipts_verify() {
+    let Some(ex) = executor() else { return };
+    let job = kernels::hash_chain(1, 10, 64).expect("job");
+    let (_, first) = run(&ex, job.clone());
+    let (valid, second) = run(&ex, job);
+    assert!(!first.cached_pipeline && second.cached_pipeline);
+    assert_eq!(
+        first.output_sha256(),
+        second.output_sha256(),
+        "deterministic"
+    );
+
+    let identity = Identity::generate_ephemeral().expect("key");
+    let r = receipt::sign(&identity, ex.adapter(), &valid, &second);
+    receipt::verify(&r).expect("receipt verifies");
+    assert_eq!(r.body.kernel_sha256, valid.kernel_sha256);
+    assert_eq!(
+        r.body.output_sha256,
+        edge_gpu::digest::Sha256::of(&second.outputs[0].1)
+    );
+    assert_eq!(r.body.adapter, ex.adapter().name);
+}
+
+/// As good as forever: lavapipe stops any loop after 65535 iterations, so the length comes from
+/// the dispatch instead: 65535 x 65535 workgroups of 64 invocations, each looping 65535 times.
+const RUNAWAY: &str = "@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+@compute @workgroup_size(64)
+fn main() {
+    for (var i = 0u; i < 0xFFFFFFFFu; i++) {
+        if (data[0] == 12345u) { return; }
+        data[1] = data[1] + 1u;
+    }
+}
+";
+
+const MARK: &str = "CHILD-RESULT ";
+
+/// Not a test: the body of the child processes below (run with `--ignored --exact`).
+#[test]
+#[ignore = "helper run in a child process by the tests below"]
+fn child() {
+    let say = |what: &str| println!("{MARK}{what}");
+    let ex = match Executor::start() {
+        Ok(ex) => ex,
+        Err(e) => {
+            say(&format!("start: {e}"));
+            return;
+        }
+    };
+    let runaway = Job::from_json(&format!(
+        r#"{{"version":1,"id":"runaway","kernel":{{"wgsl":{},"entry_point":"main"}},
+            "bindings":[{{"binding":0,"kind":"storage_read_write","size":8}}],
+            "dispatch":[65535,65535,1],"limits":{{"max_runtime_ms":300}}}}"#,
+        serde_json::to_string(RUNAWAY).expect("json")
+    ))
+    .expect("job");
+    let started = Instant::now();
+    match ex.run(prepare(&ex, runaway)) {
+        Err(ExecError::Timeout { .. }) => say(&format!("timeout after {:?}", started.elapsed())),
+        other => say(&format!("unexpected: {other:?}")),
+    }
+    let (seed, rounds, count) = (5, 20, 128);
+    let (_, out) = run(&ex, kernels::hash_chain(seed, rounds, count).expect("job"));
+    let ok = u32s(&out.outputs[0].1) == kernels::hash_chain_reference(seed, rounds, count);
+    say(&format!("after: {}", if ok { "correct" } else { "WRONG" }));
+    // The runaway cannot be stopped; leave without running destructors that would wait for it.
+    std::process::exit(0);
+}
+
+/// Runs [`child`] with extra environment until it has said `expected` results (or for at most
+/// five minutes), then kills it: a child with a runaway kernel may never exit on its own.
+fn run_child(env: &[(&str, &str)], expected: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["--ignored", "--exact", "child", "--nocapture"])
+        .env("NODEVICE_SELECT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some((_, result)) = line.split_once(MARK) {
+                let _ = tx.send(result.to_owned());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut lines = Vec::new();
+    while lines.len() < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn a_runaway_kernel_is_failed_at_its_limit_and_the_next_job_runs() {
+    if !lavapipe_installed() {
+        eprintln!("SKIPPED: lavapipe is not installed (mesa-vulkan-drivers)");
+        return;
+    }
+    let lines = run_child(&[], 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("timeout after"), "{lines:?}");
+    assert_eq!(lines[1], "after: correct", "{lines:?}");
+}
+
+#[test]
+fn no_driver_means_no_gpu_with_the_reason() {
+    let lines = run_child(&[("VK_ICD_FILENAMES", "/nonexistent.json")], 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("start: no GPU:"), "{lines:?}");
+}
