@@ -15,11 +15,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use edge_gpu::job::BlobStore;
+
+use crate::capability::CapabilityTask;
+use crate::config::{Config, GpuConfig};
 use crate::exit::Exit;
+use crate::gpu_worker::GpuWorker;
 use crate::lock::{LockError, StateLock};
 use crate::monitor::Monitor;
 use crate::progress::Progress;
+use crate::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerParts};
 use crate::snapshot::HardwareSnapshot;
 use crate::state::AgentState;
 use crate::status::{StatusError, StatusServer};
@@ -110,7 +115,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
-pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
+/// `exe` is this binary, run again as the GPU worker (`edge-agent gpu-worker`).
+pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentError> {
     systemd::status("starting: preparing state directory");
     create_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
@@ -131,6 +137,31 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
         GpuStatus::Unavailable { reason } => tracing::warn!(%reason, "no GPU"),
     }
 
+    let identity = Arc::new(identity);
+    let blobs = config.state_dir.join("blobs");
+    let gpu_metrics = Arc::new(GpuMetrics::default());
+    let (scheduler, scheduler_handle) = Scheduler::new(
+        SchedulerParts {
+            gpu: match &gpu {
+                GpuStatus::Available(info) => Ok(info.limits.clone()),
+                GpuStatus::Unavailable { reason } => Err(reason.clone()),
+            },
+            policy: Policy::from(&config.gpu),
+            identity: identity.clone(),
+            thermal: hal.thermal.clone(),
+            clock: hal.clock.clone(),
+            blobs: BlobStore { dir: blobs.clone() },
+            metrics: gpu_metrics.clone(),
+        },
+        GpuWorker::new(vec![
+            exe.into(),
+            "gpu-worker".into(),
+            "--blobs".into(),
+            blobs.into(),
+        ]),
+    );
+    let (publish_capability, capability) = watch::channel(None);
+
     let (h, dir) = (hal.clone(), config.state_dir.clone());
     let first = blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
     let (publish, snapshot) = watch::channel(Arc::new(first));
@@ -147,8 +178,10 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
         gpu,
         snapshot,
         samples: 1.into(),
+        capability,
+        gpu_metrics,
+        scheduler: scheduler_handle.clone(),
     });
-    drop(identity);
 
     let status = StatusServer::bind(&config.status, state.clone()).await?;
     let endpoints = status.endpoints().join(", ");
@@ -156,6 +189,7 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| task_error("signals", e))?;
 
     let shutdown = CancellationToken::new();
+    let shutdown_for_capability = shutdown.clone();
     let tracker = TaskTracker::new();
     let (failures, mut failed) = mpsc::channel(8);
     let progress = Progress::new();
@@ -174,6 +208,25 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
         monitor.run(shutdown.clone()),
     );
     spawn_task(&tracker, &failures, "status", status.run(shutdown.clone()));
+    spawn_task(
+        &tracker,
+        &failures,
+        "scheduler",
+        scheduler.run(shutdown.clone()),
+    );
+    let capability = CapabilityTask {
+        scheduler: scheduler_handle,
+        cache: config.state_dir.join("capability.json"),
+        gpu: state.gpu.clone(),
+        publish: publish_capability,
+        measure: config.gpu.measure_capability,
+    };
+    // A failed measurement is logged and shown as no capability; it does not stop the agent.
+    tracker.spawn(async move {
+        if let Err(e) = capability.run(shutdown_for_capability).await {
+            tracing::error!(error = %e, "GPU capability benchmark failed");
+        }
+    });
     if let Some(interval) = systemd::watchdog_interval() {
         // Alive means a sample within two intervals (plus slack for a slow one).
         let max_age = config.sample_interval * 2 + std::time::Duration::from_secs(5);
@@ -205,6 +258,20 @@ pub async fn run(config: Config, hal: Hal) -> Result<Exit, AgentError> {
     }
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+impl From<&GpuConfig> for Policy {
+    fn from(gpu: &GpuConfig) -> Self {
+        Self {
+            queue_capacity: gpu.queue_capacity,
+            memory_budget: gpu.memory_budget,
+            max_duty: gpu.max_duty,
+            allowed_hours_utc: gpu.allowed_hours_utc,
+            pause_above_celsius: gpu.pause_above_celsius,
+            resume_below_celsius: gpu.resume_below_celsius,
+            idle_release: gpu.idle_release,
+        }
+    }
 }
 
 fn task_error(task: &'static str, e: impl Display) -> AgentError {

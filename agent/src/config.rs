@@ -111,7 +111,7 @@ pub struct StatusConfig {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Files it was loaded from, main file first; empty for embedded defaults.
     pub sources: Vec<PathBuf>,
@@ -127,8 +127,29 @@ pub struct Config {
     pub log: LogConfig,
     /// Status endpoint.
     pub status: StatusConfig,
-    /// GPU memory the owner lends to jobs, in bytes.
-    pub gpu_memory_budget: u64,
+    /// The owner's GPU policy.
+    pub gpu: GpuConfig,
+}
+
+/// What the owner lends to GPU jobs, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuConfig {
+    /// GPU memory per job (buffers and read-back), bytes.
+    pub memory_budget: u64,
+    /// Jobs that may wait.
+    pub queue_capacity: usize,
+    /// Largest fraction of time the GPU may be busy, in (0, 1].
+    pub max_duty: f64,
+    /// Jobs start only within `[start, end)` hours UTC; `None`: any time.
+    pub allowed_hours_utc: Option<(u8, u8)>,
+    /// No job starts while a thermal zone is at or above this.
+    pub pause_above_celsius: f64,
+    /// Jobs resume once every zone is below this.
+    pub resume_below_celsius: f64,
+    /// The GPU worker is released after this long without work.
+    pub idle_release: Duration,
+    /// Measure the capability at start when it is not cached.
+    pub measure_capability: bool,
 }
 
 /// The file as written: every leaf an untyped value, so that a wrong type is one more problem
@@ -190,6 +211,20 @@ struct RawStatus {
 struct RawGpu {
     /// GPU memory lent to jobs, in MiB (buffers and read-back), 16 to 65536. Default 2048.
     memory_budget_mib: Option<Value>,
+    /// Jobs that may wait, 1 to 10000. Default 64.
+    queue_capacity: Option<Value>,
+    /// Largest share of time the GPU may be busy, percent, 1 to 100. Default 100.
+    max_duty_percent: Option<Value>,
+    /// `"START-END"` hours UTC when jobs may start, e.g. `"22-7"`. Default: any time.
+    allowed_hours_utc: Option<Value>,
+    /// Pause at or above this many degrees Celsius on any zone, 40 to 120. Default 85.
+    pause_above_celsius: Option<Value>,
+    /// Resume when every zone is below this, 30 to 110, below the pause. Default 75.
+    resume_below_celsius: Option<Value>,
+    /// Release the GPU worker after this many idle seconds, 1 to 3600. Default 60.
+    idle_release_secs: Option<Value>,
+    /// Measure the GPU's capability at start (when not cached). Default true.
+    measure_capability: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -426,16 +461,7 @@ impl Check<'_> {
 
     fn config(&mut self, raw: RawConfig, cwd: &Path, sources: Vec<PathBuf>) -> Option<Config> {
         self.unknown("", raw.unknown, &["agent", "log", "status", "gpu"]);
-        self.unknown("gpu", raw.gpu.unknown, &["memory_budget_mib"]);
-        let gpu_memory_budget = self
-            .integer(
-                "gpu.memory_budget_mib",
-                raw.gpu.memory_budget_mib,
-                2048,
-                16..=65_536,
-                "MiB",
-            )
-            .map(|mib| mib << 20);
+        let gpu = self.gpu(raw.gpu);
         let RawAgent {
             state_dir,
             identity_key,
@@ -536,7 +562,104 @@ impl Check<'_> {
                 socket: socket?,
                 tcp: tcp?,
             },
-            gpu_memory_budget: gpu_memory_budget?,
+            gpu: gpu?,
+        })
+    }
+
+    fn gpu(&mut self, raw: RawGpu) -> Option<GpuConfig> {
+        let keys = [
+            "memory_budget_mib",
+            "queue_capacity",
+            "max_duty_percent",
+            "allowed_hours_utc",
+            "pause_above_celsius",
+            "resume_below_celsius",
+            "idle_release_secs",
+            "measure_capability",
+        ];
+        self.unknown("gpu", raw.unknown, &keys);
+        let budget = self.integer(
+            "gpu.memory_budget_mib",
+            raw.memory_budget_mib,
+            2048,
+            16..=65_536,
+            "MiB",
+        );
+        let capacity = self.integer(
+            "gpu.queue_capacity",
+            raw.queue_capacity,
+            64,
+            1..=10_000,
+            "jobs",
+        );
+        let duty = self.integer(
+            "gpu.max_duty_percent",
+            raw.max_duty_percent,
+            100,
+            1..=100,
+            "percent",
+        );
+        let pause = self.integer(
+            "gpu.pause_above_celsius",
+            raw.pause_above_celsius,
+            85,
+            40..=120,
+            "degrees",
+        );
+        let resume = self.integer(
+            "gpu.resume_below_celsius",
+            raw.resume_below_celsius,
+            75,
+            30..=110,
+            "degrees",
+        );
+        if let (Some(pause), Some(resume)) = (pause, resume)
+            && resume >= pause
+        {
+            self.fail(
+                "gpu.resume_below_celsius",
+                format!("{resume} must be below gpu.pause_above_celsius ({pause}), or the GPU would flap"),
+            );
+        }
+        let idle = self.seconds("gpu.idle_release_secs", raw.idle_release_secs, 60, 3600);
+        let measure = match raw.measure_capability {
+            None => Some(true),
+            Some(Value::Boolean(b)) => Some(b),
+            Some(other) => {
+                self.fail(
+                    "gpu.measure_capability",
+                    format!("expected true or false, found {}", describe(&other)),
+                );
+                None
+            }
+        };
+        let hours = match self.string("gpu.allowed_hours_utc", raw.allowed_hours_utc) {
+            None => Some(None),
+            Some(text) => {
+                let parsed = text
+                    .split_once('-')
+                    .and_then(|(a, b)| {
+                        Some((a.trim().parse::<u8>().ok()?, b.trim().parse::<u8>().ok()?))
+                    })
+                    .filter(|&(a, b)| a < 24 && b < 24 && a != b);
+                if parsed.is_none() {
+                    self.fail(
+                        "gpu.allowed_hours_utc",
+                        format!("{text:?} is not START-END in whole hours 0 to 23, e.g. \"22-7\""),
+                    );
+                }
+                parsed.map(Some)
+            }
+        };
+        Some(GpuConfig {
+            memory_budget: budget? << 20,
+            queue_capacity: capacity? as usize,
+            max_duty: duty? as f64 / 100.0,
+            allowed_hours_utc: hours?,
+            pause_above_celsius: pause? as f64,
+            resume_below_celsius: resume? as f64,
+            idle_release: idle?,
+            measure_capability: measure?,
         })
     }
 
@@ -593,7 +716,9 @@ mod tests {
         assert_eq!(c.status.tcp, None);
         assert_eq!(c.sample_interval, Duration::from_secs(10));
         assert_eq!(c.log.format, LogFormat::Auto);
-        assert_eq!(c.gpu_memory_budget, 2048 << 20);
+        assert_eq!(c.gpu.memory_budget, 2048 << 20);
+        assert_eq!(c.gpu.allowed_hours_utc, None);
+        assert_eq!(c.gpu.max_duty, 1.0);
     }
 
     #[test]

@@ -125,5 +125,8 @@ pub fn run(
             source,
         })?;
     }
-    Ok(receipt::sign(identity, executor.adapter(), &valid, &out))
+    Ok(receipt::sign(
+        identity,
+        receipt::Attested::of_run(executor.adapter(), &valid, &out),
+    ))
 }

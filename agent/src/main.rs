@@ -53,6 +53,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Serve GPU jobs on stdin/stdout (run by the agent itself; see edge_gpu::worker).
+    #[command(hide = true)]
+    GpuWorker {
+        /// The content-addressed blob store.
+        #[arg(long, value_name = "DIR")]
+        blobs: PathBuf,
+    },
     /// Discover the GPU in this process and print the result as JSON (run by the agent itself,
     /// so that the Vulkan driver is never loaded into the daemon).
     #[command(hide = true)]
@@ -67,15 +74,18 @@ enum Command {
     },
 }
 
+/// This binary, for the child processes the agent runs (GPU probe, GPU worker).
+fn self_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
 /// The real device, with GPU discovery in a child process (`edge-agent probe-gpu`).
 fn hal() -> Hal {
     let mut hal = Hal::linux();
-    if let Ok(exe) = std::env::current_exe() {
-        hal.gpu = Arc::new(IsolatedProbe {
-            command: vec![exe.into(), "probe-gpu".into()],
-            timeout: Duration::from_secs(30),
-        });
-    }
+    hal.gpu = Arc::new(IsolatedProbe {
+        command: vec![self_exe().into(), "probe-gpu".into()],
+        timeout: Duration::from_secs(30),
+    });
     hal
 }
 
@@ -111,11 +121,13 @@ fn main() -> ExitCode {
         }
     };
     let exit = match command {
-        Command::Run => runtime.block_on(app::run(config, hal)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "edge-agent stopped");
-            eprintln!("edge-agent: {e}");
-            e.exit()
-        }),
+        Command::Run => runtime
+            .block_on(app::run(config, hal, self_exe()))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "edge-agent stopped");
+                eprintln!("edge-agent: {e}");
+                e.exit()
+            }),
         Command::Check => {
             let lines = check::run(&config, &hal, std::path::Path::new("/etc/resolv.conf"));
             lines.iter().for_each(|l| println!("{l}"));
@@ -170,7 +182,7 @@ fn main() -> ExitCode {
                 jobs::run(
                     job,
                     &identity,
-                    config.gpu_memory_budget,
+                    config.gpu.memory_budget,
                     &blobs,
                     output.as_deref(),
                 )
@@ -189,6 +201,16 @@ fn main() -> ExitCode {
                     std::process::exit(Exit::Failed as i32);
                 }
             }
+        }
+        Command::GpuWorker { blobs } => {
+            let store = edge_gpu::job::BlobStore { dir: blobs };
+            let served =
+                edge_gpu::worker::serve(std::io::stdin().lock(), std::io::stdout().lock(), &store);
+            if let Err(e) = served {
+                eprintln!("edge-agent gpu-worker: {e}");
+            }
+            // A runaway dispatch may still hold the driver: leave without teardown.
+            std::process::exit(0);
         }
         Command::ProbeGpu => {
             let status = edge_hal::WgpuProbe::default().discover();

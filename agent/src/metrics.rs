@@ -201,6 +201,53 @@ pub fn render(state: &AgentState) -> String {
             zone.celsius,
         );
     }
+    let g = &state.gpu_metrics;
+    let load =
+        |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    e.family("edge_gpu_queue_depth", "gauge", "GPU jobs waiting.")
+        .sample("edge_gpu_queue_depth", &[], load(&g.queue_depth));
+    e.family("edge_gpu_jobs_total", "counter", "GPU jobs by outcome.");
+    for (outcome, counter) in [
+        ("done", &g.done),
+        ("failed", &g.failed),
+        ("refused", &g.refused),
+        ("cancelled", &g.cancelled),
+    ] {
+        e.sample(
+            "edge_gpu_jobs_total",
+            &[("outcome", outcome)],
+            load(counter),
+        );
+    }
+    e.family(
+        "edge_gpu_busy_seconds_total",
+        "counter",
+        "Time the GPU spent on jobs; its rate is the duty cycle.",
+    )
+    .sample("edge_gpu_busy_seconds_total", &[], load(&g.busy_us) / 1e6);
+    e.family(
+        "edge_gpu_paused",
+        "gauge",
+        "1 paused for heat, 2 outside the allowed hours, 0 running.",
+    )
+    .sample("edge_gpu_paused", &[], load(&g.paused));
+    e.family(
+        "edge_gpu_worker_up",
+        "gauge",
+        "1 while a GPU worker process holds the device.",
+    )
+    .sample("edge_gpu_worker_up", &[], load(&g.worker_up));
+    if let Some(cap) = state.capability.borrow().as_ref() {
+        e.family("edge_gpu_capability", "gauge", "Measured GPU capability.");
+        for (what, value) in [
+            ("fp32_peak_gflops", cap.fp32_peak_gflops),
+            ("sgemm_gflops", cap.sgemm_gflops),
+            ("memory_bandwidth_gbps", cap.memory_bandwidth_gbps),
+            ("dispatch_round_trip_us", cap.dispatch_round_trip_us),
+        ] {
+            e.sample("edge_gpu_capability", &[("measure", what)], value);
+        }
+    }
     e.out
 }
 

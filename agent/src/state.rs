@@ -9,6 +9,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::capability::Capability;
+use crate::scheduler::{GpuMetrics, SchedulerHandle};
 use crate::snapshot::HardwareSnapshot;
 
 /// Build facts shown in `/status` and `/metrics`.
@@ -45,6 +47,12 @@ pub struct AgentState {
     pub snapshot: watch::Receiver<Arc<HardwareSnapshot>>,
     /// Hardware samples taken since start.
     pub samples: AtomicU64,
+    /// The measured GPU capability, once known.
+    pub capability: watch::Receiver<Option<Capability>>,
+    /// GPU scheduler counters.
+    pub gpu_metrics: Arc<GpuMetrics>,
+    /// Where GPU jobs are submitted (the network's job intake arrives with reporting).
+    pub scheduler: SchedulerHandle,
 }
 
 impl AgentState {
@@ -75,6 +83,8 @@ pub struct StatusReport<'a> {
     pub hardware: Arc<HardwareSnapshot>,
     /// GPU discovery result.
     pub gpu: &'a GpuStatus,
+    /// Measured GPU capability (`null` until measured, or without a GPU).
+    pub capability: Option<Capability>,
 }
 
 impl AgentState {
@@ -93,6 +103,7 @@ impl AgentState {
             samples: self.samples(),
             hardware: self.snapshot.borrow().clone(),
             gpu: &self.gpu,
+            capability: self.capability.borrow().clone(),
         }
     }
 }

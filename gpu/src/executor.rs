@@ -22,7 +22,8 @@ use crate::job::BindingKind;
 use crate::validate::ValidJob;
 
 /// Why a job did not produce outputs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ExecError {
     /// There is no usable GPU.
     #[error("no GPU: {reason}")]
@@ -58,6 +59,8 @@ pub struct JobOutput {
     pub started_at: SystemTime,
     /// Submission to outputs read back.
     pub duration: Duration,
+    /// The compute pass alone, from GPU timestamps where the adapter has them.
+    pub kernel_time: Option<Duration>,
     /// Whether the pipeline came from the cache.
     pub cached_pipeline: bool,
 }
@@ -170,6 +173,8 @@ struct Gpu {
     queue: wgpu::Queue,
     pipelines: HashMap<(Sha256, String), wgpu::ComputePipeline>,
     lost: Arc<AtomicBool>,
+    /// Query set and buffers for timing the compute pass, where the adapter supports it.
+    timestamps: Option<Timestamps>,
     /// Devices abandoned after a runaway kernel; never destroyed (see the module docs).
     abandoned: Vec<wgpu::Device>,
 }
@@ -186,9 +191,14 @@ impl Gpu {
         .map_err(|e| ExecError::NoGpu {
             reason: e.to_string(),
         })?;
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("edge-gpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: adapter.limits(),
             experimental_features: wgpu::ExperimentalFeatures::default(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -214,6 +224,7 @@ impl Gpu {
                 driver: format!("{} / {}", info.driver, info.driver_info),
                 limits: edge_hal::gpu::limits_of(&l),
             },
+            timestamps: timestamps.then(|| Timestamps::new(&device)),
             device,
             queue,
             pipelines: HashMap::new(),
@@ -324,7 +335,13 @@ impl Gpu {
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes: self.timestamps.as_ref().map(|t| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &t.queries,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }
+                }),
             });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -333,6 +350,10 @@ impl Gpu {
         }
         for (_, buffer, staging) in &readback {
             encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, None);
+        }
+        if let Some(t) = &self.timestamps {
+            encoder.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, None);
         }
         if let Some(e) = pollster::block_on(oom.pop()) {
             scope_pop_quiet(scope);
@@ -349,6 +370,9 @@ impl Gpu {
         for (_, _, staging) in &readback {
             staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
         }
+        if let Some(t) = &self.timestamps {
+            t.read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        }
         let limit = Duration::from_millis(job.limits.max_runtime_ms);
         match device.poll(wgpu::PollType::Wait {
             submission_index: Some(index),
@@ -362,6 +386,16 @@ impl Gpu {
         if self.lost.load(Ordering::SeqCst) {
             return Err(driver("the device was lost while the job ran".into()));
         }
+        let kernel_time = self.timestamps.as_ref().and_then(|t| {
+            let ticks = t.read.slice(..).get_mapped_range().ok().map(|v| {
+                let word =
+                    |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                word(1).saturating_sub(word(0))
+            });
+            t.read.unmap();
+            let period_ns = f64::from(self.queue.get_timestamp_period());
+            ticks.map(|ticks| Duration::from_nanos((ticks as f64 * period_ns) as u64))
+        });
         let mut outputs = Vec::with_capacity(readback.len());
         for (binding, _, staging) in readback {
             let bytes = staging
@@ -376,8 +410,41 @@ impl Gpu {
             outputs,
             started_at,
             duration,
+            kernel_time,
             cached_pipeline,
         })
+    }
+}
+
+/// Two timestamps around the compute pass, resolved and read back with the outputs.
+struct Timestamps {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+}
+
+impl Timestamps {
+    fn new(device: &wgpu::Device) -> Self {
+        let size = 2 * u64::from(wgpu::QUERY_SIZE);
+        Self {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass time"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            read: device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        }
     }
 }
 

@@ -12,10 +12,12 @@
 //! - [`receipt`]: a signed receipt for every finished job, and its verification; [`freivalds`]
 //!   checks an SGEMM result in O(n^2) without redoing it.
 //!
-//! Limits today: one bind group (`@group(0)`), storage and uniform buffers only, no textures; the
-//! executor runs in the calling process, so a kernel that never ends can be detected (time limit)
-//! but not stopped: lavapipe and most drivers cannot preempt a running dispatch. The agent therefore
-//! runs jobs from a child process it can kill (see `docs/jobs.md`).
+//! - [`worker`]: the line protocol of the child process the agent runs jobs in.
+//!
+//! Limits today: one bind group (`@group(0)`), storage and uniform buffers only, no textures. A
+//! kernel that never ends is detected (time limit) but cannot be stopped in-process: lavapipe and
+//! most drivers cannot preempt a running dispatch. The agent therefore runs jobs in a child process
+//! it can kill (see `docs/jobs.md`).
 
 pub mod digest;
 pub mod executor;
@@ -24,3 +26,4 @@ pub mod job;
 pub mod kernels;
 pub mod receipt;
 pub mod validate;
+pub mod worker;

@@ -41,6 +41,8 @@ pub struct ReceiptBody {
     pub started_at_unix_ms: u64,
     /// Submission to read-back, microseconds.
     pub duration_us: u64,
+    /// The compute pass alone (GPU timestamps), microseconds; `null` where the adapter has none.
+    pub kernel_us: Option<u64>,
 }
 
 /// A signed receipt.
@@ -88,23 +90,64 @@ impl ReceiptBody {
     }
 }
 
-/// Signs a receipt for `job`, which produced `output` on `adapter`.
-pub fn sign(identity: &Identity, adapter: &Adapter, job: &ValidJob, output: &JobOutput) -> Receipt {
+/// What a receipt attests, before the device's identity and signature are added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The job id.
+    pub job_id: String,
+    /// SHA-256 of the WGSL.
+    pub kernel_sha256: Sha256,
+    /// SHA-256 of the inputs.
+    pub input_sha256: Sha256,
+    /// SHA-256 of the outputs.
+    pub output_sha256: Sha256,
+    /// Adapter name.
+    pub adapter: String,
+    /// Driver and version.
+    pub driver: String,
+    /// Submission time, Unix milliseconds.
+    pub started_at_unix_ms: u64,
+    /// Submission to read-back, microseconds.
+    pub duration_us: u64,
+    /// The compute pass alone, microseconds.
+    pub kernel_us: Option<u64>,
+}
+
+impl Attested {
+    /// What an in-process run of `job` on `adapter` produced.
+    pub fn of_run(adapter: &Adapter, job: &ValidJob, output: &JobOutput) -> Self {
+        Self {
+            job_id: job.job.id.clone(),
+            kernel_sha256: job.kernel_sha256,
+            input_sha256: job.input_sha256(),
+            output_sha256: output.output_sha256(),
+            adapter: adapter.name.clone(),
+            driver: adapter.driver.clone(),
+            started_at_unix_ms: output
+                .started_at
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            duration_us: output.duration.as_micros() as u64,
+            kernel_us: output.kernel_time.map(|t| t.as_micros() as u64),
+        }
+    }
+}
+
+/// Signs a receipt with the device identity.
+pub fn sign(identity: &Identity, what: Attested) -> Receipt {
     let body = ReceiptBody {
         version: 1,
-        job_id: job.job.id.clone(),
+        job_id: what.job_id,
         device_id: identity.device_id().to_string(),
         public_key: hex(identity.public_key()),
-        kernel_sha256: job.kernel_sha256,
-        input_sha256: job.input_sha256(),
-        output_sha256: output.output_sha256(),
-        adapter: adapter.name.clone(),
-        driver: adapter.driver.clone(),
-        started_at_unix_ms: output
-            .started_at
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        duration_us: output.duration.as_micros() as u64,
+        kernel_sha256: what.kernel_sha256,
+        input_sha256: what.input_sha256,
+        output_sha256: what.output_sha256,
+        adapter: what.adapter,
+        driver: what.driver,
+        started_at_unix_ms: what.started_at_unix_ms,
+        duration_us: what.duration_us,
+        kernel_us: what.kernel_us,
     };
     let signature = hex(&identity.sign(&body.signed_bytes()));
     Receipt { body, signature }
@@ -140,21 +183,20 @@ mod tests {
     use super::*;
 
     fn receipt(identity: &Identity) -> Receipt {
-        let body = ReceiptBody {
-            version: 1,
-            job_id: "j1".into(),
-            device_id: identity.device_id().to_string(),
-            public_key: hex(identity.public_key()),
-            kernel_sha256: Sha256::of(b"kernel"),
-            input_sha256: Sha256::of(b"in"),
-            output_sha256: Sha256::of(b"out"),
-            adapter: "llvmpipe".into(),
-            driver: "Mesa".into(),
-            started_at_unix_ms: 1_795_660_000_000,
-            duration_us: 1234,
-        };
-        let signature = hex(&identity.sign(&body.signed_bytes()));
-        Receipt { body, signature }
+        sign(
+            identity,
+            Attested {
+                job_id: "j1".into(),
+                kernel_sha256: Sha256::of(b"kernel"),
+                input_sha256: Sha256::of(b"in"),
+                output_sha256: Sha256::of(b"out"),
+                adapter: "llvmpipe".into(),
+                driver: "Mesa".into(),
+                started_at_unix_ms: 1_795_660_000_000,
+                duration_us: 1234,
+                kernel_us: Some(1000),
+            },
+        )
     }
 
     #[test]

@@ -126,7 +126,10 @@ fn pipelines_are_cached_by_kernel_and_receipts_verify() {
     );
 
     let identity = Identity::generate_ephemeral().expect("key");
-    let r = receipt::sign(&identity, ex.adapter(), &valid, &second);
+    let r = receipt::sign(
+        &identity,
+        receipt::Attested::of_run(ex.adapter(), &valid, &second),
+    );
     receipt::verify(&r).expect("receipt verifies");
     assert_eq!(r.body.kernel_sha256, valid.kernel_sha256);
     assert_eq!(

@@ -305,7 +305,10 @@ mod tests {
     #[test]
     fn a_crashing_or_babbling_probe_is_no_gpu_with_the_reason() {
         let crashed = reason(isolated("kill -SEGV $$", 10_000));
-        assert!(crashed.contains("probe sh failed") && crashed.contains("SIGSEGV"), "{crashed}");
+        assert!(
+            crashed.contains("probe sh failed") && crashed.contains("SIGSEGV"),
+            "{crashed}"
+        );
         assert!(reason(isolated("echo hello", 10_000)).contains("not a GPU status"));
         let missing = IsolatedProbe {
             command: vec!["/nonexistent/probe".into()],

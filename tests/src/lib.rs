@@ -35,12 +35,19 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A sandbox whose `config.toml` is `extra` appended to a base that keeps everything inside.
+    /// A sandbox whose `config.toml` is `extra` appended to a base that keeps everything inside
+    /// and skips the GPU capability benchmark.
     pub fn new(extra: &str) -> Self {
+        Self::with_benchmark(extra, false)
+    }
+
+    /// As [`Sandbox::new`], choosing whether the agent measures its GPU at start.
+    pub fn with_benchmark(extra: &str, measure: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = format!(
             "[agent]\nstate_dir = \"{0}/state\"\nsample_interval_secs = 1\nshutdown_grace_secs = 5\n\
-             [log]\nformat = \"text\"\nlevel = \"info\"\n[status]\nsocket = \"{0}/status.sock\"\n{extra}",
+             [log]\nformat = \"text\"\nlevel = \"info\"\n[status]\nsocket = \"{0}/status.sock\"\n\
+             [gpu]\nmeasure_capability = {measure}\n{extra}",
             dir.path().display()
         );
         std::fs::write(dir.path().join("config.toml"), base).expect("write config");
@@ -90,6 +97,12 @@ impl NotifySocket {
             path,
             seen: Vec::new(),
         }
+    }
+
+    /// Binds a notify socket in `dir`, replacing one left by an earlier agent run.
+    pub fn bind_fresh(dir: &Path) -> Self {
+        let _ = std::fs::remove_file(dir.join("notify.sock"));
+        Self::bind(dir)
     }
 
     /// Reads until a line equal to `want` arrives (true) or `within` passes (false).

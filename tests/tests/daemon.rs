@@ -233,3 +233,83 @@ fn two_agents_making_the_key_at_once_end_with_one_key() {
         assert_eq!(files, ["identity.key"], "round {round}: stray files");
     }
 }
+
+/// Polls `/status` until `capability` is set, for at most `within`.
+fn wait_for_capability(sandbox: &Sandbox, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, body, err) = stdout(&mut sandbox.agent(&["status"]));
+        assert_eq!(code, 0, "{err}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if !status["capability"].is_null() {
+            return status["capability"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no capability after {within:?}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_gpu_capability_is_measured_once_and_then_cached() {
+    let lavapipe = format!(
+        "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+        std::env::consts::ARCH
+    );
+    if !std::path::Path::new(&lavapipe).exists() {
+        eprintln!("SKIPPED: {lavapipe} missing; install mesa-vulkan-drivers");
+        return;
+    }
+    let sandbox = Sandbox::with_benchmark("", true);
+    let start = || {
+        let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+        let agent = sandbox
+            .agent(&[])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent");
+        assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+        agent
+    };
+    let mut agent = start();
+    let measured = wait_for_capability(&sandbox, Duration::from_secs(600));
+    for figure in [
+        "fp32_peak_gflops",
+        "sgemm_gflops",
+        "memory_bandwidth_gbps",
+        "dispatch_round_trip_us",
+    ] {
+        assert!(
+            measured[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {measured}"
+        );
+    }
+    let (_, metrics, _) = stdout(&mut sandbox.agent(&["status", "--metrics"]));
+    assert!(
+        metrics.contains("edge_gpu_capability{measure=\"sgemm_gflops\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_gpu_jobs_total{outcome=\"done\"}"),
+        "{metrics}"
+    );
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(
+        wait_exit(&mut agent, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    assert!(sandbox.state().join("capability.json").exists());
+
+    // Restarted with the same agent and driver: the figures come from the cache, unchanged.
+    let mut agent = start();
+    let cached = wait_for_capability(&sandbox, Duration::from_secs(30));
+    assert_eq!(cached, measured);
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(
+        wait_exit(&mut agent, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+}

@@ -1,0 +1,184 @@
+//! The capability benchmark: what this box's GPU can do, measured with the built-in kernels
+//! through the scheduler (so on the worker, like any job), cached in the state directory and
+//! measured again only when the agent version, the adapter or its driver changes.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use edge_gpu::kernels::{self, f32s};
+use edge_gpu::{freivalds, job::Job};
+use edge_hal::GpuStatus;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{JobError, JobResult, SchedulerHandle};
+use crate::state::VERSIONS;
+
+/// SGEMM size of the benchmark.
+const SGEMM_N: u32 = 512;
+/// Copy size of the bandwidth measurement.
+const COPY_BYTES: u32 = 32 << 20;
+
+/// What the GPU measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capability {
+    /// Agent version that measured it.
+    pub agent_version: String,
+    /// Adapter name.
+    pub adapter: String,
+    /// Driver version string.
+    pub driver: String,
+    /// When, Unix seconds.
+    pub measured_at_unix: u64,
+    /// FP32 peak (`fma_peak`), GFLOPS.
+    pub fp32_peak_gflops: f64,
+    /// SGEMM at `sgemm_n`, GFLOPS.
+    pub sgemm_gflops: f64,
+    /// SGEMM matrix size.
+    pub sgemm_n: u32,
+    /// Device memory bandwidth (`copy`, read + write), GB/s.
+    pub memory_bandwidth_gbps: f64,
+    /// Median submit-to-read-back time of a tiny kernel, microseconds.
+    pub dispatch_round_trip_us: f64,
+}
+
+/// Errors measuring.
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilityError {
+    /// A benchmark job failed.
+    #[error("benchmark job failed: {0}")]
+    Job(#[from] JobError),
+    /// The GPU computed a wrong SGEMM.
+    #[error("the GPU's SGEMM result is wrong: {0}")]
+    Wrong(#[from] freivalds::Mismatch),
+}
+
+/// Measures (or loads) the capability once at start.
+pub struct CapabilityTask {
+    /// Runs the benchmark jobs.
+    pub scheduler: SchedulerHandle,
+    /// The cache file.
+    pub cache: PathBuf,
+    /// The adapter found at start.
+    pub gpu: GpuStatus,
+    /// Where the result goes.
+    pub publish: watch::Sender<Option<Capability>>,
+    /// Measure when the cache does not answer (else only load it).
+    pub measure: bool,
+}
+
+impl CapabilityTask {
+    /// Loads the cache or measures; then ends.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CapabilityError> {
+        let GpuStatus::Available(info) = &self.gpu else {
+            return Ok(());
+        };
+        if let Some(cached) = self.load()
+            && cached.agent_version == VERSIONS.agent
+            && cached.adapter == info.name
+            && cached.driver == info.driver_info
+        {
+            tracing::info!(sgemm_gflops = cached.sgemm_gflops, "capability from cache");
+            self.publish.send_replace(Some(cached));
+            return Ok(());
+        }
+        if !self.measure {
+            return Ok(());
+        }
+        crate::systemd::status("measuring GPU capability");
+        let measured = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            m = measure(&self.scheduler, &info.name, &info.driver_info) => m?,
+        };
+        tracing::info!(
+            fp32_peak_gflops = measured.fp32_peak_gflops,
+            sgemm_gflops = measured.sgemm_gflops,
+            memory_bandwidth_gbps = measured.memory_bandwidth_gbps,
+            dispatch_round_trip_us = measured.dispatch_round_trip_us,
+            "capability measured"
+        );
+        if let Err(e) = self.store(&measured) {
+            tracing::warn!(error = %e, path = %self.cache.display(), "cannot cache the capability");
+        }
+        self.publish.send_replace(Some(measured));
+        Ok(())
+    }
+
+    fn load(&self) -> Option<Capability> {
+        serde_json::from_slice(&std::fs::read(&self.cache).ok()?).ok()
+    }
+
+    fn store(&self, capability: &Capability) -> std::io::Result<()> {
+        let tmp = self.cache.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(capability).map_err(std::io::Error::other)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.cache)
+    }
+}
+
+/// Runs `job` twice (the first compiles the pipeline) and returns the second run.
+async fn timed(scheduler: &SchedulerHandle, job: Job) -> Result<JobResult, JobError> {
+    scheduler.run(job.clone()).await?;
+    scheduler.run(job).await
+}
+
+/// The kernel's own time where the GPU has timestamps, else submission to read-back.
+fn seconds(result: &JobResult) -> f64 {
+    let body = &result.receipt.body;
+    body.kernel_us.unwrap_or(body.duration_us).max(1) as f64 / 1e6
+}
+
+/// Measures every figure through `scheduler`.
+pub async fn measure(
+    scheduler: &SchedulerHandle,
+    adapter: &str,
+    driver: &str,
+) -> Result<Capability, CapabilityError> {
+    let (groups, iters) = (256, 1024);
+    let fma = timed(scheduler, kernels::fma_peak(groups, iters)).await?;
+    let fp32_peak_gflops = kernels::fma_peak_flops(groups, iters) / seconds(&fma) / 1e9;
+
+    let n = SGEMM_N as usize;
+    let a = kernels::random_f32s(n * n, 1);
+    let b = kernels::random_f32s(n * n, 2);
+    let job = kernels::sgemm(SGEMM_N, SGEMM_N, SGEMM_N, &a, &b).map_err(|e| JobError::Refused {
+        problems: vec![e.to_string()],
+    })?;
+    let sgemm = timed(scheduler, job).await?;
+    let c = f32s(&sgemm.outputs[0]);
+    freivalds::check((n, n, n), &a, &b, &c, 2, 0x5eed)?;
+    let sgemm_gflops = 2.0 * (n as f64).powi(3) / seconds(&sgemm) / 1e9;
+
+    let input: Vec<u8> = (0..COPY_BYTES).map(|i| i as u8).collect();
+    let copy_job = kernels::copy(COPY_BYTES, &input).map_err(|e| JobError::Refused {
+        problems: vec![e.to_string()],
+    })?;
+    let copy = timed(scheduler, copy_job).await?;
+    let memory_bandwidth_gbps = 2.0 * f64::from(COPY_BYTES) / seconds(&copy) / 1e9;
+
+    let tiny = kernels::hash_chain(1, 1, 64).map_err(|e| JobError::Refused {
+        problems: vec![e.to_string()],
+    })?;
+    let mut trips = Vec::new();
+    for _ in 0..11 {
+        trips.push(scheduler.run(tiny.clone()).await?.receipt.body.duration_us as f64);
+    }
+    trips.sort_by(f64::total_cmp);
+
+    Ok(Capability {
+        agent_version: VERSIONS.agent.to_owned(),
+        adapter: adapter.to_owned(),
+        driver: driver.to_owned(),
+        measured_at_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        fp32_peak_gflops,
+        sgemm_gflops,
+        sgemm_n: SGEMM_N,
+        memory_bandwidth_gbps,
+        dispatch_round_trip_us: trips[trips.len() / 2],
+    })
+}

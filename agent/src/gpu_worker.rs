@@ -1,0 +1,191 @@
+//! The agent's side of the GPU worker process (`edge-agent gpu-worker`, protocol in
+//! [`edge_gpu::worker`]): started on the first job, killed when a job overruns, released when the
+//! GPU has been idle for a while so that an idle agent holds no driver memory.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::time::Duration;
+
+use edge_gpu::executor::ExecError;
+use edge_gpu::worker::{Done, Hello, Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// How long the worker may take to open the device.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Slack beyond a job's own limit before the agent kills the worker (the worker enforces the limit
+/// itself; this catches a worker that is wedged outside the dispatch).
+const KILL_SLACK: Duration = Duration::from_secs(5);
+
+/// Why the worker did not return a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker could not open a GPU.
+    #[error("no GPU: {reason}")]
+    NoGpu {
+        /// Why.
+        reason: String,
+    },
+    /// The job was refused by the worker's validation.
+    #[error("job refused: {}", problems.join("; "))]
+    Refused {
+        /// Every problem.
+        problems: Vec<String>,
+    },
+    /// The GPU failed the job.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// The worker did not answer in time and was killed.
+    #[error("the GPU worker did not answer within {limit:?} and was killed")]
+    Killed {
+        /// How long it had.
+        limit: Duration,
+    },
+    /// The worker died or spoke nonsense.
+    #[error("the GPU worker failed: {message}")]
+    Crashed {
+        /// What happened.
+        message: String,
+    },
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    adapter: String,
+    driver: String,
+}
+
+/// The worker process, started on demand.
+pub struct GpuWorker {
+    command: Vec<OsString>,
+    running: Option<Running>,
+}
+
+impl GpuWorker {
+    /// A worker run as `command` (program and arguments).
+    pub fn new(command: Vec<OsString>) -> Self {
+        Self {
+            command,
+            running: None,
+        }
+    }
+
+    /// Whether a worker process is up (holding the device).
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    async fn start(&mut self) -> Result<&mut Running, WorkerError> {
+        if self.running.is_none() {
+            let crashed = |message: String| WorkerError::Crashed { message };
+            let (program, args) = self
+                .command
+                .split_first()
+                .ok_or_else(|| crashed("no worker command".into()))?;
+            let mut child = Command::new(program)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| crashed(format!("cannot start {}: {e}", program.to_string_lossy())))?;
+            let stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| crashed("no stdin".into()))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| crashed("no stdout".into()))?;
+            let mut lines = BufReader::new(stdout).lines();
+            let hello = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+                .await
+                .map_err(|_| WorkerError::Killed {
+                    limit: START_TIMEOUT,
+                })?
+                .map_err(|e| crashed(e.to_string()))?
+                .ok_or_else(|| crashed("exited before saying hello".into()))?;
+            match serde_json::from_str(&hello).map_err(|e| crashed(format!("bad hello: {e}")))? {
+                Hello::Ready { adapter, driver } => {
+                    tracing::info!(%adapter, "GPU worker started");
+                    self.running = Some(Running {
+                        child,
+                        stdin,
+                        lines,
+                        adapter,
+                        driver,
+                    });
+                }
+                Hello::NoGpu { reason } => return Err(WorkerError::NoGpu { reason }),
+            }
+        }
+        self.running.as_mut().ok_or_else(|| WorkerError::Crashed {
+            message: "worker vanished".into(),
+        })
+    }
+
+    /// Runs one job; returns what it produced and the adapter and driver it ran on.
+    pub async fn run(&mut self, request: &Request) -> Result<(Done, String, String), WorkerError> {
+        let limit = Duration::from_millis(request.job.limits.max_runtime_ms) + KILL_SLACK;
+        let result = self.exchange(request, limit).await;
+        if !matches!(
+            result,
+            Ok(_)
+                | Err(WorkerError::Refused { .. })
+                | Err(WorkerError::Exec(ExecError::Driver { .. }))
+        ) {
+            // Timeouts, kills and crashes: the worker is gone or must go.
+            self.kill().await;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        request: &Request,
+        limit: Duration,
+    ) -> Result<(Done, String, String), WorkerError> {
+        let running = self.start().await?;
+        let crashed = |message: String| WorkerError::Crashed { message };
+        let mut line = serde_json::to_vec(request).map_err(|e| crashed(e.to_string()))?;
+        line.push(b'\n');
+        running
+            .stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| crashed(format!("cannot send the job: {e}")))?;
+        let answer = tokio::time::timeout(limit, running.lines.next_line())
+            .await
+            .map_err(|_| WorkerError::Killed { limit })?
+            .map_err(|e| crashed(e.to_string()))?
+            .ok_or_else(|| crashed("the worker exited while running the job".into()))?;
+        match serde_json::from_str(&answer).map_err(|e| crashed(format!("bad answer: {e}")))? {
+            Response::Done(done) => Ok((done, running.adapter.clone(), running.driver.clone())),
+            Response::Refused { problems } => Err(WorkerError::Refused { problems }),
+            Response::Failed { error } => Err(WorkerError::Exec(error)),
+        }
+    }
+
+    /// Stops the worker at once.
+    pub async fn kill(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            let _ = running.child.kill().await;
+        }
+    }
+
+    /// Lets an idle worker exit (its input closes), killing it if it does not within a second.
+    pub async fn release(&mut self) {
+        if let Some(mut running) = self.running.take() {
+            drop(running.stdin);
+            if tokio::time::timeout(Duration::from_secs(1), running.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = running.child.kill().await;
+            }
+            tracing::info!("GPU idle: worker released");
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The GPU job scheduler: a bounded priority queue in front of the GPU worker, with the owner's
+//! policy applied between jobs.
+//!
+//! - Submissions are validated against the adapter's limits and the memory budget before they are
+//!   queued; a full queue refuses at once rather than growing.
+//! - Higher priority first, then arrival order. A job whose deadline has passed is not started.
+//! - One job runs at a time. A job that overruns its limit kills the worker; the next job starts a
+//!   fresh one. Cancelling the running job kills the worker too.
+//! - Policy: after a job that ran `d`, the GPU rests `d·(1 - duty)/duty` (maximum duty cycle); jobs
+//!   start only within the allowed hours (UTC); above `pause_above_celsius` on any thermal zone no job
+//!   starts until every zone is below `resume_below_celsius` (hysteresis).
+//! - After `idle_release` without work the worker is released, so an idle agent holds no driver.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use edge_gpu::job::{BlobStore, Job};
+use edge_gpu::receipt::{self, Receipt};
+use edge_gpu::validate::{Problem, validate};
+use edge_gpu::worker::Request;
+use edge_hal::gpu::GpuLimits;
+use edge_hal::{Clock, Identity, Thermal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::gpu_worker::{GpuWorker, WorkerError};
+
+/// How often a paused scheduler looks at the temperature and the clock again.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// Why a job produced no receipt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// There is no GPU.
+    #[error("no GPU: {reason}")]
+    NoGpu {
+        /// Why.
+        reason: String,
+    },
+    /// Validation refused it.
+    #[error("job refused: {}", problems.join("; "))]
+    Refused {
+        /// Every problem, `at: message`.
+        problems: Vec<String>,
+    },
+    /// The queue is full.
+    #[error("the job queue is full ({capacity} jobs); try again later")]
+    QueueFull {
+        /// The bound.
+        capacity: usize,
+    },
+    /// Its deadline passed before it could start.
+    #[error("the job's deadline passed before it could start")]
+    DeadlinePassed,
+    /// Cancelled before it finished.
+    #[error("the job was cancelled")]
+    Cancelled,
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// The worker failed it.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+}
+
+/// The owner's GPU policy and the queue's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Jobs that may wait.
+    pub queue_capacity: usize,
+    /// GPU memory per job, bytes.
+    pub memory_budget: u64,
+    /// Largest fraction of time the GPU may be busy, in (0, 1].
+    pub max_duty: f64,
+    /// Jobs start only in `[start, end)` hours UTC (wrapping past midnight); `None`: always.
+    pub allowed_hours_utc: Option<(u8, u8)>,
+    /// No job starts while any zone is at or above this.
+    pub pause_above_celsius: f64,
+    /// ... until every zone is below this.
+    pub resume_below_celsius: f64,
+    /// Release the worker after this long without work.
+    pub idle_release: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GpuMetrics {
+    /// Jobs waiting.
+    pub queue_depth: AtomicU64,
+    /// Jobs that produced a receipt.
+    pub done: AtomicU64,
+    /// Jobs that failed on the GPU or in the worker.
+    pub failed: AtomicU64,
+    /// Jobs refused at submission (invalid, queue full, no GPU) or not started (deadline).
+    pub refused: AtomicU64,
+    /// Jobs cancelled.
+    pub cancelled: AtomicU64,
+    /// Microseconds the GPU spent on jobs (the duty cycle is its rate).
+    pub busy_us: AtomicU64,
+    /// 1 while paused for heat, 2 while outside the allowed hours, 0 otherwise.
+    pub paused: AtomicU64,
+    /// 1 while a worker process holds the device.
+    pub worker_up: AtomicU64,
+}
+
+/// A finished job: its signed receipt and its outputs.
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    /// The receipt.
+    pub receipt: Receipt,
+    /// Each `storage_read_write` binding's final contents, in binding order.
+    pub outputs: Vec<Vec<u8>>,
+}
+
+type Reply = oneshot::Sender<Result<JobResult, JobError>>;
+
+#[derive(Debug)]
+enum Msg {
+    Submit {
+        job: Job,
+        reply: Reply,
+    },
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Submits jobs to the scheduler. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SchedulerHandle {
+    /// Submits `job` and waits for its receipt and outputs.
+    pub async fn run(&self, job: Job) -> Result<JobResult, JobError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Submit { job, reply })
+            .await
+            .map_err(|_| JobError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(JobError::ShuttingDown))
+    }
+
+    /// Cancels a queued or running job by id; false if there is none.
+    pub async fn cancel(&self, id: &str) -> bool {
+        let (reply, rx) = oneshot::channel();
+        let msg = Msg::Cancel {
+            id: id.to_owned(),
+            reply,
+        };
+        self.tx.send(msg).await.is_ok() && rx.await.unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    job: Job,
+    seq: u64,
+    reply: Reply,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    /// The heap's top is the highest priority, then the earliest arrival.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.job
+            .priority
+            .cmp(&other.job.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+/// What the scheduler needs from the rest of the agent.
+pub struct SchedulerParts {
+    /// The adapter's limits, or why there is no GPU.
+    pub gpu: Result<GpuLimits, String>,
+    /// The owner's policy.
+    pub policy: Policy,
+    /// Signs receipts.
+    pub identity: Arc<Identity>,
+    /// Temperatures for the heat pause.
+    pub thermal: Arc<dyn Thermal>,
+    /// Wall clock for deadlines and allowed hours.
+    pub clock: Arc<dyn Clock>,
+    /// Content-addressed inputs.
+    pub blobs: BlobStore,
+    /// Counters.
+    pub metrics: Arc<GpuMetrics>,
+}
+
+/// The scheduler task.
+pub struct Scheduler {
+    inbox: mpsc::Receiver<Msg>,
+    parts: SchedulerParts,
+    worker: GpuWorker,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    hot: bool,
+    rest_until: Instant,
+    last_work: Instant,
+}
+
+impl Scheduler {
+    /// A scheduler and the handle that feeds it.
+    pub fn new(parts: SchedulerParts, worker: GpuWorker) -> (Self, SchedulerHandle) {
+        // Submissions beyond the queue bound are refused by the task; the channel only needs to
+        // absorb bursts between two turns of its loop.
+        let (tx, inbox) = mpsc::channel(parts.policy.queue_capacity.max(1));
+        let now = Instant::now();
+        let scheduler = Self {
+            inbox,
+            parts,
+            worker,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            hot: false,
+            rest_until: now,
+            last_work: now,
+        };
+        (scheduler, SchedulerHandle { tx })
+    }
+
+    /// Schedules until `shutdown`; queued jobs are then answered `ShuttingDown`.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> Result<(), std::convert::Infallible> {
+        loop {
+            let wake = self.next_start();
+            let idle_at = self.last_work + self.parts.policy.idle_release;
+            let idle = self.queue.is_empty() && self.worker.is_running();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => handle(msg, &mut self.queue, &mut self.seq, &self.parts),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => {
+                    // A wake-up may only be a recheck of a pause: start nothing while it holds.
+                    if self.policy_wait().is_none() && Instant::now() >= self.rest_until {
+                        self.start_next(&shutdown).await;
+                    }
+                }
+                () = tokio::time::sleep_until(idle_at), if idle => {
+                    self.worker.release().await;
+                    self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        self.worker.release().await;
+        for queued in self.queue.drain() {
+            let _ = queued.reply.send(Err(JobError::ShuttingDown));
+        }
+        Ok(())
+    }
+
+    /// When the next job may start: `None` with an empty queue.
+    fn next_start(&mut self) -> Option<Instant> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(wait) = self.policy_wait() {
+            return Some(now + wait);
+        }
+        Some(self.rest_until.max(now))
+    }
+
+    /// How long policy (heat, hours) holds jobs back from now; `None` when they may run.
+    fn policy_wait(&mut self) -> Option<Duration> {
+        let policy = &self.parts.policy;
+        let hottest = self
+            .parts
+            .thermal
+            .zones()
+            .unwrap_or_default()
+            .iter()
+            .map(|z| z.celsius)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if !self.hot && hottest >= policy.pause_above_celsius {
+            tracing::warn!(celsius = hottest, "GPU paused: too hot");
+            self.hot = true;
+        } else if self.hot && hottest < policy.resume_below_celsius {
+            tracing::info!(celsius = hottest, "GPU resumed: cooled down");
+            self.hot = false;
+        }
+        let metrics = &self.parts.metrics.paused;
+        if self.hot {
+            metrics.store(1, Ordering::Relaxed);
+            return Some(RECHECK);
+        }
+        if let Some(wait) = policy
+            .allowed_hours_utc
+            .and_then(|hours| wait_for_hours(hours, self.parts.clock.wall()))
+        {
+            metrics.store(2, Ordering::Relaxed);
+            return Some(wait.min(RECHECK * 12));
+        }
+        metrics.store(0, Ordering::Relaxed);
+        None
+    }
+
+    /// Runs the best queued job, answering submissions and cancellations while it runs.
+    async fn start_next(&mut self, shutdown: &CancellationToken) {
+        let Some(Queued { job, reply, .. }) = self.queue.pop() else {
+            return;
+        };
+        let metrics = self.parts.metrics.clone();
+        metrics
+            .queue_depth
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        let now_ms = self
+            .parts
+            .clock
+            .wall()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if job
+            .deadline_unix_ms
+            .is_some_and(|deadline| deadline < now_ms)
+        {
+            metrics.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(JobError::DeadlinePassed));
+            return;
+        }
+        let id = job.id.clone();
+        let request = Request {
+            job,
+            budget: self.parts.policy.memory_budget,
+        };
+        let started = Instant::now();
+        let outcome = {
+            let Self {
+                parts,
+                inbox,
+                queue,
+                seq,
+                worker,
+                ..
+            } = self;
+            let run = worker.run(&request);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    result = &mut run => break Some(result),
+                    () = shutdown.cancelled() => break None,
+                    Some(msg) = inbox.recv() => match msg {
+                        Msg::Cancel { id: target, reply } if target == id => {
+                            let _ = reply.send(true);
+                            break None;
+                        }
+                        other => handle(other, queue, seq, parts),
+                    },
+                }
+            }
+        };
+        metrics
+            .worker_up
+            .store(u64::from(self.worker.is_running()), Ordering::Relaxed);
+        let ran = started.elapsed();
+        metrics
+            .busy_us
+            .fetch_add(ran.as_micros() as u64, Ordering::Relaxed);
+        self.last_work = Instant::now();
+        let duty = self.parts.policy.max_duty;
+        if duty < 1.0 {
+            self.rest_until = self.last_work + ran.mul_f64((1.0 - duty) / duty);
+        }
+        let result = match outcome {
+            None => {
+                // Cancelled or shutting down while running: the worker is mid-job; stop it.
+                self.worker.kill().await;
+                metrics.worker_up.store(0, Ordering::Relaxed);
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                Err(if shutdown.is_cancelled() {
+                    JobError::ShuttingDown
+                } else {
+                    JobError::Cancelled
+                })
+            }
+            Some(Ok((done, adapter, driver))) => {
+                metrics.done.fetch_add(1, Ordering::Relaxed);
+                let identity = self.parts.identity.clone();
+                let attested = done.attested(&adapter, &driver);
+                // Signing is quick but synchronous; keep it off the runtime's threads.
+                tokio::task::spawn_blocking(move || receipt::sign(&identity, attested))
+                    .await
+                    .map(|receipt| JobResult {
+                        receipt,
+                        outputs: done.outputs(),
+                    })
+                    .map_err(|e| {
+                        JobError::Worker(WorkerError::Crashed {
+                            message: format!("signing failed: {e}"),
+                        })
+                    })
+            }
+            Some(Err(e)) => {
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(job = %id, error = %e, "GPU job failed");
+                Err(e.into())
+            }
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// Queues or refuses a submission; cancels a queued job.
+fn handle(msg: Msg, queue: &mut BinaryHeap<Queued>, seq: &mut u64, parts: &SchedulerParts) {
+    match msg {
+        Msg::Submit { job, reply } => match admit(parts, queue.len(), &job) {
+            Ok(()) => {
+                *seq += 1;
+                queue.push(Queued {
+                    job,
+                    seq: *seq,
+                    reply,
+                });
+                parts
+                    .metrics
+                    .queue_depth
+                    .store(queue.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Err(e));
+            }
+        },
+        Msg::Cancel { id, reply } => {
+            let before = queue.len();
+            let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(queue)
+                .into_iter()
+                .partition(|q| q.job.id == id);
+            *queue = kept.into_iter().collect();
+            for q in cancelled {
+                parts.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                let _ = q.reply.send(Err(JobError::Cancelled));
+            }
+            parts
+                .metrics
+                .queue_depth
+                .store(queue.len() as u64, Ordering::Relaxed);
+            let _ = reply.send(queue.len() < before);
+        }
+    }
+}
+
+/// Checks a submission before it is queued.
+fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobError> {
+    let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
+        reason: reason.clone(),
+    })?;
+    if queued >= parts.policy.queue_capacity {
+        return Err(JobError::QueueFull {
+            capacity: parts.policy.queue_capacity,
+        });
+    }
+    validate(
+        job.clone(),
+        limits,
+        parts.policy.memory_budget,
+        &parts.blobs,
+    )
+    .map(drop)
+    .map_err(|refused| JobError::Refused {
+        problems: refused.problems.iter().map(Problem::to_string).collect(),
+    })
+}
+
+/// Time until the allowed window `[start, end)` (hours UTC) opens; `None` if it is open now.
+pub fn wait_for_hours((start, end): (u8, u8), now: SystemTime) -> Option<Duration> {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let of_day = secs % 86_400;
+    let hour = (of_day / 3600) as u8;
+    let open = if start <= end {
+        (start..end).contains(&hour)
+    } else {
+        hour >= start || hour < end
+    };
+    if open || start == end {
+        return None;
+    }
+    let start_secs = u64::from(start) * 3600;
+    let wait = (start_secs + 86_400 - of_day) % 86_400;
+    Some(Duration::from_secs(wait))
+}

@@ -1,0 +1,315 @@
+//! The GPU scheduler against a real worker process (`edge-agent gpu-worker`) on lavapipe: queue
+//! bound, priority, heat pause with hysteresis, cancellation, deadlines, the time limit, bad jobs,
+//! no GPU, duty cycle and idle release. Thermal and wall clock are fakes; the GPU is not.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edge_agent::gpu_worker::{GpuWorker, WorkerError};
+use edge_agent::scheduler::{
+    GpuMetrics, JobError, Policy, Scheduler, SchedulerHandle, SchedulerParts,
+};
+use edge_gpu::executor::ExecError;
+use edge_gpu::job::{BlobStore, Job};
+use edge_gpu::kernels;
+use edge_gpu::receipt;
+use edge_hal::fake::{FakeClock, FakeThermal};
+use edge_hal::{GpuProbe, GpuStatus, Identity, WgpuProbe};
+use tokio_util::sync::CancellationToken;
+
+fn policy() -> Policy {
+    Policy {
+        queue_capacity: 4,
+        memory_budget: 256 << 20,
+        max_duty: 1.0,
+        allowed_hours_utc: None,
+        pause_above_celsius: 85.0,
+        resume_below_celsius: 75.0,
+        idle_release: Duration::from_secs(60),
+    }
+}
+
+struct Rig {
+    handle: SchedulerHandle,
+    thermal: Arc<FakeThermal>,
+    metrics: Arc<GpuMetrics>,
+    shutdown: CancellationToken,
+    _blobs: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A scheduler on the real GPU, or `None` (said loudly) where there is none to test with.
+fn rig(policy: Policy) -> Option<Rig> {
+    let limits = match WgpuProbe::default().discover() {
+        GpuStatus::Available(info) => info.limits,
+        GpuStatus::Unavailable { reason } => {
+            let lvp = format!(
+                "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+                std::env::consts::ARCH
+            );
+            assert!(
+                !Path::new(&lvp).exists(),
+                "lavapipe is installed but no GPU was found: {reason}"
+            );
+            eprintln!("SKIPPED: no Vulkan driver ({reason}); install mesa-vulkan-drivers");
+            return None;
+        }
+    };
+    Some(rig_with(Ok(limits), policy))
+}
+
+fn rig_with(gpu: Result<edge_hal::gpu::GpuLimits, String>, policy: Policy) -> Rig {
+    let blobs = tempfile::tempdir().expect("tempdir");
+    let thermal = Arc::new(FakeThermal::default());
+    thermal.set_all(40.0);
+    let metrics = Arc::new(GpuMetrics::default());
+    let worker = GpuWorker::new(vec![
+        env!("CARGO_BIN_EXE_edge-agent").into(),
+        "gpu-worker".into(),
+        "--blobs".into(),
+        blobs.path().into(),
+    ]);
+    let (scheduler, handle) = Scheduler::new(
+        SchedulerParts {
+            gpu,
+            policy,
+            identity: Arc::new(Identity::generate_ephemeral().expect("key")),
+            thermal: thermal.clone(),
+            clock: Arc::new(FakeClock::default()),
+            blobs: BlobStore {
+                dir: blobs.path().to_owned(),
+            },
+            metrics: metrics.clone(),
+        },
+        worker,
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(scheduler.run(shutdown.clone()));
+    Rig {
+        handle,
+        thermal,
+        metrics,
+        shutdown,
+        _blobs: blobs,
+    }
+}
+
+fn small(id: &str, priority: i32) -> Job {
+    let mut job = kernels::hash_chain(7, 10, 64).expect("job");
+    job.id = id.to_owned();
+    job.priority = priority;
+    job
+}
+
+#[tokio::test]
+async fn a_job_runs_on_the_worker_and_its_receipt_verifies() {
+    let Some(rig) = rig(policy()) else { return };
+    let result = rig.handle.run(small("first", 0)).await.expect("runs");
+    receipt::verify(&result.receipt).expect("receipt verifies");
+    assert_eq!(
+        kernels::u32s(&result.outputs[0]),
+        kernels::hash_chain_reference(7, 10, 64)
+    );
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn heat_pauses_with_hysteresis_and_a_full_queue_refuses_at_once() {
+    let Some(rig) = rig(policy()) else { return };
+    rig.thermal.set_all(90.0);
+    let waiting: Vec<_> = ["low", "high", "mid", "low2"]
+        .iter()
+        .zip([0, 9, 5, 0])
+        .map(|(id, p)| {
+            let h = rig.handle.clone();
+            let job = small(id, p);
+            tokio::spawn(async move { h.run(job).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The queue (4) is full while paused: a fifth job is refused, not queued.
+    let refused = rig.handle.run(small("extra", 0)).await;
+    assert_eq!(refused.err(), Some(JobError::QueueFull { capacity: 4 }));
+    assert_eq!(rig.metrics.queue_depth.load(Ordering::SeqCst), 4);
+    assert_eq!(rig.metrics.paused.load(Ordering::SeqCst), 1);
+
+    // 80 degrees is below the pause but not below the resume threshold: still paused.
+    rig.thermal.set_all(80.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        rig.metrics.done.load(Ordering::SeqCst),
+        0,
+        "resumed too early"
+    );
+
+    rig.thermal.set_all(70.0);
+    let mut started = Vec::new();
+    for task in waiting {
+        let r = task.await.expect("join").expect("job runs after cooling");
+        started.push((r.receipt.body.started_at_unix_ms, r.receipt.body.job_id));
+    }
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["high", "mid", "low", "low2"],
+        "priority, then arrival"
+    );
+}
+
+#[tokio::test]
+async fn queued_jobs_can_be_cancelled_and_late_ones_are_not_started() {
+    let Some(rig) = rig(policy()) else { return };
+    rig.thermal.set_all(95.0);
+    let h = rig.handle.clone();
+    let queued = tokio::spawn(async move { h.run(small("doomed", 0)).await });
+    let mut late = small("late", 0);
+    late.deadline_unix_ms = Some(1_000); // 1970: long past by the fake clock
+    let h = rig.handle.clone();
+    let late = tokio::spawn(async move { h.run(late).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rig.handle.cancel("doomed").await);
+    assert!(!rig.handle.cancel("no-such-job").await);
+    assert_eq!(queued.await.expect("join").err(), Some(JobError::Cancelled));
+    rig.thermal.set_all(40.0);
+    assert_eq!(
+        late.await.expect("join").err(),
+        Some(JobError::DeadlinePassed)
+    );
+}
+
+const RUNAWAY: &str = "@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+@compute @workgroup_size(64)
+fn main() {
+    for (var i = 0u; i < 0xFFFFFFFFu; i++) {
+        if (data[0] == 12345u) { return; }
+        data[1] = data[1] + 1u;
+    }
+}
+";
+
+#[tokio::test]
+async fn a_runaway_kernel_fails_at_its_limit_and_the_next_job_runs() {
+    let Some(rig) = rig(policy()) else { return };
+    let mut runaway = small("runaway", 0);
+    runaway.kernel.wgsl = RUNAWAY.into();
+    runaway.bindings = vec![edge_gpu::job::Binding {
+        binding: 0,
+        kind: edge_gpu::job::BindingKind::StorageReadWrite,
+        size: 8,
+        input: None,
+    }];
+    runaway.dispatch = [65_535, 65_535, 1];
+    runaway.limits.max_runtime_ms = 300;
+    let err = rig.handle.run(runaway).await.expect_err("overruns");
+    assert!(
+        matches!(
+            err,
+            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
+        ),
+        "{err:?}"
+    );
+    let after = rig
+        .handle
+        .run(small("after", 0))
+        .await
+        .expect("next job runs");
+    receipt::verify(&after.receipt).expect("verifies");
+    assert_eq!(rig.metrics.failed.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn bad_jobs_are_refused_with_what_and_where_and_no_gpu_is_said_plainly() {
+    let Some(rig) = rig(policy()) else { return };
+    let mut bad = small("bad", 0);
+    bad.kernel.wgsl = bad.kernel.wgsl.replace("out[i] = x;", "out[i] = x");
+    bad.dispatch = [0, 1, 1];
+    match rig.handle.run(bad).await {
+        Err(JobError::Refused { problems }) => {
+            assert!(
+                problems.iter().any(|p| p.starts_with("kernel.wgsl:")),
+                "{problems:?}"
+            );
+            assert!(
+                problems.iter().any(|p| p.starts_with("dispatch: x is 0")),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    rig.handle
+        .run(small("good", 0))
+        .await
+        .expect("still healthy");
+
+    let none = rig_with(Err("no Vulkan adapter found".into()), policy());
+    let err = none.handle.run(small("x", 0)).await.expect_err("no GPU");
+    assert_eq!(err.to_string(), "no GPU: no Vulkan adapter found");
+}
+
+#[tokio::test]
+async fn duty_cycle_rests_the_gpu_and_an_idle_worker_is_released() {
+    let mut p = policy();
+    p.max_duty = 0.25;
+    p.idle_release = Duration::from_secs(1);
+    let Some(rig) = rig(p) else { return };
+    let first = rig
+        .handle
+        .run(small("one", 0))
+        .await
+        .expect("runs")
+        .receipt
+        .body;
+    let second = rig
+        .handle
+        .run(small("two", 0))
+        .await
+        .expect("runs")
+        .receipt
+        .body;
+    // At 25% duty the GPU rests at least 3x the first job's time before the second starts.
+    let gap_ms = second.started_at_unix_ms - first.started_at_unix_ms;
+    let min_rest_ms = 3 * first.duration_us / 1000;
+    assert!(
+        gap_ms >= min_rest_ms,
+        "gap {gap_ms} ms < rest {min_rest_ms} ms"
+    );
+
+    assert_eq!(rig.metrics.worker_up.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        rig.metrics.worker_up.load(Ordering::SeqCst),
+        0,
+        "idle worker released"
+    );
+    rig.handle
+        .run(small("three", 0))
+        .await
+        .expect("a new worker starts on demand");
+}
+
+#[test]
+fn allowed_hours_wrap_past_midnight() {
+    use edge_agent::scheduler::wait_for_hours;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let at = |h: u64, m: u64| UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + h * 3600 + m * 60);
+    assert_eq!(wait_for_hours((22, 7), at(23, 0)), None);
+    assert_eq!(wait_for_hours((22, 7), at(3, 0)), None);
+    assert_eq!(
+        wait_for_hours((22, 7), at(7, 0)),
+        Some(Duration::from_secs(15 * 3600))
+    );
+    assert_eq!(
+        wait_for_hours((9, 17), at(8, 30)),
+        Some(Duration::from_secs(30 * 60))
+    );
+    assert_eq!(wait_for_hours((9, 17), at(12, 0)), None);
+    let _: SystemTime = at(0, 0);
+}
