@@ -77,7 +77,7 @@ pub fn load(spec: &str) -> Result<Job, RunJobError> {
         "copy" => {
             let bytes = number(64 << 20)?;
             let input: Vec<u8> = (0..bytes).map(|i| i as u8).collect();
-            kernels::copy(bytes, &input).map_err(bad)
+            kernels::copy(bytes, Some(&input)).map_err(bad)
         }
         "fma_peak" => Ok(kernels::fma_peak(number(256)?, 1024)),
         "sgemm" => {

@@ -122,6 +122,7 @@ type Reply = oneshot::Sender<Result<JobResult, JobError>>;
 enum Msg {
     Submit {
         job: Job,
+        outputs: bool,
         reply: Reply,
     },
     Cancel {
@@ -139,9 +140,23 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     /// Submits `job` and waits for its receipt and outputs.
     pub async fn run(&self, job: Job) -> Result<JobResult, JobError> {
+        self.submit(job, true).await
+    }
+
+    /// Submits `job` and waits for its receipt alone: the outputs stay in the worker (they are
+    /// hashed into the receipt), so large ones never pass through the daemon's memory.
+    pub async fn run_for_receipt(&self, job: Job) -> Result<JobResult, JobError> {
+        self.submit(job, false).await
+    }
+
+    async fn submit(&self, job: Job, outputs: bool) -> Result<JobResult, JobError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Submit { job, reply })
+            .send(Msg::Submit {
+                job,
+                outputs,
+                reply,
+            })
             .await
             .map_err(|_| JobError::ShuttingDown)?;
         rx.await.unwrap_or(Err(JobError::ShuttingDown))
@@ -161,6 +176,7 @@ impl SchedulerHandle {
 #[derive(Debug)]
 struct Queued {
     job: Job,
+    outputs: bool,
     seq: u64,
     reply: Reply,
 }
@@ -242,6 +258,18 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Result<(), std::convert::Infallible> {
         loop {
+            // Start at once when nothing holds the next job back: a timer at "now" would still
+            // wait for the timer wheel's next millisecond tick.
+            if !self.queue.is_empty()
+                && Instant::now() >= self.rest_until
+                && self.policy_wait().is_none()
+            {
+                self.start_next(&shutdown).await;
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
             let wake = self.next_start();
             let idle_at = self.last_work + self.parts.policy.idle_release;
             let idle = self.queue.is_empty() && self.worker.is_running();
@@ -318,7 +346,13 @@ impl Scheduler {
 
     /// Runs the best queued job, answering submissions and cancellations while it runs.
     async fn start_next(&mut self, shutdown: &CancellationToken) {
-        let Some(Queued { job, reply, .. }) = self.queue.pop() else {
+        let Some(Queued {
+            job,
+            outputs,
+            reply,
+            ..
+        }) = self.queue.pop()
+        else {
             return;
         };
         let metrics = self.parts.metrics.clone();
@@ -343,6 +377,7 @@ impl Scheduler {
         let request = Request {
             job,
             budget: self.parts.policy.memory_budget,
+            outputs,
         };
         let started = Instant::now();
         let outcome = {
@@ -424,11 +459,16 @@ impl Scheduler {
 /// Queues or refuses a submission; cancels a queued job.
 fn handle(msg: Msg, queue: &mut BinaryHeap<Queued>, seq: &mut u64, parts: &SchedulerParts) {
     match msg {
-        Msg::Submit { job, reply } => match admit(parts, queue.len(), &job) {
+        Msg::Submit {
+            job,
+            outputs,
+            reply,
+        } => match admit(parts, queue.len(), &job) {
             Ok(()) => {
                 *seq += 1;
                 queue.push(Queued {
                     job,
+                    outputs,
                     seq: *seq,
                     reply,
                 });

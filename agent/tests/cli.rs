@@ -49,3 +49,57 @@ fn probe_gpu_answers_one_json_status() {
         "{status}"
     );
 }
+
+#[test]
+fn run_job_prints_a_receipt_that_verifies_or_says_what_is_wrong() {
+    let lavapipe = format!(
+        "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+        std::env::consts::ARCH
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("agent.state_dir = \"{}/state\"\n", dir.path().display()),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8");
+
+    let bad = dir.path().join("job.json");
+    std::fs::write(&bad, "{\"version\": 1,\n \"id\": 5}").expect("job");
+    let (code, _, err) = agent(&["--config", config, "run-job", bad.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("job.json: job is not valid: line 2"), "{err}");
+    let (code, _, err) = agent(&["--config", config, "run-job", "builtin:sgemm:100"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("m must be a positive multiple of 64, not 100"),
+        "{err}"
+    );
+
+    if !std::path::Path::new(&lavapipe).exists() {
+        eprintln!("SKIPPED (GPU part): {lavapipe} missing; install mesa-vulkan-drivers");
+        return;
+    }
+    let out = dir.path().join("out.bin");
+    let (code, receipt, err) = agent(&[
+        "--config",
+        config,
+        "run-job",
+        "builtin:hash_chain:256",
+        "--output",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let receipt: edge_gpu::receipt::Receipt = serde_json::from_str(&receipt).expect("receipt JSON");
+    edge_gpu::receipt::verify(&receipt).expect("receipt verifies");
+    let bytes = std::fs::read(&out).expect("outputs written");
+    assert_eq!(
+        edge_gpu::digest::Sha256::of(&bytes),
+        receipt.body.output_sha256
+    );
+    assert_eq!(
+        edge_gpu::kernels::u32s(&bytes),
+        edge_gpu::kernels::hash_chain_reference(0x5eed, 1000, 256)
+    );
+}

@@ -2,8 +2,8 @@
 //! anyone's job; the capability benchmark and verification challenges are made of them.
 //!
 //! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
-//! - [`sgemm`]: f32 C = A·B, 64x64 workgroup tiles in shared memory, 4x4 outputs per invocation
-//!   held in registers, vec4 loads.
+//! - [`sgemm`]: f32 C = A·B, register-blocked (4x8 outputs per invocation), vec4 loads, no
+//!   workgroup memory; a shared-memory tiled kernel is kept for comparison ([`SgemmKernel`]).
 //! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
 //! - [`hash_chain`]: a deterministic integer kernel (xorshift and multiply rounds) whose output
 //!   every correct machine reproduces bit for bit.
@@ -194,6 +194,124 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 }
 "#;
 
+/// WGSL for an SGEMM without workgroup memory or barriers: each invocation of an 8x8 workgroup
+/// owns `rows` rows x `cols4` vec4 columns of C in registers and streams A (vec4 along k) and B
+/// (vec4 along n) from memory. On lavapipe this beats shared-memory tiling by 3-4x: workgroup
+/// barriers are coroutine switches there, and its CPU caches serve the reuse.
+fn sgemm_registers_wgsl(rows: u32, cols4: u32) -> String {
+    let mut w = String::from(
+        "struct Dims { m: u32, n: u32, k: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> dims: Dims;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k4 = dims.k / 4u;
+    let n4 = dims.n / 4u;
+",
+    );
+    w += &format!("    let row = gid.y * {rows}u;\n    let col = gid.x * {cols4}u;\n");
+    for r in 0..rows {
+        for c in 0..cols4 {
+            w += &format!("    var c{r}_{c} = vec4<f32>(0.0);\n");
+        }
+    }
+    w += "    for (var l = 0u; l < k4; l++) {\n";
+    for r in 0..rows {
+        w += &format!("        let a{r} = a[(row + {r}u) * k4 + l];\n");
+    }
+    w += "        for (var kk = 0u; kk < 4u; kk++) {\n            let bi = (l * 4u + kk) * n4 + col;\n";
+    for c in 0..cols4 {
+        w += &format!("            let b{c} = b[bi + {c}u];\n");
+    }
+    for r in 0..rows {
+        for c in 0..cols4 {
+            w += &format!("            c{r}_{c} = fma(vec4<f32>(a{r}[kk]), b{c}, c{r}_{c});\n");
+        }
+    }
+    w += "        }\n    }\n";
+    for r in 0..rows {
+        for c in 0..cols4 {
+            w += &format!("    c[(row + {r}u) * n4 + col + {c}u] = c{r}_{c};\n");
+        }
+    }
+    w += "}\n";
+    w
+}
+
+/// The SGEMM kernels this crate carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SgemmKernel {
+    /// 64x64 tiles in workgroup memory, 4x4 outputs per invocation.
+    Tiled,
+    /// No workgroup memory: `rows` x `4 * cols4` outputs per invocation straight from memory.
+    Registers {
+        /// Rows of C per invocation.
+        rows: u32,
+        /// vec4 columns of C per invocation.
+        cols4: u32,
+    },
+}
+
+/// The kernel [`sgemm`] uses: the fastest measured on lavapipe (docs/benchmarks.md).
+pub const SGEMM_DEFAULT: SgemmKernel = SgemmKernel::Registers { rows: 4, cols4: 2 };
+
+/// [`sgemm`] with a chosen kernel; m must be a multiple of `8 * rows` and n of `32 * cols4` (and
+/// both of 64).
+pub fn sgemm_with(
+    kernel: SgemmKernel,
+    m: u32,
+    n: u32,
+    k: u32,
+    a: &[f32],
+    b: &[f32],
+) -> Result<Job, BuiltinError> {
+    multiple("m", m, 64)?;
+    multiple("n", n, 64)?;
+    multiple("k", k, 16)?;
+    let (m64, n64, k64) = (u64::from(m), u64::from(n), u64::from(k));
+    let (wgsl, dispatch, name) = match kernel {
+        SgemmKernel::Tiled => (
+            SGEMM.to_owned(),
+            [n / 64, m / 64, 1],
+            "sgemm_tiled".to_owned(),
+        ),
+        SgemmKernel::Registers { rows, cols4 } => {
+            multiple("m", m, 8 * rows)?;
+            multiple("n", n, 32 * cols4)?;
+            (
+                sgemm_registers_wgsl(rows, cols4),
+                [n / (32 * cols4), m / (8 * rows), 1],
+                format!("sgemm_{rows}x{}", 4 * cols4),
+            )
+        }
+    };
+    Ok(job(
+        format!("builtin.{name}.{m}x{n}x{k}"),
+        &wgsl,
+        vec![
+            uniform(0, [m, n, k, 0]),
+            storage(
+                1,
+                BindingKind::StorageRead,
+                m64 * k64 * 4,
+                Some(&f32_bytes(a)),
+            ),
+            storage(
+                2,
+                BindingKind::StorageRead,
+                k64 * n64 * 4,
+                Some(&f32_bytes(b)),
+            ),
+            storage(3, BindingKind::StorageReadWrite, m64 * n64 * 4, None),
+        ],
+        dispatch,
+        120_000,
+    ))
+}
+
 /// Errors building a built-in job.
 #[derive(Debug, thiserror::Error)]
 pub enum BuiltinError {
@@ -220,34 +338,10 @@ fn multiple(what: &'static str, value: u32, multiple: u32) -> Result<(), Builtin
     Ok(())
 }
 
-/// C (m x n) = A (m x k) · B (k x n), row-major f32; m, n multiples of 64, k of 16.
+/// C (m x n) = A (m x k) · B (k x n), row-major f32, with [`SGEMM_DEFAULT`]; m, n multiples of
+/// 64, k of 16.
 pub fn sgemm(m: u32, n: u32, k: u32, a: &[f32], b: &[f32]) -> Result<Job, BuiltinError> {
-    multiple("m", m, 64)?;
-    multiple("n", n, 64)?;
-    multiple("k", k, 16)?;
-    let (m64, n64, k64) = (u64::from(m), u64::from(n), u64::from(k));
-    Ok(job(
-        format!("builtin.sgemm.{m}x{n}x{k}"),
-        SGEMM,
-        vec![
-            uniform(0, [m, n, k, 0]),
-            storage(
-                1,
-                BindingKind::StorageRead,
-                m64 * k64 * 4,
-                Some(&f32_bytes(a)),
-            ),
-            storage(
-                2,
-                BindingKind::StorageRead,
-                k64 * n64 * 4,
-                Some(&f32_bytes(b)),
-            ),
-            storage(3, BindingKind::StorageReadWrite, m64 * n64 * 4, None),
-        ],
-        [n / 64, m / 64, 1],
-        120_000,
-    ))
+    sgemm_with(SGEMM_DEFAULT, m, n, k, a, b)
 }
 
 /// CPU reference: C = A·B in f64, rounded to f32.
@@ -278,15 +372,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>,
 }
 "#;
 
-/// Copies `bytes` (a positive multiple of 16) from one buffer to another.
-pub fn copy(bytes: u32, input: &[u8]) -> Result<Job, BuiltinError> {
+/// Copies `bytes` (a positive multiple of 16) from one buffer to another; the source holds `input`
+/// (zeros when `None`).
+pub fn copy(bytes: u32, input: Option<&[u8]>) -> Result<Job, BuiltinError> {
     multiple("bytes", bytes, 16)?;
     let groups = (bytes / 16).div_ceil(256).min(4096);
     Ok(job(
         format!("builtin.copy.{bytes}"),
         COPY,
         vec![
-            storage(0, BindingKind::StorageRead, u64::from(bytes), Some(input)),
+            storage(0, BindingKind::StorageRead, u64::from(bytes), input),
             storage(1, BindingKind::StorageReadWrite, u64::from(bytes), None),
         ],
         [groups, 1, 1],

@@ -44,6 +44,13 @@ pub struct Request {
     pub job: Job,
     /// GPU memory budget in bytes.
     pub budget: u64,
+    /// Send the outputs back (else only their hash, in `Done::output_sha256`).
+    #[serde(default = "yes")]
+    pub outputs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a finished job produced: everything a receipt needs, and the outputs.
@@ -57,7 +64,7 @@ pub struct Done {
     pub input_sha256: Sha256,
     /// SHA-256 of the outputs.
     pub output_sha256: Sha256,
-    /// Each output binding's bytes, base64, in binding order.
+    /// Each output binding's bytes, base64, in binding order; empty when not asked for.
     pub outputs_base64: Vec<String>,
     /// Submission time, Unix milliseconds.
     pub started_at_unix_ms: u64,
@@ -148,7 +155,11 @@ pub fn serve(
             Err(e) => Response::Refused {
                 problems: vec![format!("request: {e}")],
             },
-            Ok(Request { job, budget }) => match validate(job, &adapter.limits, budget, blobs) {
+            Ok(Request {
+                job,
+                budget,
+                outputs,
+            }) => match validate(job, &adapter.limits, budget, blobs) {
                 Err(refused) => Response::Refused {
                     problems: refused.problems.iter().map(Problem::to_string).collect(),
                 },
@@ -158,11 +169,14 @@ pub fn serve(
                         kernel_sha256: valid.kernel_sha256,
                         input_sha256: valid.input_sha256(),
                         output_sha256: out.output_sha256(),
-                        outputs_base64: out
-                            .outputs
-                            .iter()
-                            .map(|(_, b)| base64::engine::general_purpose::STANDARD.encode(b))
-                            .collect(),
+                        outputs_base64: if outputs {
+                            out.outputs
+                                .iter()
+                                .map(|(_, b)| base64::engine::general_purpose::STANDARD.encode(b))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
                         started_at_unix_ms: out
                             .started_at
                             .duration_since(SystemTime::UNIX_EPOCH)

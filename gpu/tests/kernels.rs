@@ -64,7 +64,7 @@ fn hash_chain_matches_the_cpu_bit_for_bit() {
 fn copy_reproduces_its_input() {
     let Some(ex) = executor() else { return };
     let input: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + 3) as u8).collect();
-    let (_, out) = run(&ex, kernels::copy(1 << 20, &input).expect("job"));
+    let (_, out) = run(&ex, kernels::copy(1 << 20, Some(&input)).expect("job"));
     assert!(out.outputs[0].1 == input, "copy differs from its input");
 }
 
