@@ -43,12 +43,7 @@ fn main() {
         .build()
         .expect("runtime");
     let (sequential, pipelined) = runtime.block_on(async {
-        let worker = GpuWorker::new(vec![
-            env!("CARGO_BIN_EXE_edge-agent").into(),
-            "gpu-worker".into(),
-            "--blobs".into(),
-            blobs.path().into(),
-        ]);
+        let worker = GpuWorker::agent(env!("CARGO_BIN_EXE_edge-agent"), blobs.path());
         let (scheduler, handle) = Scheduler::new(
             SchedulerParts {
                 gpu: Ok(limits),

@@ -153,12 +153,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
             blobs: BlobStore { dir: blobs.clone() },
             metrics: gpu_metrics.clone(),
         },
-        GpuWorker::new(vec![
-            exe.into(),
-            "gpu-worker".into(),
-            "--blobs".into(),
-            blobs.into(),
-        ]),
+        GpuWorker::agent(exe, &blobs),
     );
     let (publish_capability, capability) = watch::channel(None);
 

@@ -136,7 +136,7 @@ async fn timed(
 
 /// The kernel's own time where the GPU has timestamps, else submission to read-back.
 fn seconds(result: &JobResult) -> f64 {
-    let body = &result.receipt.body;
+    let body = &result.receipt.body.what;
     body.kernel_us.unwrap_or(body.duration_us).max(1) as f64 / 1e6
 }
 
@@ -180,6 +180,7 @@ pub async fn measure(
                 .await?
                 .receipt
                 .body
+                .what
                 .duration_us as f64,
         );
     }

@@ -72,6 +72,16 @@ impl GpuWorker {
         }
     }
 
+    /// The worker as the agent runs it: `exe gpu-worker --blobs DIR`.
+    pub fn agent(exe: impl Into<OsString>, blobs: &std::path::Path) -> Self {
+        Self::new(vec![
+            exe.into(),
+            "gpu-worker".into(),
+            "--blobs".into(),
+            blobs.into(),
+        ])
+    }
+
     /// Whether a worker process is up (holding the device).
     pub fn is_running(&self) -> bool {
         self.running.is_some()

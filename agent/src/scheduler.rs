@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::{Problem, validate};
+use edge_gpu::validate::{Problem, ShaderCache, validate_cached};
 use edge_gpu::worker::Request;
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
@@ -227,6 +227,7 @@ pub struct Scheduler {
     worker: GpuWorker,
     queue: BinaryHeap<Queued>,
     seq: u64,
+    shaders: ShaderCache,
     hot: bool,
     rest_until: Instant,
     last_work: Instant,
@@ -245,6 +246,7 @@ impl Scheduler {
             worker,
             queue: BinaryHeap::new(),
             seq: 0,
+            shaders: ShaderCache::default(),
             hot: false,
             rest_until: now,
             last_work: now,
@@ -276,7 +278,7 @@ impl Scheduler {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 msg = self.inbox.recv() => match msg {
-                    Some(msg) => handle(msg, &mut self.queue, &mut self.seq, &self.parts),
+                    Some(msg) => handle(msg, &mut self.queue, &mut self.seq, &mut self.shaders, &self.parts),
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => {
@@ -386,6 +388,7 @@ impl Scheduler {
                 inbox,
                 queue,
                 seq,
+                shaders,
                 worker,
                 ..
             } = self;
@@ -400,7 +403,7 @@ impl Scheduler {
                             let _ = reply.send(true);
                             break None;
                         }
-                        other => handle(other, queue, seq, parts),
+                        other => handle(other, queue, seq, shaders, parts),
                     },
                 }
             }
@@ -457,13 +460,19 @@ impl Scheduler {
 }
 
 /// Queues or refuses a submission; cancels a queued job.
-fn handle(msg: Msg, queue: &mut BinaryHeap<Queued>, seq: &mut u64, parts: &SchedulerParts) {
+fn handle(
+    msg: Msg,
+    queue: &mut BinaryHeap<Queued>,
+    seq: &mut u64,
+    shaders: &mut ShaderCache,
+    parts: &SchedulerParts,
+) {
     match msg {
         Msg::Submit {
             job,
             outputs,
             reply,
-        } => match admit(parts, queue.len(), &job) {
+        } => match admit(parts, queue.len(), &job, shaders) {
             Ok(()) => {
                 *seq += 1;
                 queue.push(Queued {
@@ -502,7 +511,12 @@ fn handle(msg: Msg, queue: &mut BinaryHeap<Queued>, seq: &mut u64, parts: &Sched
 }
 
 /// Checks a submission before it is queued.
-fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobError> {
+fn admit(
+    parts: &SchedulerParts,
+    queued: usize,
+    job: &Job,
+    shaders: &mut ShaderCache,
+) -> Result<(), JobError> {
     let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
         reason: reason.clone(),
     })?;
@@ -511,11 +525,12 @@ fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobErro
             capacity: parts.policy.queue_capacity,
         });
     }
-    validate(
+    validate_cached(
         job.clone(),
         limits,
         parts.policy.memory_budget,
         &parts.blobs,
+        shaders,
     )
     .map(drop)
     .map_err(|refused| JobError::Refused {

@@ -96,7 +96,7 @@ fn run_job_prints_a_receipt_that_verifies_or_says_what_is_wrong() {
     let bytes = std::fs::read(&out).expect("outputs written");
     assert_eq!(
         edge_gpu::digest::Sha256::of(&bytes),
-        receipt.body.output_sha256
+        receipt.body.what.output_sha256
     );
     assert_eq!(
         edge_gpu::kernels::u32s(&bytes),

@@ -70,12 +70,7 @@ fn rig_with(gpu: Result<edge_hal::gpu::GpuLimits, String>, policy: Policy) -> Ri
     let thermal = Arc::new(FakeThermal::default());
     thermal.set_all(40.0);
     let metrics = Arc::new(GpuMetrics::default());
-    let worker = GpuWorker::new(vec![
-        env!("CARGO_BIN_EXE_edge-agent").into(),
-        "gpu-worker".into(),
-        "--blobs".into(),
-        blobs.path().into(),
-    ]);
+    let worker = GpuWorker::agent(env!("CARGO_BIN_EXE_edge-agent"), blobs.path());
     let (scheduler, handle) = Scheduler::new(
         SchedulerParts {
             gpu,
@@ -153,7 +148,10 @@ async fn heat_pauses_with_hysteresis_and_a_full_queue_refuses_at_once() {
     let mut started = Vec::new();
     for task in waiting {
         let r = task.await.expect("join").expect("job runs after cooling");
-        started.push((r.receipt.body.started_at_unix_ms, r.receipt.body.job_id));
+        started.push((
+            r.receipt.body.what.started_at_unix_ms,
+            r.receipt.body.what.job_id,
+        ));
     }
     started.sort();
     let order: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
@@ -185,29 +183,10 @@ async fn queued_jobs_can_be_cancelled_and_late_ones_are_not_started() {
     );
 }
 
-const RUNAWAY: &str = "@group(0) @binding(0) var<storage, read_write> data: array<u32>;
-@compute @workgroup_size(64)
-fn main() {
-    for (var i = 0u; i < 0xFFFFFFFFu; i++) {
-        if (data[0] == 12345u) { return; }
-        data[1] = data[1] + 1u;
-    }
-}
-";
-
 #[tokio::test]
 async fn a_runaway_kernel_fails_at_its_limit_and_the_next_job_runs() {
     let Some(rig) = rig(policy()) else { return };
-    let mut runaway = small("runaway", 0);
-    runaway.kernel.wgsl = RUNAWAY.into();
-    runaway.bindings = vec![edge_gpu::job::Binding {
-        binding: 0,
-        kind: edge_gpu::job::BindingKind::StorageReadWrite,
-        size: 8,
-        input: None,
-    }];
-    runaway.dispatch = [65_535, 65_535, 1];
-    runaway.limits.max_runtime_ms = 300;
+    let runaway = kernels::runaway(300);
     let err = rig.handle.run(runaway).await.expect_err("overruns");
     assert!(
         matches!(
@@ -266,14 +245,16 @@ async fn duty_cycle_rests_the_gpu_and_an_idle_worker_is_released() {
         .await
         .expect("runs")
         .receipt
-        .body;
+        .body
+        .what;
     let second = rig
         .handle
         .run(small("two", 0))
         .await
         .expect("runs")
         .receipt
-        .body;
+        .body
+        .what;
     // At 25% duty the GPU rests at least 3x the first job's time before the second starts.
     let gap_ms = second.started_at_unix_ms - first.started_at_unix_ms;
     let min_rest_ms = 3 * first.duration_us / 1000;

@@ -62,11 +62,12 @@ fn main() {
         let b = kernels::random_f32s(size, 2);
         for kernel in [
             SgemmKernel::Tiled,
-            SgemmKernel::Registers { rows: 4, cols4: 2 },
             SgemmKernel::Registers { rows: 4, cols4: 1 },
+            SgemmKernel::Registers { rows: 4, cols4: 2 },
             SgemmKernel::Registers { rows: 8, cols4: 1 },
-            SgemmKernel::Registers { rows: 2, cols4: 2 },
             SgemmKernel::Registers { rows: 8, cols4: 2 },
+            SgemmKernel::Registers { rows: 8, cols4: 4 },
+            SgemmKernel::Registers { rows: 16, cols4: 2 },
         ] {
             let job = kernels::sgemm_with(kernel, n, n, n, &a, &b).expect("job");
             let name = match kernel {

@@ -2,7 +2,7 @@
 //! anyone's job; the capability benchmark and verification challenges are made of them.
 //!
 //! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
-//! - [`sgemm`]: f32 C = A·B, register-blocked (4x8 outputs per invocation), vec4 loads, no
+//! - [`sgemm`]: f32 C = A·B, register-blocked (8x8 outputs per invocation), vec4 loads, no
 //!   workgroup memory; a shared-memory tiled kernel is kept for comparison ([`SgemmKernel`]).
 //! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
 //! - [`hash_chain`]: a deterministic integer kernel (xorshift and multiply rounds) whose output
@@ -256,7 +256,7 @@ pub enum SgemmKernel {
 }
 
 /// The kernel [`sgemm`] uses: the fastest measured on lavapipe (docs/benchmarks.md).
-pub const SGEMM_DEFAULT: SgemmKernel = SgemmKernel::Registers { rows: 4, cols4: 2 };
+pub const SGEMM_DEFAULT: SgemmKernel = SgemmKernel::Registers { rows: 8, cols4: 2 };
 
 /// [`sgemm`] with a chosen kernel; m must be a multiple of `8 * rows` and n of `32 * cols4` (and
 /// both of 64).
@@ -438,4 +438,29 @@ pub fn hash_chain_reference(seed: u32, rounds: u32, count: u32) -> Vec<u32> {
             x
         })
         .collect()
+}
+
+const RUNAWAY: &str = r#"
+@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+
+@compute @workgroup_size(64)
+fn main() {
+    for (var i = 0u; i < 0xFFFFFFFFu; i++) {
+        if (data[0] == 12345u) { return; }
+        data[1] = data[1] + 1u;
+    }
+}
+"#;
+
+/// A kernel that outlives any time limit, for testing the limit: 65535 x 65535 workgroups of 64
+/// invocations, each looping up to 2^32 times (lavapipe caps a loop at 65535 iterations, so the
+/// length comes from the dispatch). Valid by every check; it just never ends in practice.
+pub fn runaway(max_runtime_ms: u64) -> Job {
+    job(
+        "builtin.runaway".to_owned(),
+        RUNAWAY,
+        vec![storage(0, BindingKind::StorageReadWrite, 8, None)],
+        [65_535, 65_535, 1],
+        max_runtime_ms,
+    )
 }

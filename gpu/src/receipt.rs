@@ -1,8 +1,8 @@
 //! Receipts: the device's signed statement of what it ran, on what, and what came out.
 //!
-//! The signature is Ed25519 by the device identity key over
-//! `b"edge-receipt-v1\n"` followed by the receipt body serialised as JSON with its fields in the
-//! order below (no maps, no floats: the bytes are fixed by the values). Anyone holding a receipt
+//! The signature is Ed25519 by the device identity key over `b"edge-receipt-v1\n"` followed by
+//! the receipt body serialised as JSON with its fields in declaration order ([`ReceiptBody`]'s,
+//! then [`Attested`]'s; no maps, no floats: the bytes are fixed by the values). Anyone holding a receipt
 //! can check it with [`verify`]: the public key it carries must hash to its device id, and the
 //! signature must hold.
 
@@ -16,33 +16,18 @@ use crate::validate::ValidJob;
 /// Domain separation: a receipt signature can never be taken for another message's.
 const DOMAIN: &[u8] = b"edge-receipt-v1\n";
 
-/// What was run, where, and with what result.
+/// What was run, where, and with what result, as signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptBody {
     /// Receipt format, 1.
     pub version: u32,
-    /// The job's id.
-    pub job_id: String,
     /// The device that ran it.
     pub device_id: String,
     /// The device's Ed25519 public key, hex.
     pub public_key: String,
-    /// SHA-256 of the WGSL source.
-    pub kernel_sha256: Sha256,
-    /// SHA-256 of every binding's initial contents, in binding order.
-    pub input_sha256: Sha256,
-    /// SHA-256 of every `storage_read_write` binding's final contents, in binding order.
-    pub output_sha256: Sha256,
-    /// Adapter name.
-    pub adapter: String,
-    /// Driver and version.
-    pub driver: String,
-    /// Submission time, Unix milliseconds.
-    pub started_at_unix_ms: u64,
-    /// Submission to read-back, microseconds.
-    pub duration_us: u64,
-    /// The compute pass alone (GPU timestamps), microseconds; `null` where the adapter has none.
-    pub kernel_us: Option<u64>,
+    /// What is attested.
+    #[serde(flatten)]
+    pub what: Attested,
 }
 
 /// A signed receipt.
@@ -90,16 +75,16 @@ impl ReceiptBody {
     }
 }
 
-/// What a receipt attests, before the device's identity and signature are added.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a receipt attests: the run, before the device's identity and signature are added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attested {
-    /// The job id.
+    /// The job's id.
     pub job_id: String,
-    /// SHA-256 of the WGSL.
+    /// SHA-256 of the WGSL source.
     pub kernel_sha256: Sha256,
-    /// SHA-256 of the inputs.
+    /// SHA-256 of every binding's initial contents, in binding order.
     pub input_sha256: Sha256,
-    /// SHA-256 of the outputs.
+    /// SHA-256 of every `storage_read_write` binding's final contents, in binding order.
     pub output_sha256: Sha256,
     /// Adapter name.
     pub adapter: String,
@@ -109,7 +94,7 @@ pub struct Attested {
     pub started_at_unix_ms: u64,
     /// Submission to read-back, microseconds.
     pub duration_us: u64,
-    /// The compute pass alone, microseconds.
+    /// The compute pass alone (GPU timestamps), microseconds; `null` where the adapter has none.
     pub kernel_us: Option<u64>,
 }
 
@@ -137,17 +122,9 @@ impl Attested {
 pub fn sign(identity: &Identity, what: Attested) -> Receipt {
     let body = ReceiptBody {
         version: 1,
-        job_id: what.job_id,
         device_id: identity.device_id().to_string(),
         public_key: hex(identity.public_key()),
-        kernel_sha256: what.kernel_sha256,
-        input_sha256: what.input_sha256,
-        output_sha256: what.output_sha256,
-        adapter: what.adapter,
-        driver: what.driver,
-        started_at_unix_ms: what.started_at_unix_ms,
-        duration_us: what.duration_us,
-        kernel_us: what.kernel_us,
+        what,
     };
     let signature = hex(&identity.sign(&body.signed_bytes()));
     Receipt { body, signature }
@@ -172,7 +149,7 @@ pub fn verify(receipt: &Receipt) -> Result<(), ReceiptError> {
     let signature = decode_hex(&receipt.signature).unwrap_or_default();
     if !keys::verify(&public_key, &body.signed_bytes(), &signature) {
         return Err(ReceiptError::Signature {
-            job_id: body.job_id.clone(),
+            job_id: body.what.job_id.clone(),
         });
     }
     Ok(())
@@ -212,7 +189,7 @@ mod tests {
     fn any_change_breaks_it() {
         let id = Identity::generate_ephemeral().expect("key");
         let mut r = receipt(&id);
-        r.body.output_sha256 = Sha256::of(b"other output");
+        r.body.what.output_sha256 = Sha256::of(b"other output");
         assert!(matches!(verify(&r), Err(ReceiptError::Signature { .. })));
 
         let other = Identity::generate_ephemeral().expect("key");
@@ -221,7 +198,7 @@ mod tests {
         assert!(matches!(verify(&r), Err(ReceiptError::DeviceId { .. })));
 
         let mut r = receipt(&id);
-        r.body.duration_us += 1;
+        r.body.what.duration_us += 1;
         assert!(verify(&r).is_err());
     }
 }

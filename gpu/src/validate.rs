@@ -10,7 +10,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess};
 
 use crate::digest::Sha256;
-use crate::job::{BindingKind, BlobStore, JOB_VERSION, Job};
+use crate::job::{BindingKind, BlobStore, JOB_VERSION, Job, Kernel};
 
 /// Longest run time a job may ask for, in milliseconds.
 pub const MAX_RUNTIME_MS: u64 = 600_000;
@@ -85,81 +85,56 @@ fn shader_at(location: Option<naga::SourceLocation>) -> String {
     )
 }
 
-/// Checks `job` for an adapter with `limits` and a GPU memory `budget`; inputs named by hash come
-/// from `blobs`.
-pub fn validate(
-    job: Job,
-    limits: &GpuLimits,
-    budget: u64,
-    blobs: &BlobStore,
-) -> Result<ValidJob, Refused> {
-    let mut problems = Problems(Vec::new());
+/// What the shader itself says: problems, and the bindings its entry point uses. Depends only on
+/// the source, the entry point and the adapter, so it is cached by kernel hash.
+#[derive(Debug, Clone)]
+pub struct ShaderCheck {
+    /// Shader problems (syntax, validation, entry point, workgroup size, binding kinds).
+    problems: Vec<Problem>,
+    /// Bindings the entry point uses: kind, minimum size, variable name.
+    used: BTreeMap<u32, (BindingKind, u64, String)>,
+    /// The entry point was found (binding checks are meaningful).
+    ok: bool,
+}
 
-    if job.version != JOB_VERSION {
-        problems.fail(
-            "version",
-            format!(
-                "job format {} is not supported; this agent speaks {JOB_VERSION}",
-                job.version
-            ),
+/// Shader checks already made, by kernel SHA-256 and entry point. Bounded: cleared when full.
+#[derive(Debug, Default)]
+pub struct ShaderCache(std::collections::HashMap<(Sha256, String), ShaderCheck>);
+
+/// Kernels remembered before the cache starts over.
+const SHADER_CACHE_ENTRIES: usize = 64;
+
+impl ShaderCache {
+    fn check(&mut self, kernel: &Kernel, limits: &GpuLimits) -> &ShaderCheck {
+        let key = (
+            Sha256::of(kernel.wgsl.as_bytes()),
+            kernel.entry_point.clone(),
         );
-    }
-    let id_ok = !job.id.is_empty()
-        && job.id.len() <= 128
-        && job
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !id_ok {
-        problems.fail("id", "must be 1 to 128 of A-Z a-z 0-9 . _ -".into());
-    }
-    if !(1..=MAX_RUNTIME_MS).contains(&job.limits.max_runtime_ms) {
-        problems.fail(
-            "limits.max_runtime_ms",
-            format!(
-                "{} is out of range 1 to {MAX_RUNTIME_MS}",
-                job.limits.max_runtime_ms
-            ),
-        );
-    }
-    for (axis, &n) in ["x", "y", "z"].iter().zip(&job.dispatch) {
-        if n == 0 {
-            problems.fail(
-                "dispatch",
-                format!(
-                    "{axis} is 0: a dispatch must have at least one workgroup in each dimension"
-                ),
-            );
-        } else if n > limits.max_compute_workgroups_per_dimension {
-            problems.fail(
-                "dispatch",
-                format!(
-                    "{axis} is {n}; the adapter allows at most {} workgroups per dimension",
-                    limits.max_compute_workgroups_per_dimension
-                ),
-            );
+        if self.0.len() >= SHADER_CACHE_ENTRIES && !self.0.contains_key(&key) {
+            self.0.clear();
         }
+        self.0.entry(key).or_insert_with(|| analyze(kernel, limits))
     }
+}
 
+fn analyze(kernel: &Kernel, limits: &GpuLimits) -> ShaderCheck {
     // The shader: parse, validate, find the entry point and the bindings it uses.
+    let mut problems = Problems(Vec::new());
     let mut used: BTreeMap<u32, (BindingKind, u64, String)> = BTreeMap::new();
     let mut shader_ok = false;
-    match naga::front::wgsl::parse_str(&job.kernel.wgsl) {
-        Err(e) => problems.fail(
-            &shader_at(e.location(&job.kernel.wgsl)),
-            e.message().to_owned(),
-        ),
+    match naga::front::wgsl::parse_str(&kernel.wgsl) {
+        Err(e) => problems.fail(&shader_at(e.location(&kernel.wgsl)), e.message().to_owned()),
         Ok(module) => {
             let validated =
                 Validator::new(ValidationFlags::all(), Capabilities::default()).validate(&module);
             match validated {
                 Err(e) => problems.fail(
-                    &shader_at(e.location(&job.kernel.wgsl)),
+                    &shader_at(e.location(&kernel.wgsl)),
                     e.as_inner().to_string(),
                 ),
                 Ok(info) => {
                     let entry = module.entry_points.iter().enumerate().find(|(_, ep)| {
-                        ep.name == job.kernel.entry_point && ep.stage == ShaderStage::Compute
+                        ep.name == kernel.entry_point && ep.stage == ShaderStage::Compute
                     });
                     match entry {
                         None => {
@@ -173,7 +148,7 @@ pub fn validate(
                                 "kernel.entry_point",
                                 format!(
                                     "no @compute function {:?}; the shader has: {}",
-                                    job.kernel.entry_point,
+                                    kernel.entry_point,
                                     names.join(", ")
                                 ),
                             );
@@ -236,6 +211,84 @@ pub fn validate(
             }
         }
     }
+
+    ShaderCheck {
+        problems: problems.0,
+        used,
+        ok: shader_ok,
+    }
+}
+
+/// Checks `job` for an adapter with `limits` and a GPU memory `budget`; inputs named by hash come
+/// from `blobs`.
+pub fn validate(
+    job: Job,
+    limits: &GpuLimits,
+    budget: u64,
+    blobs: &BlobStore,
+) -> Result<ValidJob, Refused> {
+    validate_cached(job, limits, budget, blobs, &mut ShaderCache::default())
+}
+
+/// [`validate`], reusing shader checks from `cache` (the scheduler and the worker keep one).
+pub fn validate_cached(
+    job: Job,
+    limits: &GpuLimits,
+    budget: u64,
+    blobs: &BlobStore,
+    cache: &mut ShaderCache,
+) -> Result<ValidJob, Refused> {
+    let mut problems = Problems(Vec::new());
+
+    if job.version != JOB_VERSION {
+        problems.fail(
+            "version",
+            format!(
+                "job format {} is not supported; this agent speaks {JOB_VERSION}",
+                job.version
+            ),
+        );
+    }
+    let id_ok = !job.id.is_empty()
+        && job.id.len() <= 128
+        && job
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !id_ok {
+        problems.fail("id", "must be 1 to 128 of A-Z a-z 0-9 . _ -".into());
+    }
+    if !(1..=MAX_RUNTIME_MS).contains(&job.limits.max_runtime_ms) {
+        problems.fail(
+            "limits.max_runtime_ms",
+            format!(
+                "{} is out of range 1 to {MAX_RUNTIME_MS}",
+                job.limits.max_runtime_ms
+            ),
+        );
+    }
+    for (axis, &n) in ["x", "y", "z"].iter().zip(&job.dispatch) {
+        if n == 0 {
+            problems.fail(
+                "dispatch",
+                format!(
+                    "{axis} is 0: a dispatch must have at least one workgroup in each dimension"
+                ),
+            );
+        } else if n > limits.max_compute_workgroups_per_dimension {
+            problems.fail(
+                "dispatch",
+                format!(
+                    "{axis} is {n}; the adapter allows at most {} workgroups per dimension",
+                    limits.max_compute_workgroups_per_dimension
+                ),
+            );
+        }
+    }
+
+    let shader = cache.check(&job.kernel, limits).clone();
+    problems.0.extend(shader.problems);
+    let (used, shader_ok) = (shader.used, shader.ok);
 
     // The job's bindings against the shader's, the adapter and the budget.
     let mut gpu_bytes: u64 = 0;

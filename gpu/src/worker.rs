@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Sha256;
 use crate::executor::{ExecError, Executor};
 use crate::job::{BlobStore, Job};
-use crate::validate::{Problem, validate};
+use crate::validate::{Problem, ShaderCache, validate_cached};
 
 /// The worker's first line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +149,7 @@ pub fn serve(
             driver: adapter.driver.clone(),
         },
     )?;
+    let mut shaders = ShaderCache::default();
     for line in input.lines() {
         let line = line?;
         let response = match serde_json::from_str::<Request>(&line) {
@@ -159,7 +160,7 @@ pub fn serve(
                 job,
                 budget,
                 outputs,
-            }) => match validate(job, &adapter.limits, budget, blobs) {
+            }) => match validate_cached(job, &adapter.limits, budget, blobs, &mut shaders) {
                 Err(refused) => Response::Refused {
                     problems: refused.problems.iter().map(Problem::to_string).collect(),
                 },

@@ -131,25 +131,13 @@ fn pipelines_are_cached_by_kernel_and_receipts_verify() {
         receipt::Attested::of_run(ex.adapter(), &valid, &second),
     );
     receipt::verify(&r).expect("receipt verifies");
-    assert_eq!(r.body.kernel_sha256, valid.kernel_sha256);
+    assert_eq!(r.body.what.kernel_sha256, valid.kernel_sha256);
     assert_eq!(
-        r.body.output_sha256,
+        r.body.what.output_sha256,
         edge_gpu::digest::Sha256::of(&second.outputs[0].1)
     );
-    assert_eq!(r.body.adapter, ex.adapter().name);
+    assert_eq!(r.body.what.adapter, ex.adapter().name);
 }
-
-/// As good as forever: lavapipe stops any loop after 65535 iterations, so the length comes from
-/// the dispatch instead: 65535 x 65535 workgroups of 64 invocations, each looping 65535 times.
-const RUNAWAY: &str = "@group(0) @binding(0) var<storage, read_write> data: array<u32>;
-@compute @workgroup_size(64)
-fn main() {
-    for (var i = 0u; i < 0xFFFFFFFFu; i++) {
-        if (data[0] == 12345u) { return; }
-        data[1] = data[1] + 1u;
-    }
-}
-";
 
 const MARK: &str = "CHILD-RESULT ";
 
@@ -165,13 +153,7 @@ fn child() {
             return;
         }
     };
-    let runaway = Job::from_json(&format!(
-        r#"{{"version":1,"id":"runaway","kernel":{{"wgsl":{},"entry_point":"main"}},
-            "bindings":[{{"binding":0,"kind":"storage_read_write","size":8}}],
-            "dispatch":[65535,65535,1],"limits":{{"max_runtime_ms":300}}}}"#,
-        serde_json::to_string(RUNAWAY).expect("json")
-    ))
-    .expect("job");
+    let runaway = kernels::runaway(300);
     let started = Instant::now();
     match ex.run(prepare(&ex, runaway)) {
         Err(ExecError::Timeout { .. }) => say(&format!("timeout after {:?}", started.elapsed())),

@@ -75,6 +75,20 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Starts the daemon with `notify` as its `NOTIFY_SOCKET`, extra environment `env`, and its
+    /// logs discarded.
+    pub fn start(&self, notify: &NotifySocket, env: &[(&str, &str)]) -> Child {
+        let mut cmd = self.agent(&[]);
+        cmd.env("NOTIFY_SOCKET", &notify.path)
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start edge-agent")
+    }
+}
+
 /// A datagram socket standing in for systemd's notify socket.
 pub struct NotifySocket {
     socket: UnixDatagram,

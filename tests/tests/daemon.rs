@@ -24,13 +24,7 @@ fn stdout(cmd: &mut std::process::Command) -> (i32, String, String) {
 fn ready_status_watchdog_then_clean_stop_on_sigterm() {
     let sandbox = Sandbox::new("");
     let mut notify = NotifySocket::bind(sandbox.dir.path());
-    let mut agent = sandbox
-        .agent(&[])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("WATCHDOG_USEC", "1000000")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agent");
+    let mut agent = sandbox.start(&notify, &[("WATCHDOG_USEC", "1000000")]);
 
     assert!(
         notify.wait_for("READY=1", START),
@@ -114,12 +108,7 @@ fn ready_status_watchdog_then_clean_stop_on_sigterm() {
 fn a_second_agent_on_the_same_state_dir_is_refused() {
     let sandbox = Sandbox::new("");
     let mut notify = NotifySocket::bind(sandbox.dir.path());
-    let mut first = sandbox
-        .agent(&[])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agent");
+    let mut first = sandbox.start(&notify, &[]);
     assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
 
     let (code, _, err) = stdout(&mut sandbox.agent(&["run"]));
@@ -265,12 +254,7 @@ fn the_gpu_capability_is_measured_once_and_then_cached() {
     let sandbox = Sandbox::with_benchmark("", true);
     let start = || {
         let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
-        let agent = sandbox
-            .agent(&[])
-            .env("NOTIFY_SOCKET", &notify.path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent");
+        let agent = sandbox.start(&notify, &[]);
         assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
         agent
     };
