@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::{Problem, ShaderCache, validate_cached};
+use edge_gpu::validate::{Problem, ShaderCache, check_cached};
 use edge_gpu::worker::Request;
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
@@ -525,14 +525,13 @@ fn admit(
             capacity: parts.policy.queue_capacity,
         });
     }
-    validate_cached(
-        job.clone(),
+    check_cached(
+        job,
         limits,
         parts.policy.memory_budget,
         &parts.blobs,
         shaders,
     )
-    .map(drop)
     .map_err(|refused| JobError::Refused {
         problems: refused.problems.iter().map(Problem::to_string).collect(),
     })

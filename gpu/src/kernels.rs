@@ -2,7 +2,7 @@
 //! anyone's job; the capability benchmark and verification challenges are made of them.
 //!
 //! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
-//! - [`sgemm`]: f32 C = A·B, register-blocked (8x8 outputs per invocation), vec4 loads, no
+//! - [`sgemm`]: f32 C = A·B, register-blocked (8x16 or 8x8 outputs per invocation), vec4 loads, no
 //!   workgroup memory; a shared-memory tiled kernel is kept for comparison ([`SgemmKernel`]).
 //! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
 //! - [`hash_chain`]: a deterministic integer kernel (xorshift and multiply rounds) whose output
@@ -255,8 +255,12 @@ pub enum SgemmKernel {
     },
 }
 
-/// The kernel [`sgemm`] uses: the fastest measured on lavapipe (docs/benchmarks.md).
-pub const SGEMM_DEFAULT: SgemmKernel = SgemmKernel::Registers { rows: 8, cols4: 2 };
+/// The kernels [`sgemm`] picks from, fastest first as measured on lavapipe (docs/benchmarks.md):
+/// the first whose tiling divides the matrix is used.
+pub const SGEMM_PREFERENCE: [SgemmKernel; 2] = [
+    SgemmKernel::Registers { rows: 8, cols4: 4 },
+    SgemmKernel::Registers { rows: 8, cols4: 2 },
+];
 
 /// [`sgemm`] with a chosen kernel; m must be a multiple of `8 * rows` and n of `32 * cols4` (and
 /// both of 64).
@@ -338,10 +342,21 @@ fn multiple(what: &'static str, value: u32, multiple: u32) -> Result<(), Builtin
     Ok(())
 }
 
-/// C (m x n) = A (m x k) · B (k x n), row-major f32, with [`SGEMM_DEFAULT`]; m, n multiples of
-/// 64, k of 16.
+/// C (m x n) = A (m x k) · B (k x n), row-major f32, with the fastest kernel of
+/// [`SGEMM_PREFERENCE`] that tiles it; m, n multiples of 64, k of 16.
 pub fn sgemm(m: u32, n: u32, k: u32, a: &[f32], b: &[f32]) -> Result<Job, BuiltinError> {
-    sgemm_with(SGEMM_DEFAULT, m, n, k, a, b)
+    let fits = |kernel: &SgemmKernel| match *kernel {
+        SgemmKernel::Registers { rows, cols4 } => {
+            m.is_multiple_of(8 * rows) && n.is_multiple_of(32 * cols4)
+        }
+        SgemmKernel::Tiled => true,
+    };
+    let kernel = SGEMM_PREFERENCE
+        .iter()
+        .copied()
+        .find(fits)
+        .unwrap_or(SgemmKernel::Registers { rows: 8, cols4: 2 });
+    sgemm_with(kernel, m, n, k, a, b)
 }
 
 /// CPU reference: C = A·B in f64, rounded to f32.

@@ -238,6 +238,56 @@ pub fn validate_cached(
     blobs: &BlobStore,
     cache: &mut ShaderCache,
 ) -> Result<ValidJob, Refused> {
+    let inputs = check_job(&job, limits, budget, blobs, cache, Inputs::Load)?;
+    let kernel_sha256 = Sha256::of(job.kernel.wgsl.as_bytes());
+    let gpu_bytes = gpu_bytes(&job);
+    Ok(ValidJob {
+        job,
+        kernel_sha256,
+        inputs,
+        gpu_bytes,
+    })
+}
+
+/// Every check of [`validate_cached`], without keeping the inputs: for admission, where a job is
+/// only queued, so that its (zero-padded) buffers are not held in memory twice.
+pub fn check_cached(
+    job: &Job,
+    limits: &GpuLimits,
+    budget: u64,
+    blobs: &BlobStore,
+    cache: &mut ShaderCache,
+) -> Result<(), Refused> {
+    check_job(job, limits, budget, blobs, cache, Inputs::Check).map(drop)
+}
+
+/// GPU memory a job needs: its buffers plus read-back copies of its outputs.
+fn gpu_bytes(job: &Job) -> u64 {
+    job.bindings
+        .iter()
+        .map(|b| match b.kind {
+            BindingKind::StorageReadWrite => b.size.saturating_mul(2),
+            _ => b.size,
+        })
+        .fold(0, u64::saturating_add)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Inputs {
+    /// Resolve, check and zero-pad every input.
+    Load,
+    /// Resolve and check, keep nothing.
+    Check,
+}
+
+fn check_job(
+    job: &Job,
+    limits: &GpuLimits,
+    budget: u64,
+    blobs: &BlobStore,
+    cache: &mut ShaderCache,
+    mode: Inputs,
+) -> Result<Vec<Vec<u8>>, Refused> {
     let mut problems = Problems(Vec::new());
 
     if job.version != JOB_VERSION {
@@ -291,7 +341,7 @@ pub fn validate_cached(
     let (used, shader_ok) = (shader.used, shader.ok);
 
     // The job's bindings against the shader's, the adapter and the budget.
-    let mut gpu_bytes: u64 = 0;
+    let needed = gpu_bytes(job);
     let mut storage_count = 0;
     let mut inputs = Vec::with_capacity(job.bindings.len());
     for (i, b) in job.bindings.iter().enumerate() {
@@ -330,10 +380,6 @@ pub fn validate_cached(
                     b.size
                 ),
             );
-        }
-        gpu_bytes = gpu_bytes.saturating_add(b.size);
-        if b.kind == BindingKind::StorageReadWrite {
-            gpu_bytes = gpu_bytes.saturating_add(b.size);
         }
         match used.get(&b.binding) {
             None if shader_ok => {
@@ -381,15 +427,15 @@ pub fn validate_cached(
             ),
         );
     }
-    if gpu_bytes > budget {
-        problems.fail("bindings", format!("the job needs {gpu_bytes} bytes of GPU memory (buffers and read-back); the owner's budget is {budget}"));
+    if needed > budget {
+        problems.fail("bindings", format!("the job needs {needed} bytes of GPU memory (buffers and read-back); the owner's budget is {budget}"));
     }
     if let Some(max) = job.limits.max_bytes
-        && gpu_bytes > max
+        && needed > max
     {
         problems.fail(
             "limits.max_bytes",
-            format!("the job needs {gpu_bytes} bytes, more than its own limit of {max}"),
+            format!("the job needs {needed} bytes, more than its own limit of {max}"),
         );
     }
 
@@ -417,24 +463,20 @@ pub fn validate_cached(
                 );
                 continue;
             }
-            bytes.resize(b.size as usize, 0);
-            inputs.push(bytes);
+            if mode == Inputs::Load {
+                bytes.resize(b.size as usize, 0);
+                inputs.push(bytes);
+            }
         }
     }
 
     if !problems.0.is_empty() {
         return Err(Refused {
-            job_id: job.id,
+            job_id: job.id.clone(),
             problems: problems.0,
         });
     }
-    let kernel_sha256 = Sha256::of(job.kernel.wgsl.as_bytes());
-    Ok(ValidJob {
-        job,
-        kernel_sha256,
-        inputs,
-        gpu_bytes,
-    })
+    Ok(inputs)
 }
 
 #[cfg(test)]

@@ -89,24 +89,32 @@ fn fma_peak_matches_the_cpu_reference() {
 }
 
 #[test]
-fn sgemm_matches_the_cpu_and_passes_freivalds() {
+fn every_sgemm_kernel_matches_the_cpu_and_passes_freivalds() {
     let Some(ex) = executor() else { return };
-    let (m, n, k) = (128, 192, 80);
+    let (m, n, k) = (128, 256, 80);
     let a = kernels::random_f32s(m * k, 11);
     let b = kernels::random_f32s(k * n, 12);
-    let (_, out) = run(
-        &ex,
-        kernels::sgemm(m as u32, n as u32, k as u32, &a, &b).expect("job"),
-    );
-    let c = f32s(&out.outputs[0].1);
     let want = kernels::sgemm_reference(m, n, k, &a, &b);
-    let worst = c
-        .iter()
-        .zip(&want)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(worst < 1e-4, "largest difference from the CPU: {worst}");
-    freivalds::check((m, n, k), &a, &b, &c, 10, 99).expect("Freivalds accepts a correct product");
+    let mut c = Vec::new();
+    for kernel in [kernels::SgemmKernel::Tiled]
+        .into_iter()
+        .chain(kernels::SGEMM_PREFERENCE)
+    {
+        let job = kernels::sgemm_with(kernel, m as u32, n as u32, k as u32, &a, &b).expect("job");
+        let (_, out) = run(&ex, job);
+        c = f32s(&out.outputs[0].1);
+        let worst = c
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "{kernel:?}: largest difference from the CPU: {worst}"
+        );
+        freivalds::check((m, n, k), &a, &b, &c, 10, 99)
+            .expect("Freivalds accepts a correct product");
+    }
     let mut tampered = c.clone();
     tampered[5 * n + 9] += 1e-2;
     assert!(freivalds::check((m, n, k), &a, &b, &tampered, 10, 99).is_err());
