@@ -1,7 +1,8 @@
 //! `edge-agent run-job`: validate, run and sign one GPU job by hand, for developers and support.
 //!
-//! The job is a JSON file (see docs/jobs.md) or a built-in: `builtin:hash_chain`,
-//! `builtin:copy[:BYTES]`, `builtin:fma_peak`, `builtin:sgemm[:N]`.
+//! The job is a JSON file (see docs/jobs.md) or a built-in: `builtin:hash_chain[:COUNT]`,
+//! `builtin:copy[:BYTES]`, `builtin:fma_peak[:WORKGROUPS]`, `builtin:sgemm[:N]`, or
+//! `builtin:runaway[:LIMIT_MS]` (a kernel that never ends, to see the time limit work).
 
 use std::path::Path;
 
@@ -86,8 +87,9 @@ pub fn load(spec: &str) -> Result<Job, RunJobError> {
             let b = kernels::random_f32s(n as usize * n as usize, 2);
             kernels::sgemm(n, n, n, &a, &b).map_err(bad)
         }
+        "runaway" => Ok(kernels::runaway(u64::from(number(2000)?))),
         other => Err(RunJobError::Builtin(format!(
-            "unknown built-in {other:?}; try hash_chain, copy, fma_peak or sgemm"
+            "unknown built-in {other:?}; try hash_chain, copy, fma_peak, sgemm or runaway"
         ))),
     }
 }

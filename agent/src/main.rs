@@ -46,8 +46,8 @@ enum Command {
     /// Ask the running agent for its status (JSON) or metrics.
     /// Validate and run one GPU job, then print its signed receipt as JSON.
     RunJob {
-        /// A job file (docs/jobs.md), or builtin:hash_chain, builtin:copy[:BYTES],
-        /// builtin:fma_peak, builtin:sgemm[:N].
+        /// A job file (docs/jobs.md), or builtin:hash_chain[:COUNT], builtin:copy[:BYTES],
+        /// builtin:fma_peak[:WORKGROUPS], builtin:sgemm[:N], builtin:runaway[:LIMIT_MS].
         job: String,
         /// Write the job's outputs (its read_write bindings, in order) to this file.
         #[arg(long, value_name = "FILE")]
