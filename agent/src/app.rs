@@ -3,7 +3,7 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -77,30 +77,60 @@ impl AgentError {
     }
 }
 
-/// Creates the state directory (mode 0700 for new directories).
+/// Creates the state directory (mode 0700 for new directories) and refuses an existing one that
+/// another user owns or that others may write: the key, the lock and the socket live there.
 pub fn create_state_dir(path: &Path) -> Result<(), AgentError> {
+    let err = |source| AgentError::StateDir {
+        path: path.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| AgentError::StateDir {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(err)?;
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    let unsafe_dir = if !meta.is_dir() {
+        Some("it is not a directory (a symlink?)".to_owned())
+    } else if meta.uid() != euid {
+        Some(format!(
+            "it is owned by uid {}, not by this process (uid {euid})",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "its mode {:04o} lets others write to it",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match unsafe_dir {
+        Some(why) => Err(err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing to use it: {why}"),
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Runs `future` on `tracker`, reporting its error (if any) on `failures`.
-fn spawn_task<E: Display>(
+fn spawn_task<E: Display + Send + 'static>(
     tracker: &TaskTracker,
     failures: &mpsc::Sender<(&'static str, String)>,
     name: &'static str,
     future: impl Future<Output = Result<(), E>> + Send + 'static,
 ) {
     let failures = failures.clone();
+    // The task runs on its own so that a panic in it is reported like an error, not lost.
+    let task = tokio::spawn(future);
     tracker.spawn(async move {
-        let message = match future.await {
-            Ok(()) => return,
-            Err(e) => e.to_string(),
+        let message = match task.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(join) if join.is_panic() => format!("panicked: {join}"),
+            Err(join) => join.to_string(),
         };
         tracing::error!(task = name, error = %message, "task failed");
         let _ = failures.send((name, message)).await;
@@ -273,5 +303,32 @@ fn task_error(task: &'static str, e: impl Display) -> AgentError {
     AgentError::Task {
         task,
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        create_state_dir(&state).expect("fresh dir is made");
+        let mode = std::fs::metadata(&state)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = create_state_dir(&state).expect_err("world-writable");
+        let text = err.to_string();
+        assert!(
+            text.contains(&state.display().to_string()) && text.contains("0777"),
+            "{text}"
+        );
+        assert_eq!(err.exit(), Exit::CannotCreate);
     }
 }

@@ -88,6 +88,13 @@ impl GpuWorker {
     }
 
     async fn start(&mut self) -> Result<&mut Running, WorkerError> {
+        // A worker that died while idle (OOM killer, driver crash) is replaced, not written to.
+        if let Some(running) = &mut self.running
+            && !matches!(running.child.try_wait(), Ok(None))
+        {
+            tracing::warn!("GPU worker had exited while idle; starting a new one");
+            self.running = None;
+        }
         if self.running.is_none() {
             let crashed = |message: String| WorkerError::Crashed { message };
             let (program, args) = self
@@ -115,8 +122,15 @@ impl GpuWorker {
                 .map_err(|_| WorkerError::Killed {
                     limit: START_TIMEOUT,
                 })?
-                .map_err(|e| crashed(e.to_string()))?
-                .ok_or_else(|| crashed("exited before saying hello".into()))?;
+                .map_err(|e| crashed(format!("reading its hello: {e}")))?;
+            let Some(hello) = hello else {
+                let status = child
+                    .wait()
+                    .await
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                return Err(crashed(format!("it exited before saying hello ({status})")));
+            };
             match serde_json::from_str(&hello).map_err(|e| crashed(format!("bad hello: {e}")))? {
                 Hello::Ready { adapter, driver } => {
                     tracing::info!(%adapter, "GPU worker started");
@@ -140,13 +154,9 @@ impl GpuWorker {
     pub async fn run(&mut self, request: &Request) -> Result<(Done, String, String), WorkerError> {
         let limit = Duration::from_millis(request.job.limits.max_runtime_ms) + KILL_SLACK;
         let result = self.exchange(request, limit).await;
-        if !matches!(
-            result,
-            Ok(_)
-                | Err(WorkerError::Refused { .. })
-                | Err(WorkerError::Exec(ExecError::Driver { .. }))
-        ) {
-            // Timeouts, kills and crashes: the worker is gone or must go.
+        if !matches!(result, Ok(_) | Err(WorkerError::Refused { .. })) {
+            // Timeouts, kills, crashes and driver errors: the worker is gone or must go, so that
+            // the next job gets a fresh process and device (a lost device does not heal).
             self.kill().await;
         }
         result

@@ -260,6 +260,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Result<(), std::convert::Infallible> {
         loop {
+            self.expire();
             // Start at once when nothing holds the next job back: a timer at "now" would still
             // wait for the timer wheel's next millisecond tick.
             if !self.queue.is_empty()
@@ -300,6 +301,27 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Answers queued jobs whose deadline has passed, so they neither wait nor hold queue places.
+    fn expire(&mut self) {
+        let now_ms = unix_ms(self.parts.clock.wall());
+        if !self.queue.iter().any(|q| is_late(&q.job, now_ms)) {
+            return;
+        }
+        let (late, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|q| is_late(&q.job, now_ms));
+        self.queue = kept.into_iter().collect();
+        for q in late {
+            self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            let _ = q.reply.send(Err(JobError::DeadlinePassed));
+        }
+        let depth = self.queue.len() as u64;
+        self.parts
+            .metrics
+            .queue_depth
+            .store(depth, Ordering::Relaxed);
+    }
+
     /// When the next job may start: `None` with an empty queue.
     fn next_start(&mut self) -> Option<Instant> {
         if self.queue.is_empty() {
@@ -315,14 +337,18 @@ impl Scheduler {
     /// How long policy (heat, hours) holds jobs back from now; `None` when they may run.
     fn policy_wait(&mut self) -> Option<Duration> {
         let policy = &self.parts.policy;
-        let hottest = self
-            .parts
-            .thermal
-            .zones()
-            .unwrap_or_default()
-            .iter()
-            .map(|z| z.celsius)
-            .fold(f64::NEG_INFINITY, f64::max);
+        // Fail closed: when the sensors cannot be read, a pause holds.
+        let hottest = match self.parts.thermal.zones() {
+            Ok(zones) => zones
+                .iter()
+                .map(|z| z.celsius)
+                .fold(f64::NEG_INFINITY, f64::max),
+            Err(e) if self.hot => {
+                tracing::warn!(error = %e, "thermal zones unreadable; staying paused");
+                f64::INFINITY
+            }
+            Err(_) => f64::NEG_INFINITY,
+        };
         if !self.hot && hottest >= policy.pause_above_celsius {
             tracing::warn!(celsius = hottest, "GPU paused: too hot");
             self.hot = true;
@@ -361,21 +387,13 @@ impl Scheduler {
         metrics
             .queue_depth
             .store(self.queue.len() as u64, Ordering::Relaxed);
-        let now_ms = self
-            .parts
-            .clock
-            .wall()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        if job
-            .deadline_unix_ms
-            .is_some_and(|deadline| deadline < now_ms)
-        {
+        if is_late(&job, unix_ms(self.parts.clock.wall())) {
             metrics.refused.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(Err(JobError::DeadlinePassed));
             return;
         }
         let id = job.id.clone();
+        let kernel_sha256 = edge_gpu::digest::Sha256::of(job.kernel.wgsl.as_bytes());
         let request = Request {
             job,
             budget: self.parts.policy.memory_budget,
@@ -411,7 +429,12 @@ impl Scheduler {
         metrics
             .worker_up
             .store(u64::from(self.worker.is_running()), Ordering::Relaxed);
-        let ran = started.elapsed();
+        // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals.
+        let ran = match &outcome {
+            Some(Ok((done, _, _))) => Duration::from_micros(done.duration_us),
+            Some(Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. })) => Duration::ZERO,
+            _ => started.elapsed(),
+        };
         metrics
             .busy_us
             .fetch_add(ran.as_micros() as u64, Ordering::Relaxed);
@@ -431,6 +454,18 @@ impl Scheduler {
                 } else {
                     JobError::Cancelled
                 })
+            }
+            Some(Ok((done, _, _))) if done.job_id != id || done.kernel_sha256 != kernel_sha256 => {
+                // The worker runs untrusted shaders next to the driver: never sign an answer that
+                // is not about the job it was given.
+                self.worker.kill().await;
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                Err(JobError::Worker(WorkerError::Crashed {
+                    message: format!(
+                        "the worker answered for job {:?} (kernel {}) when asked for {id:?} (kernel {kernel_sha256})",
+                        done.job_id, done.kernel_sha256
+                    ),
+                }))
             }
             Some(Ok((done, adapter, driver))) => {
                 metrics.done.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +555,9 @@ fn admit(
     let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
         reason: reason.clone(),
     })?;
+    if is_late(job, unix_ms(parts.clock.wall())) {
+        return Err(JobError::DeadlinePassed);
+    }
     if queued >= parts.policy.queue_capacity {
         return Err(JobError::QueueFull {
             capacity: parts.policy.queue_capacity,
@@ -535,6 +573,16 @@ fn admit(
     .map_err(|refused| JobError::Refused {
         problems: refused.problems.iter().map(Problem::to_string).collect(),
     })
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn is_late(job: &Job, now_ms: u64) -> bool {
+    job.deadline_unix_ms
+        .is_some_and(|deadline| deadline < now_ms)
 }
 
 /// Time until the allowed window `[start, end)` (hours UTC) opens; `None` if it is open now.

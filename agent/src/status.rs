@@ -1,7 +1,7 @@
 //! The local, read-only status endpoint: `GET /status` (JSON) and `GET /metrics` (Prometheus),
 //! on a Unix socket (mode 0660) and optionally on a loopback TCP port.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,7 +163,13 @@ async fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), StatusErro
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(listen_err)?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(listen_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something that is not a socket is in the way; refusing to remove it",
+            )));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(StatusError::InUse {
                 path: path.to_owned(),
@@ -175,4 +181,29 @@ async fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), StatusErro
     let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(listen_err)?;
     Ok((listener, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_in_the_sockets_place_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("status.sock");
+        std::fs::write(&path, "precious").expect("write");
+        let err = bind_unix(&path).await.err().expect("refused");
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("still there"), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_removed_on_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("status.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
+        let (listener, file) = bind_unix(&path).await.expect("replaced");
+        drop((listener, file));
+        assert!(!path.exists());
+    }
 }

@@ -37,7 +37,9 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Bytes of an even-length hex string; `None` if it is not one.
 pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+    // Canonical spelling only: lowercase, no signs, so that one value has one encoding.
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
     (0..hex.len())

@@ -21,6 +21,9 @@ use crate::digest::Sha256;
 use crate::job::BindingKind;
 use crate::validate::ValidJob;
 
+/// Compiled pipelines kept before the cache starts over.
+const PIPELINE_CACHE_ENTRIES: usize = 64;
+
 /// Why a job did not produce outputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -115,14 +118,15 @@ impl Executor {
                 };
                 for Request { job, reply } in rx {
                     let result = gpu.run(&job);
-                    if matches!(
+                    let replace = matches!(
                         result,
                         Err(ExecError::Driver { .. } | ExecError::Timeout { .. })
-                    ) || gpu.lost.load(Ordering::SeqCst)
-                    {
+                    ) || gpu.lost.load(Ordering::SeqCst);
+                    // Answer first: opening a new device takes time the caller should not wait.
+                    let _ = reply.send(result);
+                    if replace {
                         gpu = gpu.replace();
                     }
-                    let _ = reply.send(result);
                 }
             })
             .map_err(|e| ExecError::NoGpu {
@@ -269,6 +273,9 @@ impl Gpu {
                 compilation_options: Default::default(),
                 cache: None,
             });
+            if self.pipelines.len() >= PIPELINE_CACHE_ENTRIES {
+                self.pipelines.clear();
+            }
             self.pipelines.insert(key.clone(), pipeline);
         }
         let pipeline = &self.pipelines[&key];
@@ -309,10 +316,13 @@ impl Gpu {
                 resource: buffer.as_entire_binding(),
             })
             .collect();
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
+        // A kernel without buffers has no bind group to set.
+        let bind_group = (!entries.is_empty()).then(|| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
         });
         let readback: Vec<(u32, &wgpu::Buffer, wgpu::Buffer)> = job
             .bindings
@@ -344,7 +354,9 @@ impl Gpu {
                 }),
             });
             pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
+            if let Some(bind_group) = &bind_group {
+                pass.set_bind_group(0, bind_group, &[]);
+            }
             let [x, y, z] = job.dispatch;
             pass.dispatch_workgroups(x, y, z);
         }

@@ -72,7 +72,8 @@ pub fn check(
                 .map(|(&x, &s)| f64::from(x) * s)
                 .sum();
             let allowed = tolerance * bound + f64::from(f32::MIN_POSITIVE);
-            if (expected - got).abs() > allowed {
+            // A NaN or infinite C must fail too (a NaN compares false with everything).
+            if !got.is_finite() || (expected - got).abs() > allowed {
                 return Err(Mismatch {
                     round,
                     row: i,
@@ -101,6 +102,16 @@ mod tests {
         c[17 * n + 3] += 0.01;
         let err = check((m, n, k), &a, &b, &c, 8, 7).expect_err("tampered");
         assert_eq!((err.round, err.row), (0, 17));
+    }
+
+    #[test]
+    fn a_nan_result_is_caught() {
+        let (m, n, k) = (16, 16, 16);
+        let a = random_f32s(m * k, 5);
+        let b = random_f32s(k * n, 6);
+        let mut c = sgemm_reference(m, n, k, &a, &b);
+        c[40] = f32::NAN;
+        assert!(check((m, n, k), &a, &b, &c, 1, 3).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! a silently ignored setting. Inputs are inline (base64) or named by SHA-256 and fetched from a
 //! [`BlobStore`]; either way the bytes are checked before use.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use base64::Engine;
@@ -154,10 +155,12 @@ pub enum JobError {
     #[error("inline input is not base64: {0}")]
     Base64(String),
     /// The blob store could not be read.
-    #[error("cannot read blob {sha256}: {source}")]
+    #[error("cannot read blob {sha256} in {dir}: {source}")]
     Io {
         /// The blob.
         sha256: Sha256,
+        /// The store.
+        dir: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
@@ -193,9 +196,15 @@ impl BlobStore {
                 let path = self.dir.join(sha256.to_string());
                 let io = |source| JobError::Io {
                     sha256: *sha256,
+                    dir: self.dir.clone(),
                     source,
                 };
-                let file = match std::fs::File::open(&path) {
+                // Non-blocking open: a FIFO planted in the store must not hang the reader.
+                let file = match std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(JobError::MissingBlob {
@@ -205,6 +214,9 @@ impl BlobStore {
                     }
                     Err(e) => return Err(io(e)),
                 };
+                if !file.metadata().map_err(io)?.is_file() {
+                    return Err(io(std::io::Error::other("not a regular file")));
+                }
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)
                     .map_err(io)?;

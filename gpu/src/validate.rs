@@ -12,6 +12,9 @@ use naga::{AddressSpace, ShaderStage, StorageAccess};
 use crate::digest::Sha256;
 use crate::job::{BindingKind, BlobStore, JOB_VERSION, Job, Kernel};
 
+/// Most bindings a job may declare (more than any adapter binds in one group's buffers).
+pub const MAX_BINDINGS: usize = 64;
+
 /// Longest run time a job may ask for, in milliseconds.
 pub const MAX_RUNTIME_MS: u64 = 600_000;
 
@@ -113,7 +116,19 @@ impl ShaderCache {
         if self.0.len() >= SHADER_CACHE_ENTRIES && !self.0.contains_key(&key) {
             self.0.clear();
         }
-        self.0.entry(key).or_insert_with(|| analyze(kernel, limits))
+        self.0.entry(key).or_insert_with(|| {
+            // naga parses untrusted source: a panic there refuses the job, it does not take the
+            // agent down.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze(kernel, limits)))
+                .unwrap_or_else(|_| ShaderCheck {
+                    problems: vec![Problem {
+                        at: "kernel.wgsl".into(),
+                        message: "the shader validator crashed on this source".into(),
+                    }],
+                    used: BTreeMap::new(),
+                    ok: false,
+                })
+        })
     }
 }
 
@@ -336,6 +351,19 @@ fn check_job(
         }
     }
 
+    if job.bindings.len() > MAX_BINDINGS {
+        problems.fail(
+            "bindings",
+            format!(
+                "{} bindings; at most {MAX_BINDINGS} are accepted",
+                job.bindings.len()
+            ),
+        );
+        return Err(Refused {
+            job_id: job.id.clone(),
+            problems: problems.0,
+        });
+    }
     let shader = cache.check(&job.kernel, limits).clone();
     problems.0.extend(shader.problems);
     let (used, shader_ok) = (shader.used, shader.ok);

@@ -151,8 +151,8 @@ pub fn serve(
     )?;
     let mut shaders = ShaderCache::default();
     for line in input.lines() {
-        let line = line?;
-        let response = match serde_json::from_str::<Request>(&line) {
+        let request = serde_json::from_str::<Request>(&line?);
+        let response = match request {
             Err(e) => Response::Refused {
                 problems: vec![format!("request: {e}")],
             },
@@ -164,30 +164,39 @@ pub fn serve(
                 Err(refused) => Response::Refused {
                     problems: refused.problems.iter().map(Problem::to_string).collect(),
                 },
-                Ok(valid) => match executor.run(valid.clone()) {
-                    Ok(out) => Response::Done(Done {
-                        job_id: valid.job.id.clone(),
-                        kernel_sha256: valid.kernel_sha256,
-                        input_sha256: valid.input_sha256(),
-                        output_sha256: out.output_sha256(),
-                        outputs_base64: if outputs {
-                            out.outputs
-                                .iter()
-                                .map(|(_, b)| base64::engine::general_purpose::STANDARD.encode(b))
-                                .collect()
-                        } else {
-                            Vec::new()
-                        },
-                        started_at_unix_ms: out
-                            .started_at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64),
-                        duration_us: out.duration.as_micros() as u64,
-                        kernel_us: out.kernel_time.map(|t| t.as_micros() as u64),
-                        cached_pipeline: out.cached_pipeline,
-                    }),
-                    Err(error) => Response::Failed { error },
-                },
+                Ok(mut valid) => {
+                    // Keep what the answer needs, and hand the inputs over rather than copy them.
+                    let job_id = std::mem::take(&mut valid.job.id);
+                    let (kernel_sha256, input_sha256) = (valid.kernel_sha256, valid.input_sha256());
+                    valid.job.bindings.iter_mut().for_each(|b| b.input = None);
+                    valid.job.id.clone_from(&job_id);
+                    match executor.run(valid) {
+                        Ok(out) => Response::Done(Done {
+                            job_id,
+                            kernel_sha256,
+                            input_sha256,
+                            output_sha256: out.output_sha256(),
+                            outputs_base64: if outputs {
+                                out.outputs
+                                    .iter()
+                                    .map(|(_, b)| {
+                                        base64::engine::general_purpose::STANDARD.encode(b)
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            },
+                            started_at_unix_ms: out
+                                .started_at
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                            duration_us: out.duration.as_micros() as u64,
+                            kernel_us: out.kernel_time.map(|t| t.as_micros() as u64),
+                            cached_pipeline: out.cached_pipeline,
+                        }),
+                        Err(error) => Response::Failed { error },
+                    }
+                }
             },
         };
         let overran = matches!(

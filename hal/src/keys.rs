@@ -47,6 +47,18 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key file belongs to another user.
+    #[error(
+        "key file {path} is owned by uid {uid}, not by this process (uid {euid}); refusing to use it"
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// This process's effective uid.
+        euid: u32,
+    },
     /// The path is not a regular file (a directory, a device, a FIFO).
     #[error("key file {path} is not a regular file")]
     NotRegular {
@@ -270,7 +282,7 @@ pub struct FileKeyStore;
 impl KeyStore for FileKeyStore {
     fn open(&self, uri: &KeyUri) -> Result<Identity, KeyError> {
         let KeyUri::File(path) = uri;
-        let file = File::open(path).map_err(|source| KeyError::Io {
+        let file = open_nofollow(path).map_err(|source| KeyError::Io {
             op: "open key file",
             path: path.clone(),
             source,
@@ -280,7 +292,7 @@ impl KeyStore for FileKeyStore {
 
     fn open_or_create(&self, uri: &KeyUri) -> Result<Identity, KeyError> {
         let KeyUri::File(path) = uri;
-        match File::open(path) {
+        match open_nofollow(path) {
             Ok(file) => load(uri, path, file),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(uri, path),
             Err(source) => Err(KeyError::Io {
@@ -290,6 +302,14 @@ impl KeyStore for FileKeyStore {
             }),
         }
     }
+}
+
+/// Opens a key file for reading without following a symlink in its place.
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn load(uri: &KeyUri, path: &Path, mut file: File) -> Result<Identity, KeyError> {
@@ -304,6 +324,14 @@ fn load(uri: &KeyUri, path: &Path, mut file: File) -> Result<Identity, KeyError>
     if !meta.is_file() {
         return Err(KeyError::NotRegular {
             path: path.to_owned(),
+        });
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(KeyError::Owner {
+            path: path.to_owned(),
+            uid: meta.uid(),
+            euid,
         });
     }
     let mode = meta.mode() & 0o7777;
@@ -516,6 +544,22 @@ mod tests {
         });
         assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
         assert_eq!(std::fs::read_dir(dir.path()).expect("readdir").count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (uri, path) = key_in(dir.path());
+        let real = dir.path().join("elsewhere.key");
+        FileKeyStore
+            .open_or_create(&KeyUri::file(&real))
+            .expect("make a key");
+        std::os::unix::fs::symlink(&real, &path).expect("symlink");
+        let err = FileKeyStore.open_or_create(&uri).expect_err("symlink");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
