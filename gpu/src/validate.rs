@@ -187,6 +187,25 @@ fn analyze(kernel: &Kernel, limits: &GpuLimits) -> ShaderCheck {
                                 );
                             }
                             let uses = info.get_entry_point(index);
+                            let shared: u64 = module
+                                .global_variables
+                                .iter()
+                                .filter(|(h, v)| {
+                                    v.space == AddressSpace::WorkGroup && !uses[*h].is_empty()
+                                })
+                                .map(|(_, v)| {
+                                    u64::from(module.types[v.ty].inner.size(module.to_ctx()))
+                                })
+                                .sum();
+                            if shared > u64::from(limits.max_compute_workgroup_storage_size) {
+                                problems.fail(
+                                    "kernel.wgsl",
+                                    format!(
+                                        "var<workgroup> uses {shared} bytes; the adapter allows {}",
+                                        limits.max_compute_workgroup_storage_size
+                                    ),
+                                );
+                            }
                             for (handle, var) in module.global_variables.iter() {
                                 let Some(rb) = &var.binding else { continue };
                                 if uses[handle].is_empty() {
@@ -656,6 +675,24 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let mut j = job(DOUBLE);
         j.bindings[0].size = 6;
         assert!(refused(j, 1 << 20)[0].contains("not a positive multiple of 4"));
+    }
+
+    #[test]
+    fn workgroup_memory_beyond_the_adapter() {
+        let big = DOUBLE
+            .replace(
+                "@compute",
+                "var<workgroup> scratch: array<f32, 16384>;\n@compute",
+            )
+            .replace(
+                "dst[id.x] = src[id.x] * 2.0;",
+                "scratch[id.x] = src[id.x]; dst[id.x] = scratch[id.x];",
+            );
+        let got = refused(job(&big), 1 << 20);
+        assert_eq!(
+            got,
+            ["kernel.wgsl: var<workgroup> uses 65536 bytes; the adapter allows 32768"]
+        );
     }
 
     #[test]
