@@ -300,6 +300,21 @@ impl Loader {
     }
 
     fn finish(mut self, cwd: &Path) -> Result<Config, ConfigError> {
+        // A section that is not a table is one problem, reported at its key; the rest still load.
+        for section in ["agent", "log", "status", "gpu"] {
+            if let Some(value) = self.merged.get(section)
+                && !value.is_table()
+            {
+                let message = format!("expected a table [{section}], found {}", describe(value));
+                let file = self.origins.get(section).cloned();
+                self.merged.remove(section);
+                self.problems.push(Problem {
+                    file,
+                    key: Some(section.to_owned()),
+                    message,
+                });
+            }
+        }
         let raw = match RawConfig::deserialize(Value::Table(std::mem::take(&mut self.merged))) {
             Ok(raw) => raw,
             Err(e) => {
@@ -802,6 +817,20 @@ mod tests {
                 got[0]
             );
         }
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_type_is_one_problem_among_others() {
+        let got = problems("agent = \"x\"\nlog.format = \"xml\"\n");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got[0],
+            "agent: expected a table [agent], found string \"x\""
+        );
+        assert!(
+            got[1].starts_with("log.format: unknown log format"),
+            "{got:?}"
+        );
     }
 
     #[test]

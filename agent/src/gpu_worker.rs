@@ -152,7 +152,12 @@ impl GpuWorker {
 
     /// Runs one job; returns what it produced and the adapter and driver it ran on.
     pub async fn run(&mut self, request: &Request) -> Result<(Done, String, String), WorkerError> {
-        let limit = Duration::from_millis(request.job.limits.max_runtime_ms) + KILL_SLACK;
+        // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
+        // for that at a conservative 100 MiB/s.
+        let bytes: u64 = request.job.bindings.iter().map(|b| b.size).sum();
+        let limit = Duration::from_millis(request.job.limits.max_runtime_ms)
+            + KILL_SLACK
+            + Duration::from_secs(bytes / (100 << 20));
         let result = self.exchange(request, limit).await;
         if !matches!(result, Ok(_) | Err(WorkerError::Refused { .. })) {
             // Timeouts, kills, crashes and driver errors: the worker is gone or must go, so that
