@@ -8,7 +8,7 @@
 use edge_gpu::executor::{Executor, JobOutput};
 use edge_gpu::freivalds;
 use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels::{self, SgemmKernel, f32s};
+use edge_gpu::kernels::{self, Lanes, SgemmKernel, f32s};
 use edge_gpu::validate::validate;
 
 fn seconds(out: &JobOutput) -> f64 {
@@ -60,19 +60,19 @@ fn main() {
         let size = n as usize * n as usize;
         let a = kernels::random_f32s(size, 1);
         let b = kernels::random_f32s(size, 2);
-        for kernel in [
-            SgemmKernel::Tiled,
-            SgemmKernel::Registers { rows: 4, cols4: 1 },
-            SgemmKernel::Registers { rows: 4, cols4: 2 },
-            SgemmKernel::Registers { rows: 8, cols4: 1 },
-            SgemmKernel::Registers { rows: 8, cols4: 2 },
-            SgemmKernel::Registers { rows: 8, cols4: 4 },
-            SgemmKernel::Registers { rows: 16, cols4: 2 },
-        ] {
+        let shapes = [(4, 2), (8, 2), (8, 4), (16, 2)];
+        let kernels = std::iter::once(SgemmKernel::Tiled).chain(
+            [Lanes::Columns, Lanes::Rows].into_iter().flat_map(|lanes| {
+                shapes.map(|(rows, cols4)| SgemmKernel::Registers { rows, cols4, lanes })
+            }),
+        );
+        for kernel in kernels {
             let job = kernels::sgemm_with(kernel, n, n, n, &a, &b).expect("job");
             let name = match kernel {
                 SgemmKernel::Tiled => "tiled 64x64, 4x4".to_owned(),
-                SgemmKernel::Registers { rows, cols4 } => format!("registers {rows}x{}", 4 * cols4),
+                SgemmKernel::Registers { rows, cols4, lanes } => {
+                    format!("registers {rows}x{} {lanes:?}", 4 * cols4)
+                }
             };
             let runs = if n >= 2048 { 1 } else { 3 };
             let out = best(&ex, job, runs);
@@ -84,7 +84,7 @@ fn main() {
             };
             let gflops = 2.0 * f64::from(n).powi(3) / seconds(&out) / 1e9;
             println!(
-                "{:<20}{n:>6} {gflops:>10.2} {:>8.1}%{verdict}",
+                "{:<28}{n:>6} {gflops:>10.2} {:>8.1}%{verdict}",
                 name,
                 100.0 * gflops / peak
             );

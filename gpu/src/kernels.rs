@@ -2,8 +2,9 @@
 //! anyone's job; the capability benchmark and verification challenges are made of them.
 //!
 //! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
-//! - [`sgemm`]: f32 C = A·B, register-blocked (8x16 or 8x8 outputs per invocation), vec4 loads, no
-//!   workgroup memory; a shared-memory tiled kernel is kept for comparison ([`SgemmKernel`]).
+//! - [`sgemm`]: f32 C = A·B, register-blocked (8x16 or 8x8 outputs per invocation), vec4 loads,
+//!   k unrolled, no workgroup memory; a shared-memory tiled kernel is kept for comparison
+//!   ([`SgemmKernel`]).
 //! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
 //! - [`hash_chain`]: a deterministic integer kernel (xorshift and multiply rounds) whose output
 //!   every correct machine reproduces bit for bit.
@@ -195,10 +196,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 "#;
 
 /// WGSL for an SGEMM without workgroup memory or barriers: each invocation of an 8x8 workgroup
-/// owns `rows` rows x `cols4` vec4 columns of C in registers and streams A (vec4 along k) and B
-/// (vec4 along n) from memory. On lavapipe this beats shared-memory tiling by 3-4x: workgroup
+/// owns `rows` rows x `cols4` vec4 columns of C in registers and streams A (vec4 along k, its four
+/// lanes unrolled) and B (vec4 along n) from memory. On lavapipe this beats shared-memory tiling by 3-4x: workgroup
 /// barriers are coroutine switches there, and its CPU caches serve the reuse.
-fn sgemm_registers_wgsl(rows: u32, cols4: u32) -> String {
+fn sgemm_registers_wgsl(rows: u32, cols4: u32, lanes: Lanes) -> String {
     let mut w = String::from(
         "struct Dims { m: u32, n: u32, k: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> dims: Dims;
@@ -212,7 +213,13 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n4 = dims.n / 4u;
 ",
     );
-    w += &format!("    let row = gid.y * {rows}u;\n    let col = gid.x * {cols4}u;\n");
+    // lavapipe runs 8 neighbouring invocations in x as one SIMD instruction: what varies along x
+    // is gathered, what does not is loaded once and broadcast.
+    let (row_id, col_id) = match lanes {
+        Lanes::Columns => ("gid.y", "gid.x"),
+        Lanes::Rows => ("gid.x", "gid.y"),
+    };
+    w += &format!("    let row = {row_id} * {rows}u;\n    let col = {col_id} * {cols4}u;\n");
     for r in 0..rows {
         for c in 0..cols4 {
             w += &format!("    var c{r}_{c} = vec4<f32>(0.0);\n");
@@ -222,16 +229,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for r in 0..rows {
         w += &format!("        let a{r} = a[(row + {r}u) * k4 + l];\n");
     }
-    w += "        for (var kk = 0u; kk < 4u; kk++) {\n            let bi = (l * 4u + kk) * n4 + col;\n";
-    for c in 0..cols4 {
-        w += &format!("            let b{c} = b[bi + {c}u];\n");
-    }
-    for r in 0..rows {
+    // k unrolled by the four lanes of each A vec4: constant swizzles, no dynamic indexing.
+    for (kk, lane) in ["x", "y", "z", "w"].iter().enumerate() {
+        w += &format!("        let bi{kk} = (l * 4u + {kk}u) * n4 + col;\n");
         for c in 0..cols4 {
-            w += &format!("            c{r}_{c} = fma(vec4<f32>(a{r}[kk]), b{c}, c{r}_{c});\n");
+            w += &format!("        let b{kk}_{c} = b[bi{kk} + {c}u];\n");
+        }
+        for r in 0..rows {
+            for c in 0..cols4 {
+                w += &format!(
+                    "        c{r}_{c} = fma(vec4<f32>(a{r}.{lane}), b{kk}_{c}, c{r}_{c});\n"
+                );
+            }
         }
     }
-    w += "        }\n    }\n";
+    w += "    }\n";
     for r in 0..rows {
         for c in 0..cols4 {
             w += &format!("    c[(row + {r}u) * n4 + col + {c}u] = c{r}_{c};\n");
@@ -252,14 +264,33 @@ pub enum SgemmKernel {
         rows: u32,
         /// vec4 columns of C per invocation.
         cols4: u32,
+        /// What neighbouring invocations (x) step along.
+        lanes: Lanes,
     },
+}
+
+/// What neighbouring invocations of a [`SgemmKernel::Registers`] step along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// Columns of C: A loads are shared, B loads differ.
+    Columns,
+    /// Rows of C: B loads are shared, A loads differ.
+    Rows,
 }
 
 /// The kernels [`sgemm`] picks from, fastest first as measured on lavapipe (docs/benchmarks.md):
 /// the first whose tiling divides the matrix is used.
 pub const SGEMM_PREFERENCE: [SgemmKernel; 2] = [
-    SgemmKernel::Registers { rows: 8, cols4: 4 },
-    SgemmKernel::Registers { rows: 8, cols4: 2 },
+    SgemmKernel::Registers {
+        rows: 8,
+        cols4: 4,
+        lanes: Lanes::Rows,
+    },
+    SgemmKernel::Registers {
+        rows: 8,
+        cols4: 2,
+        lanes: Lanes::Rows,
+    },
 ];
 
 /// [`sgemm`] with a chosen kernel; m must be a multiple of `8 * rows` and n of `32 * cols4` (and
@@ -282,13 +313,18 @@ pub fn sgemm_with(
             [n / 64, m / 64, 1],
             "sgemm_tiled".to_owned(),
         ),
-        SgemmKernel::Registers { rows, cols4 } => {
+        SgemmKernel::Registers { rows, cols4, lanes } => {
             multiple("m", m, 8 * rows)?;
             multiple("n", n, 32 * cols4)?;
+            let dispatch = match lanes {
+                Lanes::Columns => [n / (32 * cols4), m / (8 * rows), 1],
+                Lanes::Rows => [m / (8 * rows), n / (32 * cols4), 1],
+            };
+            let by = if lanes == Lanes::Rows { "_by_row" } else { "" };
             (
-                sgemm_registers_wgsl(rows, cols4),
-                [n / (32 * cols4), m / (8 * rows), 1],
-                format!("sgemm_{rows}x{}", 4 * cols4),
+                sgemm_registers_wgsl(rows, cols4, lanes),
+                dispatch,
+                format!("sgemm_{rows}x{}{by}", 4 * cols4),
             )
         }
     };
@@ -346,7 +382,7 @@ fn multiple(what: &'static str, value: u32, multiple: u32) -> Result<(), Builtin
 /// [`SGEMM_PREFERENCE`] that tiles it; m, n multiples of 64, k of 16.
 pub fn sgemm(m: u32, n: u32, k: u32, a: &[f32], b: &[f32]) -> Result<Job, BuiltinError> {
     let fits = |kernel: &SgemmKernel| match *kernel {
-        SgemmKernel::Registers { rows, cols4 } => {
+        SgemmKernel::Registers { rows, cols4, .. } => {
             m.is_multiple_of(8 * rows) && n.is_multiple_of(32 * cols4)
         }
         SgemmKernel::Tiled => true,
@@ -355,7 +391,7 @@ pub fn sgemm(m: u32, n: u32, k: u32, a: &[f32], b: &[f32]) -> Result<Job, Builti
         .iter()
         .copied()
         .find(fits)
-        .unwrap_or(SgemmKernel::Registers { rows: 8, cols4: 2 });
+        .unwrap_or(SgemmKernel::Tiled);
     sgemm_with(kernel, m, n, k, a, b)
 }
 

@@ -96,7 +96,12 @@ fn every_sgemm_kernel_matches_the_cpu_and_passes_freivalds() {
     let b = kernels::random_f32s(k * n, 12);
     let want = kernels::sgemm_reference(m, n, k, &a, &b);
     let mut c = Vec::new();
-    for kernel in [kernels::SgemmKernel::Tiled]
+    let by_columns = kernels::SgemmKernel::Registers {
+        rows: 4,
+        cols4: 2,
+        lanes: kernels::Lanes::Columns,
+    };
+    for kernel in [kernels::SgemmKernel::Tiled, by_columns]
         .into_iter()
         .chain(kernels::SGEMM_PREFERENCE)
     {
