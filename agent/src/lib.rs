@@ -11,6 +11,7 @@ pub mod app;
 pub mod capability;
 pub mod check;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod gpu_worker;

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edge_agent::client::{self, Endpoint};
 use edge_agent::config::{self, LogFormat};
 use edge_agent::exit::Exit;
-use edge_agent::snapshot::HardwareSnapshot;
-use edge_agent::{app, check, jobs, logging};
-use edge_hal::{GpuProbe, Hal, IsolatedProbe};
+use edge_agent::{app, commands, logging};
+use edge_hal::{Hal, IsolatedProbe};
 
 #[derive(Parser)]
 #[command(
@@ -128,119 +126,16 @@ fn main() -> ExitCode {
                 eprintln!("edge-agent: {e}");
                 e.exit()
             }),
-        Command::Check => {
-            let lines = check::run(&config, &hal, std::path::Path::new("/etc/resolv.conf"));
-            lines.iter().for_each(|l| println!("{l}"));
-            let failed = lines.iter().any(|l| l.level == check::Level::Fail);
-            if failed { Exit::Failed } else { Exit::Ok }
-        }
-        Command::Info => {
-            let dir = config
-                .state_dir
-                .ancestors()
-                .find(|p| p.exists())
-                .unwrap_or(&config.state_dir);
-            let info = serde_json::json!({
-                "hardware": HardwareSnapshot::collect(&hal, dir),
-                "gpu": hal.gpu.discover(),
-            });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&info).unwrap_or_default()
-            );
-            Exit::Ok
-        }
-        Command::Id => match app::create_state_dir(&config.state_dir).and_then(|()| {
-            hal.keys
-                .open_or_create(&config.identity_key)
-                .map_err(Into::into)
-        }) {
-            Ok(id) => {
-                println!("{}", id.device_id());
-                Exit::Ok
-            }
-            Err(e) => {
-                eprintln!("edge-agent: {e}");
-                e.exit()
-            }
-        },
+        Command::Check => commands::check(&config, &hal),
+        Command::Info => commands::info(&config, &hal),
+        Command::Id => commands::id(&config, &hal),
         Command::RunJob { job, output } => {
-            let identity = app::create_state_dir(&config.state_dir).and_then(|()| {
-                hal.keys
-                    .open_or_create(&config.identity_key)
-                    .map_err(Into::into)
-            });
-            let identity = match identity {
-                Ok(identity) => identity,
-                Err(e) => {
-                    eprintln!("edge-agent: {e}");
-                    return e.exit().into();
-                }
-            };
-            let blobs = config.state_dir.join("blobs");
-            let ran = jobs::load(&job).and_then(|job| {
-                jobs::run(
-                    job,
-                    &identity,
-                    config.gpu.memory_budget,
-                    &blobs,
-                    output.as_deref(),
-                )
-            });
-            match ran {
-                Ok(receipt) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&receipt).unwrap_or_default()
-                    );
-                    Exit::Ok
-                }
-                Err(e) => {
-                    eprintln!("edge-agent: {e}");
-                    // A runaway kernel may still occupy the driver: leave without teardown.
-                    std::process::exit(Exit::Failed as i32);
-                }
-            }
+            commands::run_job(&config, &hal, &job, output.as_deref())
         }
-        Command::GpuWorker { blobs } => {
-            let store = edge_gpu::job::BlobStore { dir: blobs };
-            let served =
-                edge_gpu::worker::serve(std::io::stdin().lock(), std::io::stdout().lock(), &store);
-            if let Err(e) = served {
-                eprintln!("edge-agent gpu-worker: {e}");
-            }
-            // A runaway dispatch may still hold the driver: leave without teardown.
-            std::process::exit(0);
-        }
-        Command::ProbeGpu => {
-            let status = edge_hal::WgpuProbe::default().discover();
-            println!("{}", serde_json::to_string(&status).unwrap_or_default());
-            Exit::Ok
-        }
+        Command::GpuWorker { blobs } => commands::gpu_worker(blobs),
+        Command::ProbeGpu => commands::probe_gpu(),
         Command::Status { metrics, tcp } => {
-            let endpoint = match (tcp, &config.status.socket, config.status.tcp) {
-                (Some(addr), _, _) => Endpoint::Tcp(addr),
-                (None, Some(path), _) => Endpoint::Unix(path.clone()),
-                (None, None, Some(addr)) => Endpoint::Tcp(addr),
-                (None, None, None) => {
-                    eprintln!("edge-agent: the status endpoint is disabled in the config");
-                    return Exit::Failed.into();
-                }
-            };
-            let path = if metrics { "/metrics" } else { "/status" };
-            match runtime.block_on(client::get(&endpoint, path)) {
-                Ok(body) => {
-                    print!("{body}");
-                    if !body.ends_with('\n') {
-                        println!();
-                    }
-                    Exit::Ok
-                }
-                Err(e) => {
-                    eprintln!("edge-agent: {e}");
-                    Exit::Failed
-                }
-            }
+            runtime.block_on(commands::status(&config, metrics, tcp))
         }
     };
     exit.into()

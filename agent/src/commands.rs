@@ -1,0 +1,138 @@
+//! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, and the internal
+//! `gpu-worker` and `probe-gpu`): each prints its answer on stdout, its errors on stderr, and
+//! returns the exit code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use edge_hal::{GpuProbe, Hal, Identity};
+
+use crate::app::{self, AgentError};
+use crate::client::{self, Endpoint};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::snapshot::HardwareSnapshot;
+use crate::{check as checks, jobs};
+
+/// The identity key, made (with its state directory) on first use.
+fn identity(config: &Config, hal: &Hal) -> Result<Identity, AgentError> {
+    app::create_state_dir(&config.state_dir)?;
+    Ok(hal.keys.open_or_create(&config.identity_key)?)
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// `edge-agent check`.
+pub fn check(config: &Config, hal: &Hal) -> Exit {
+    let lines = checks::run(config, hal, Path::new("/etc/resolv.conf"));
+    lines.iter().for_each(|l| println!("{l}"));
+    if lines.iter().any(|l| l.level == checks::Level::Fail) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    }
+}
+
+/// `edge-agent info`.
+pub fn info(config: &Config, hal: &Hal) -> Exit {
+    let dir = config
+        .state_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(&config.state_dir);
+    print_json(&serde_json::json!({
+        "hardware": HardwareSnapshot::collect(hal, dir),
+        "gpu": hal.gpu.discover(),
+    }));
+    Exit::Ok
+}
+
+/// `edge-agent id`.
+pub fn id(config: &Config, hal: &Hal) -> Exit {
+    match identity(config, hal) {
+        Ok(id) => {
+            println!("{}", id.device_id());
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            e.exit()
+        }
+    }
+}
+
+/// `edge-agent run-job`. Exits the process itself on a failed job: a runaway kernel may still
+/// occupy the driver, and tearing it down would wait for it.
+pub fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> Exit {
+    let identity = match identity(config, hal) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return e.exit();
+        }
+    };
+    let blobs = config.state_dir.join("blobs");
+    let ran = jobs::load(job)
+        .and_then(|job| jobs::run(job, &identity, config.gpu.memory_budget, &blobs, output));
+    match ran {
+        Ok(receipt) => {
+            print_json(&receipt);
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            std::process::exit(Exit::Failed as i32);
+        }
+    }
+}
+
+/// `edge-agent gpu-worker`: serves jobs on stdin/stdout until stdin closes, then exits without
+/// teardown (a runaway dispatch may still hold the driver).
+pub fn gpu_worker(blobs: PathBuf) -> ! {
+    let store = edge_gpu::job::BlobStore { dir: blobs };
+    if let Err(e) =
+        edge_gpu::worker::serve(std::io::stdin().lock(), std::io::stdout().lock(), &store)
+    {
+        eprintln!("edge-agent gpu-worker: {e}");
+    }
+    std::process::exit(0);
+}
+
+/// `edge-agent probe-gpu`: discovery in this process, one JSON line.
+pub fn probe_gpu() -> Exit {
+    let status = edge_hal::WgpuProbe::default().discover();
+    println!("{}", serde_json::to_string(&status).unwrap_or_default());
+    Exit::Ok
+}
+
+/// `edge-agent status [--metrics] [--tcp ADDR]`.
+pub async fn status(config: &Config, metrics: bool, tcp: Option<SocketAddr>) -> Exit {
+    let endpoint = match (tcp, &config.status.socket, config.status.tcp) {
+        (Some(addr), _, _) => Endpoint::Tcp(addr),
+        (None, Some(path), _) => Endpoint::Unix(path.clone()),
+        (None, None, Some(addr)) => Endpoint::Tcp(addr),
+        (None, None, None) => {
+            eprintln!("edge-agent: the status endpoint is disabled in the config");
+            return Exit::Failed;
+        }
+    };
+    let path = if metrics { "/metrics" } else { "/status" };
+    match client::get(&endpoint, path).await {
+        Ok(body) => {
+            print!("{body}");
+            if !body.ends_with('\n') {
+                println!();
+            }
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            Exit::Failed
+        }
+    }
+}
