@@ -18,17 +18,21 @@ use tokio_util::task::TaskTracker;
 use edge_gpu::job::BlobStore;
 
 use crate::capability::CapabilityTask;
-use crate::config::{Config, GpuConfig};
+use crate::config::{Config, GpuConfig, NetworkConfig};
+use crate::delivery::{DeliveryTask, NetworkStatus, NetworkView};
 use crate::exit::Exit;
 use crate::gpu_worker::GpuWorker;
+use crate::hub_client::{HubClient, HubError};
 use crate::lock::{LockError, StateLock};
 use crate::monitor::Monitor;
+use crate::outbox::{Bounds, Outbox, OutboxError};
 use crate::progress::Progress;
 use crate::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerParts};
 use crate::snapshot::HardwareSnapshot;
-use crate::state::AgentState;
+use crate::state::{AgentState, NetworkHandle};
 use crate::status::{StatusError, StatusServer};
 use crate::systemd::{self, Watchdog};
+use crate::telemetry::{CapabilityReportTask, HeartbeatTask};
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,12 @@ pub enum AgentError {
     /// The status endpoint could not listen.
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// The hub client could not be set up (its CA file, usually).
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The report queue could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     /// A long-lived task failed.
     #[error("task {task} failed: {message}")]
     Task {
@@ -71,7 +81,8 @@ impl AgentError {
             Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
             Self::Identity(KeyError::Uri { .. }) => Exit::Config,
             Self::Identity(_) => Exit::KeyRefused,
-            Self::Status(_) => Exit::CannotCreate,
+            Self::Status(_) | Self::Outbox(_) => Exit::CannotCreate,
+            Self::Hub(_) => Exit::Config,
             Self::Task { .. } => Exit::TaskFailed,
         }
     }
@@ -189,7 +200,33 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
 
     let (h, dir) = (hal.clone(), config.state_dir.clone());
     let first = blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
+    let boot_id = first
+        .system
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), |s| s.boot_id.clone());
     let (publish, snapshot) = watch::channel(Arc::new(first));
+
+    let network = match &config.network.hub {
+        Some(hub) => {
+            systemd::status("starting: opening the report queue");
+            let client = HubClient::new(&hub.url, &hub.ca_cert)?;
+            let (path, id, bounds) = (
+                config.state_dir.join("outbox.db"),
+                identity.clone(),
+                Bounds {
+                    max_reports: config.network.queue_max_reports,
+                    max_age: config.network.queue_max_age,
+                },
+            );
+            let outbox = blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
+            let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
+                hub: hub.url.clone(),
+                ..NetworkView::default()
+            }));
+            Some((client, NetworkHandle { outbox, status }))
+        }
+        None => None,
+    };
     let state = Arc::new(AgentState {
         device_id,
         public_key: identity
@@ -206,6 +243,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
         capability,
         gpu_metrics,
         scheduler: scheduler_handle.clone(),
+        network: network.as_ref().map(|(_, handle)| handle.clone()),
     });
 
     let status = StatusServer::bind(&config.status, state.clone()).await?;
@@ -252,6 +290,20 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
             tracing::error!(error = %e, "GPU capability benchmark failed");
         }
     });
+    if let (Some((client, handle)), Some(hub)) = (network, &config.network.hub) {
+        spawn_network_tasks(
+            &tracker,
+            &failures,
+            &shutdown,
+            NetworkParts {
+                client,
+                handle,
+                owner_token: hub.owner_token.clone(),
+                state: state.clone(),
+            },
+            &config.network,
+        );
+    }
     if let Some(interval) = systemd::watchdog_interval() {
         // Alive means a sample within two intervals (plus slack for a slow one).
         let max_age = config.sample_interval * 2 + std::time::Duration::from_secs(5);
@@ -283,6 +335,74 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
     }
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+/// What the network tasks share.
+struct NetworkParts {
+    client: HubClient,
+    handle: NetworkHandle,
+    owner_token: String,
+    state: Arc<AgentState>,
+}
+
+/// Delivery, heartbeats and capability reports.
+fn spawn_network_tasks(
+    tracker: &TaskTracker,
+    failures: &mpsc::Sender<(&'static str, String)>,
+    shutdown: &CancellationToken,
+    parts: NetworkParts,
+    config: &NetworkConfig,
+) {
+    let NetworkParts {
+        client,
+        handle: NetworkHandle { outbox, status },
+        owner_token,
+        state,
+    } = parts;
+    let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
+    let delivery = DeliveryTask {
+        outbox: outbox.clone(),
+        client: client.clone(),
+        owner_token,
+        batch_size: config.batch_size,
+        backoff_max: config.backoff_max,
+        configured_echo_urls: config.echo_urls.clone(),
+        echo_urls,
+        status: status.clone(),
+    };
+    spawn_task(
+        tracker,
+        failures,
+        "delivery",
+        delivery.run(shutdown.clone()),
+    );
+    let heartbeat = HeartbeatTask {
+        outbox: outbox.clone(),
+        state: state.clone(),
+        interval: config.heartbeat_interval,
+    };
+    spawn_task(
+        tracker,
+        failures,
+        "heartbeat",
+        heartbeat.run(shutdown.clone()),
+    );
+    let capability = CapabilityReportTask {
+        outbox,
+        client,
+        state,
+        echo_urls: echo_urls_rx,
+        bandwidth: config.bandwidth.clone(),
+        ip_check_interval: config.ip_check_interval,
+        interval: config.capability_interval,
+        status,
+    };
+    spawn_task(
+        tracker,
+        failures,
+        "capability-report",
+        capability.run(shutdown.clone()),
+    );
 }
 
 impl From<&GpuConfig> for Policy {

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use edge_gpu::kernels::{self, f32s};
 use edge_gpu::{freivalds, job::Job};
 use edge_hal::GpuStatus;
-use serde::{Deserialize, Serialize};
+use edge_protocol::report::Compute;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -19,29 +19,6 @@ use crate::state::VERSIONS;
 const SGEMM_N: u32 = 512;
 /// Copy size of the bandwidth measurement.
 const COPY_BYTES: u32 = 32 << 20;
-
-/// What the GPU measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Capability {
-    /// Agent version that measured it.
-    pub agent_version: String,
-    /// Adapter name.
-    pub adapter: String,
-    /// Driver version string.
-    pub driver: String,
-    /// When, Unix seconds.
-    pub measured_at_unix: u64,
-    /// FP32 peak (`fma_peak`), GFLOPS.
-    pub fp32_peak_gflops: f64,
-    /// SGEMM at `sgemm_n`, GFLOPS.
-    pub sgemm_gflops: f64,
-    /// SGEMM matrix size.
-    pub sgemm_n: u32,
-    /// Device memory bandwidth (`copy`, read + write), GB/s.
-    pub memory_bandwidth_gbps: f64,
-    /// Median submit-to-read-back time of a tiny kernel, microseconds.
-    pub dispatch_round_trip_us: f64,
-}
 
 /// Errors measuring.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +40,7 @@ pub struct CapabilityTask {
     /// The adapter found at start.
     pub gpu: GpuStatus,
     /// Where the result goes.
-    pub publish: watch::Sender<Option<Capability>>,
+    pub publish: watch::Sender<Option<Compute>>,
     /// Measure when the cache does not answer (else only load it).
     pub measure: bool,
 }
@@ -105,11 +82,11 @@ impl CapabilityTask {
         Ok(())
     }
 
-    fn load(&self) -> Option<Capability> {
+    fn load(&self) -> Option<Compute> {
         serde_json::from_slice(&std::fs::read(&self.cache).ok()?).ok()
     }
 
-    fn store(&self, capability: &Capability) -> std::io::Result<()> {
+    fn store(&self, capability: &Compute) -> std::io::Result<()> {
         let tmp = self.cache.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(capability).map_err(std::io::Error::other)?;
         let mut file = std::fs::File::create(&tmp)?;
@@ -145,7 +122,7 @@ pub async fn measure(
     scheduler: &SchedulerHandle,
     adapter: &str,
     driver: &str,
-) -> Result<Capability, CapabilityError> {
+) -> Result<Compute, CapabilityError> {
     let (groups, iters) = (256, 1024);
     let fma = timed(scheduler, kernels::fma_peak(groups, iters), false).await?;
     let fp32_peak_gflops = kernels::fma_peak_flops(groups, iters) / seconds(&fma) / 1e9;
@@ -186,7 +163,7 @@ pub async fn measure(
     }
     trips.sort_by(f64::total_cmp);
 
-    Ok(Capability {
+    Ok(Compute {
         agent_version: VERSIONS.agent.to_owned(),
         adapter: adapter.to_owned(),
         driver: driver.to_owned(),

@@ -1,4 +1,4 @@
-//! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, and the internal
+//! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, `measure`, and the internal
 //! `gpu-worker` and `probe-gpu`): each prints its answer on stdout, its errors on stderr, and
 //! returns the exit code.
 
@@ -11,6 +11,8 @@ use crate::app::{self, AgentError};
 use crate::client::{self, Endpoint};
 use crate::config::Config;
 use crate::exit::Exit;
+use crate::hub_client::HubClient;
+use crate::measure;
 use crate::snapshot::HardwareSnapshot;
 use crate::{check as checks, jobs};
 
@@ -135,4 +137,52 @@ pub async fn status(config: &Config, metrics: bool, tcp: Option<SocketAddr>) -> 
             Exit::Failed
         }
     }
+}
+
+/// `edge-agent measure`: the public address and (unless `no_bandwidth`) the bandwidth to the
+/// configured hub, as JSON; exit 1 if the bandwidth could not be measured.
+pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
+    let Some(hub) = &config.network.hub else {
+        eprintln!("edge-agent: no hub configured ([network] hub_url); nothing to measure against");
+        return Exit::Config;
+    };
+    let client = match HubClient::new(&hub.url, &hub.ca_cert) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return Exit::Config;
+        }
+    };
+    let echo_urls = if config.network.echo_urls.is_empty() {
+        match client.info().await {
+            Ok(info) => info.echo_urls,
+            Err(e) => {
+                eprintln!("edge-agent: asking the hub for its echo endpoints: {e}");
+                vec![client.url(edge_protocol::api::IP_ECHO)]
+            }
+        }
+    } else {
+        config.network.echo_urls.clone()
+    };
+    let own: Vec<_> = hal
+        .interfaces
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|i| i.addresses.into_iter().map(|a| a.ip))
+        .collect();
+    let ip = measure::public_ip(&client, &echo_urls, &own).await;
+    let (bandwidth, exit) = if no_bandwidth {
+        (None, Exit::Ok)
+    } else {
+        match measure::bandwidth(&client, &config.network.bandwidth).await {
+            Ok(b) => (Some(b), Exit::Ok),
+            Err(e) => {
+                eprintln!("edge-agent: bandwidth: {e}");
+                (None, Exit::Failed)
+            }
+        }
+    };
+    print_json(&serde_json::json!({ "ip": ip, "bandwidth": bandwidth }));
+    exit
 }

@@ -22,6 +22,9 @@ pub const DEFAULT_PATH: &str = "/etc/edge-agent/config.toml";
 /// State directory of the embedded defaults: `edge-agent-state` under the working directory.
 pub const DEFAULT_STATE_DIR: &str = "edge-agent-state";
 
+/// The top-level tables.
+const SECTIONS: [&str; 5] = ["agent", "log", "status", "gpu", "network"];
+
 /// Unix socket paths are limited to `sun_path`: 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -129,6 +132,59 @@ pub struct Config {
     pub status: StatusConfig,
     /// The owner's GPU policy.
     pub gpu: GpuConfig,
+    /// Reporting to the network.
+    pub network: NetworkConfig,
+}
+
+/// Reporting to the network: where, how often, and how the queue and measurements are bounded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// The hub; `None`: the agent reports to no one (it still measures nothing and queues nothing).
+    pub hub: Option<HubConfig>,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Time between capability reports when nothing changed.
+    pub capability_interval: Duration,
+    /// Time between public IP checks (a change sends a capability report).
+    pub ip_check_interval: Duration,
+    /// IP echo endpoints; empty: the ones the hub names at registration.
+    pub echo_urls: Vec<String>,
+    /// Reports per delivery request.
+    pub batch_size: usize,
+    /// Reports the queue holds before it drops the oldest.
+    pub queue_max_reports: u64,
+    /// Reports older than this are dropped undelivered.
+    pub queue_max_age: Duration,
+    /// Longest wait between delivery attempts.
+    pub backoff_max: Duration,
+    /// The bandwidth measurement.
+    pub bandwidth: BandwidthConfig,
+}
+
+/// The hub the agent reports to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Base URL, `https://host:port`, without a trailing slash.
+    pub url: String,
+    /// The network's CA certificate (PEM); the only root the agent trusts for the hub.
+    pub ca_cert: PathBuf,
+    /// The owner binding token.
+    pub owner_token: String,
+}
+
+/// How bandwidth is measured against the hub's test endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BandwidthConfig {
+    /// Measure at start and with each periodic capability report.
+    pub measure: bool,
+    /// Parallel streams per direction.
+    pub streams: u32,
+    /// Left out at the start of each direction.
+    pub warmup: Duration,
+    /// Measured after the warm-up, per direction.
+    pub window: Duration,
+    /// Most bytes per direction, warm-up included.
+    pub max_bytes: u64,
 }
 
 /// What the owner lends to GPU jobs, and when.
@@ -168,6 +224,9 @@ struct RawConfig {
     /// `[gpu]`: what the owner lends to GPU jobs.
     #[serde(default)]
     gpu: RawGpu,
+    /// `[network]`: reporting to the network.
+    #[serde(default)]
+    network: RawNetwork,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -225,6 +284,44 @@ struct RawGpu {
     idle_release_secs: Option<Value>,
     /// Measure the GPU's capability at start (when not cached). Default true.
     measure_capability: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawNetwork {
+    /// The hub's base URL, `https://host:port`. Default: none (no reporting).
+    hub_url: Option<Value>,
+    /// Path of the hub's CA certificate (PEM), pinned. Required with `hub_url`.
+    ca_cert: Option<Value>,
+    /// The owner binding token from the network. Required with `hub_url`.
+    owner_token: Option<Value>,
+    /// Seconds between heartbeats, 1 to 3600. Default 30.
+    heartbeat_secs: Option<Value>,
+    /// Seconds between capability reports when nothing changed, 60 to 604800. Default 21600.
+    capability_secs: Option<Value>,
+    /// Seconds between public IP checks, 60 to 86400. Default 900.
+    ip_check_secs: Option<Value>,
+    /// IP echo URLs (`https://...`). Default: those the hub names.
+    echo_urls: Option<Value>,
+    /// Reports per delivery request, 1 to 256. Default 64.
+    batch_size: Option<Value>,
+    /// Reports queued before the oldest are dropped, 100 to 1000000. Default 10000.
+    queue_max_reports: Option<Value>,
+    /// Hours a report may wait before it is dropped, 1 to 8760. Default 168.
+    queue_max_age_hours: Option<Value>,
+    /// Longest wait between delivery attempts, seconds, 1 to 3600. Default 300.
+    backoff_max_secs: Option<Value>,
+    /// Measure bandwidth at start and with each periodic capability report. Default true.
+    measure_bandwidth: Option<Value>,
+    /// Parallel streams per direction, 1 to 16. Default 4.
+    bandwidth_streams: Option<Value>,
+    /// Warm-up left out of each direction, seconds, 0 to 10. Default 1.
+    bandwidth_warmup_secs: Option<Value>,
+    /// Measured time per direction after the warm-up, seconds, 1 to 60. Default 5.
+    bandwidth_window_secs: Option<Value>,
+    /// Most MiB moved per direction, 1 to 4096. Default 256.
+    bandwidth_max_mib: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -301,7 +398,7 @@ impl Loader {
 
     fn finish(mut self, cwd: &Path) -> Result<Config, ConfigError> {
         // A section that is not a table is one problem, reported at its key; the rest still load.
-        for section in ["agent", "log", "status", "gpu"] {
+        for section in SECTIONS {
             if let Some(value) = self.merged.get(section)
                 && !value.is_table()
             {
@@ -475,8 +572,9 @@ impl Check<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, cwd: &Path, sources: Vec<PathBuf>) -> Option<Config> {
-        self.unknown("", raw.unknown, &["agent", "log", "status", "gpu"]);
+        self.unknown("", raw.unknown, &SECTIONS);
         let gpu = self.gpu(raw.gpu);
+        let network = self.network(raw.network, cwd);
         let RawAgent {
             state_dir,
             identity_key,
@@ -578,7 +676,197 @@ impl Check<'_> {
                 tcp: tcp?,
             },
             gpu: gpu?,
+            network: network?,
         })
+    }
+
+    fn network(&mut self, raw: RawNetwork, cwd: &Path) -> Option<NetworkConfig> {
+        let keys = [
+            "hub_url",
+            "ca_cert",
+            "owner_token",
+            "heartbeat_secs",
+            "capability_secs",
+            "ip_check_secs",
+            "echo_urls",
+            "batch_size",
+            "queue_max_reports",
+            "queue_max_age_hours",
+            "backoff_max_secs",
+            "measure_bandwidth",
+            "bandwidth_streams",
+            "bandwidth_warmup_secs",
+            "bandwidth_window_secs",
+            "bandwidth_max_mib",
+        ];
+        self.unknown("network", raw.unknown, &keys);
+        let url = self
+            .string("network.hub_url", raw.hub_url)
+            .and_then(|u| self.https_url("network.hub_url", u));
+        let ca_cert = self
+            .string("network.ca_cert", raw.ca_cert)
+            .and_then(|p| self.path("network.ca_cert", &p, cwd));
+        let owner_token = self.string("network.owner_token", raw.owner_token);
+        if owner_token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            self.fail("network.owner_token", "must not be empty");
+        }
+        let hub = match (url, ca_cert, owner_token) {
+            (Some(url), Some(ca_cert), Some(owner_token)) => Some(HubConfig {
+                url,
+                ca_cert,
+                owner_token,
+            }),
+            (Some(_), ca, token) => {
+                if ca.is_none() {
+                    self.fail(
+                        "network.ca_cert",
+                        "required with network.hub_url: the hub's CA certificate (PEM) to pin",
+                    );
+                }
+                if token.is_none() {
+                    self.fail(
+                        "network.owner_token",
+                        "required with network.hub_url: the owner binding token from the network",
+                    );
+                }
+                None
+            }
+            (None, _, _) => None,
+        };
+        let echo_urls = match raw.echo_urls {
+            None => Some(Vec::new()),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let key = format!("network.echo_urls[{i}]");
+                    self.string(&key, Some(item))
+                        .and_then(|u| self.https_url(&key, u))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+            Some(other) => {
+                self.fail(
+                    "network.echo_urls",
+                    format!("expected an array of URLs, found {}", describe(&other)),
+                );
+                None
+            }
+        };
+        let heartbeat = self.integer(
+            "network.heartbeat_secs",
+            raw.heartbeat_secs,
+            30,
+            1..=3600,
+            "seconds",
+        );
+        let capability = self.integer(
+            "network.capability_secs",
+            raw.capability_secs,
+            21_600,
+            60..=604_800,
+            "seconds",
+        );
+        let ip_check = self.integer(
+            "network.ip_check_secs",
+            raw.ip_check_secs,
+            900,
+            60..=86_400,
+            "seconds",
+        );
+        let batch = self.integer("network.batch_size", raw.batch_size, 64, 1..=256, "reports");
+        let queue_max = self.integer(
+            "network.queue_max_reports",
+            raw.queue_max_reports,
+            10_000,
+            100..=1_000_000,
+            "reports",
+        );
+        let max_age = self.integer(
+            "network.queue_max_age_hours",
+            raw.queue_max_age_hours,
+            168,
+            1..=8760,
+            "hours",
+        );
+        let backoff = self.seconds("network.backoff_max_secs", raw.backoff_max_secs, 300, 3600);
+        let measure = self.boolean("network.measure_bandwidth", raw.measure_bandwidth, true);
+        let streams = self.integer(
+            "network.bandwidth_streams",
+            raw.bandwidth_streams,
+            4,
+            1..=16,
+            "streams",
+        );
+        let warmup = self.integer(
+            "network.bandwidth_warmup_secs",
+            raw.bandwidth_warmup_secs,
+            1,
+            0..=10,
+            "seconds",
+        );
+        let window = self.seconds(
+            "network.bandwidth_window_secs",
+            raw.bandwidth_window_secs,
+            5,
+            60,
+        );
+        let max_mib = self.integer(
+            "network.bandwidth_max_mib",
+            raw.bandwidth_max_mib,
+            256,
+            1..=4096,
+            "MiB",
+        );
+        let secs = Duration::from_secs;
+        Some(NetworkConfig {
+            hub,
+            heartbeat_interval: secs(heartbeat?),
+            capability_interval: secs(capability?),
+            ip_check_interval: secs(ip_check?),
+            echo_urls: echo_urls?,
+            batch_size: batch? as usize,
+            queue_max_reports: queue_max?,
+            queue_max_age: secs(max_age? * 3600),
+            backoff_max: backoff?,
+            bandwidth: BandwidthConfig {
+                measure: measure?,
+                streams: streams? as u32,
+                warmup: secs(warmup?),
+                window: window?,
+                max_bytes: max_mib? << 20,
+            },
+        })
+    }
+
+    /// An `https://` URL, without a trailing slash.
+    fn https_url(&mut self, key: &str, url: String) -> Option<String> {
+        let rest = url.strip_prefix("https://");
+        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+            self.fail(
+                key,
+                format!(
+                    "{url:?} is not an https:// URL; the agent talks to the network over TLS only"
+                ),
+            );
+            return None;
+        }
+        Some(url.trim_end_matches('/').to_owned())
+    }
+
+    fn boolean(&mut self, key: &str, value: Option<Value>, default: bool) -> Option<bool> {
+        match value {
+            None => Some(default),
+            Some(Value::Boolean(b)) => Some(b),
+            Some(other) => {
+                self.fail(
+                    key,
+                    format!("expected true or false, found {}", describe(&other)),
+                );
+                None
+            }
+        }
     }
 
     fn gpu(&mut self, raw: RawGpu) -> Option<GpuConfig> {
@@ -637,17 +925,7 @@ impl Check<'_> {
             );
         }
         let idle = self.seconds("gpu.idle_release_secs", raw.idle_release_secs, 60, 3600);
-        let measure = match raw.measure_capability {
-            None => Some(true),
-            Some(Value::Boolean(b)) => Some(b),
-            Some(other) => {
-                self.fail(
-                    "gpu.measure_capability",
-                    format!("expected true or false, found {}", describe(&other)),
-                );
-                None
-            }
-        };
+        let measure = self.boolean("gpu.measure_capability", raw.measure_capability, true);
         let hours = match self.string("gpu.allowed_hours_utc", raw.allowed_hours_utc) {
             None => Some(None),
             Some(text) => {

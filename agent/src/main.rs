@@ -41,7 +41,6 @@ enum Command {
     Info,
     /// Print the device id, making the identity key on first use.
     Id,
-    /// Ask the running agent for its status (JSON) or metrics.
     /// Validate and run one GPU job, then print its signed receipt as JSON.
     RunJob {
         /// A job file (docs/jobs.md), or builtin:hash_chain[:COUNT], builtin:copy[:BYTES],
@@ -62,6 +61,7 @@ enum Command {
     /// so that the Vulkan driver is never loaded into the daemon).
     #[command(hide = true)]
     ProbeGpu,
+    /// Ask the running agent for its status (JSON) or metrics.
     Status {
         /// Print /metrics instead of /status.
         #[arg(long)]
@@ -69,6 +69,12 @@ enum Command {
         /// Ask over loopback TCP instead of the configured Unix socket.
         #[arg(long, value_name = "ADDR")]
         tcp: Option<SocketAddr>,
+    },
+    /// Measure the public address and the bandwidth to the configured hub; print them as JSON.
+    Measure {
+        /// Only the address.
+        #[arg(long)]
+        no_bandwidth: bool,
     },
 }
 
@@ -136,6 +142,9 @@ fn main() -> ExitCode {
         Command::ProbeGpu => commands::probe_gpu(),
         Command::Status { metrics, tcp } => {
             runtime.block_on(commands::status(&config, metrics, tcp))
+        }
+        Command::Measure { no_bandwidth } => {
+            runtime.block_on(commands::measure(&config, &hal, no_bandwidth))
         }
     };
     exit.into()

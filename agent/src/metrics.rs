@@ -3,55 +3,16 @@
 //! Rendered on request from the latest snapshot, so a scrape costs one pass over a few dozen
 //! numbers and the agent keeps no metric registry between scrapes.
 
-use std::fmt::Write;
-
 use edge_hal::GpuStatus;
 use edge_hal::net::Counters;
+use edge_protocol::exposition::Exposition;
 
 use crate::state::{AgentState, VERSIONS};
-
-/// One metric family being written: its HELP and TYPE lines, then samples.
-struct Exposition {
-    out: String,
-}
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        self
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{key}=\"{}\"", escape(value));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-        self
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 /// The exposition for the agent's current state.
 pub fn render(state: &AgentState) -> String {
     let snap = state.snapshot.borrow().clone();
-    let mut e = Exposition {
-        out: String::with_capacity(4096),
-    };
+    let mut e = Exposition::with_capacity(4096);
     let device = state.device_id.to_string();
     e.family("edge_agent_build_info", "gauge", "Agent build; always 1.")
         .sample(
@@ -248,29 +209,5 @@ pub fn render(state: &AgentState) -> String {
             e.sample("edge_gpu_capability", &[("measure", what)], value);
         }
     }
-    e.out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-
-    #[test]
-    fn samples_carry_labels_and_families_their_type() {
-        let mut e = Exposition { out: String::new() };
-        e.family("x_total", "counter", "X.").sample(
-            "x_total",
-            &[("interface", "eth0"), ("q", "\"")],
-            3.0,
-        );
-        assert_eq!(
-            e.out,
-            "# HELP x_total X.\n# TYPE x_total counter\nx_total{interface=\"eth0\",q=\"\\\"\"} 3\n"
-        );
-    }
+    e.finish()
 }

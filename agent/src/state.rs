@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use edge_hal::{DeviceId, GpuStatus};
+use edge_protocol::report::Compute;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::capability::Capability;
+use crate::delivery::{NetworkStatus, NetworkView};
+use crate::outbox::{Outbox, OutboxCounts};
 use crate::scheduler::{GpuMetrics, SchedulerHandle};
 use crate::snapshot::HardwareSnapshot;
 
@@ -48,11 +50,38 @@ pub struct AgentState {
     /// Hardware samples taken since start.
     pub samples: AtomicU64,
     /// The measured GPU capability, once known.
-    pub capability: watch::Receiver<Option<Capability>>,
+    pub capability: watch::Receiver<Option<Compute>>,
     /// GPU scheduler counters.
     pub gpu_metrics: Arc<GpuMetrics>,
     /// Where GPU jobs are submitted (the network's job intake arrives with reporting).
     pub scheduler: SchedulerHandle,
+    /// Reporting to the network; `None` without a hub in the config.
+    pub network: Option<NetworkHandle>,
+}
+
+/// The report queue and the network view, for `/status` and `/metrics`.
+#[derive(Clone)]
+pub struct NetworkHandle {
+    /// The report queue.
+    pub outbox: Outbox,
+    /// Registration, delivery and measurement state.
+    pub status: NetworkStatus,
+}
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkHandle").finish_non_exhaustive()
+    }
+}
+
+/// The `network` part of `/status`.
+#[derive(Debug, Serialize)]
+pub struct NetworkReport {
+    /// Registration, delivery, measurements.
+    #[serde(flatten)]
+    pub view: NetworkView,
+    /// The report queue.
+    pub queue: OutboxCounts,
 }
 
 impl AgentState {
@@ -84,7 +113,9 @@ pub struct StatusReport<'a> {
     /// GPU discovery result.
     pub gpu: &'a GpuStatus,
     /// Measured GPU capability (`null` until measured, or without a GPU).
-    pub capability: Option<Capability>,
+    pub capability: Option<Compute>,
+    /// Reporting to the network (`null` without a hub in the config).
+    pub network: Option<NetworkReport>,
 }
 
 impl AgentState {
@@ -104,6 +135,10 @@ impl AgentState {
             hardware: self.snapshot.borrow().clone(),
             gpu: &self.gpu,
             capability: self.capability.borrow().clone(),
+            network: self.network.as_ref().map(|n| NetworkReport {
+                view: n.status.lock().map(|v| v.clone()).unwrap_or_default(),
+                queue: n.outbox.counts(),
+            }),
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use edge_hal::hex;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A SHA-256 digest.
@@ -24,33 +26,15 @@ impl Sha256 {
     }
 
     /// Parses 64 hex characters.
-    pub fn parse(hex: &str) -> Option<Self> {
-        let bytes = decode_hex(hex)?;
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text)?;
         Some(Self(bytes.try_into().ok()?))
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes of an even-length hex string; `None` if it is not one.
-pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    // Canonical spelling only: lowercase, no signs, so that one value has one encoding.
-    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
-}
-
 impl fmt::Display for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
+        f.write_str(&hex::encode(&self.0))
     }
 }
 

@@ -9,7 +9,9 @@
 use edge_hal::keys::{self, DeviceId, Identity};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Sha256, decode_hex, hex};
+use edge_hal::hex;
+
+use crate::digest::Sha256;
 use crate::executor::{Adapter, JobOutput};
 use crate::validate::ValidJob;
 
@@ -123,10 +125,10 @@ pub fn sign(identity: &Identity, what: Attested) -> Receipt {
     let body = ReceiptBody {
         version: 1,
         device_id: identity.device_id().to_string(),
-        public_key: hex(identity.public_key()),
+        public_key: hex::encode(identity.public_key()),
         what,
     };
-    let signature = hex(&identity.sign(&body.signed_bytes()));
+    let signature = hex::encode(&identity.sign(&body.signed_bytes()));
     Receipt { body, signature }
 }
 
@@ -136,7 +138,7 @@ pub fn verify(receipt: &Receipt) -> Result<(), ReceiptError> {
     if body.version != 1 {
         return Err(ReceiptError::Version(body.version));
     }
-    let public_key: [u8; 32] = decode_hex(&body.public_key)
+    let public_key: [u8; 32] = hex::decode(&body.public_key)
         .and_then(|k| k.try_into().ok())
         .ok_or(ReceiptError::PublicKey)?;
     let actual = DeviceId::from_public_key(&public_key).to_string();
@@ -146,7 +148,7 @@ pub fn verify(receipt: &Receipt) -> Result<(), ReceiptError> {
             actual,
         });
     }
-    let signature = decode_hex(&receipt.signature).unwrap_or_default();
+    let signature = hex::decode(&receipt.signature).unwrap_or_default();
     if !keys::verify(&public_key, &body.signed_bytes(), &signature) {
         return Err(ReceiptError::Signature {
             job_id: body.what.job_id.clone(),
@@ -194,7 +196,7 @@ mod tests {
 
         let other = Identity::generate_ephemeral().expect("key");
         let mut r = receipt(&id);
-        r.body.public_key = hex(other.public_key());
+        r.body.public_key = hex::encode(other.public_key());
         assert!(matches!(verify(&r), Err(ReceiptError::DeviceId { .. })));
 
         let mut r = receipt(&id);

@@ -38,6 +38,7 @@ impl Default for FakeSystem {
             uptime_secs: 3600.0,
             kernel: "6.1.0-fake".into(),
             os_release: "Fake OS".into(),
+            boot_id: "00000000-0000-4000-8000-000000000000".into(),
         }))
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod gpu;
+pub mod hex;
 pub mod keys;
 pub mod net;
 pub mod storage;

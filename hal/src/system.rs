@@ -60,6 +60,8 @@ pub struct SystemSnapshot {
     pub kernel: String,
     /// `PRETTY_NAME` from os-release, e.g. `Debian GNU/Linux 12 (bookworm)`.
     pub os_release: String,
+    /// This boot's random id (`/proc/sys/kernel/random/boot_id`), new at every boot.
+    pub boot_id: String,
 }
 
 /// Host information.
@@ -149,6 +151,7 @@ impl SystemInfo for LinuxSystem {
             .ok_or_else(|| parse_err(&path, "expected seconds since boot"))?;
 
         let (kernel, _) = read(self.procfs.join("sys/kernel/osrelease"))?;
+        let (boot_id, _) = read(self.procfs.join("sys/kernel/random/boot_id"))?;
         // A minimal image may lack os-release: say so rather than fail the whole snapshot.
         let os_release = std::fs::read_to_string(&self.os_release)
             .ok()
@@ -165,6 +168,7 @@ impl SystemInfo for LinuxSystem {
             uptime_secs,
             kernel: kernel.trim().to_owned(),
             os_release,
+            boot_id: boot_id.trim().to_owned(),
         })
     }
 }

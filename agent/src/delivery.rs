@@ -1,0 +1,216 @@
+//! Delivery: registers the device with the hub, then drains the report queue in order, in
+//! batches, forgetting each report only once the hub has it. Failures back off exponentially
+//! with jitter up to a cap; a hub that forgot the device gets a fresh registration.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use edge_protocol::Body;
+use edge_protocol::api::{Batch, Verdict};
+use edge_protocol::report::Register;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub_client::{HubClient, HubError};
+use crate::outbox::{Outbox, OutboxError};
+use crate::state::VERSIONS;
+
+/// An idle queue is still looked at this often (to expire old reports).
+const IDLE_CHECK: Duration = Duration::from_secs(60);
+
+/// What the network side of the agent looks like, for `/status` and `/metrics`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct NetworkView {
+    /// The hub's base URL.
+    pub hub: String,
+    /// Whether the hub accepted the registration (this run).
+    pub registered: bool,
+    /// The owner the hub bound the device to.
+    pub owner: Option<String>,
+    /// Last successful delivery, Unix ms.
+    pub last_delivery_ms: Option<u64>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Echo endpoints in use.
+    pub echo_urls: Vec<String>,
+    /// Latest IP report.
+    pub ip: Option<edge_protocol::report::IpReport>,
+    /// Latest bandwidth measurement.
+    pub bandwidth: Option<edge_protocol::report::Bandwidth>,
+}
+
+/// Shared, small, written rarely.
+pub type NetworkStatus = Arc<Mutex<NetworkView>>;
+
+/// Errors of one delivery step.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("the hub answered {got} verdicts for {sent} reports")]
+    Verdicts { got: usize, sent: usize },
+}
+
+/// Registers, then delivers until shutdown.
+pub struct DeliveryTask {
+    /// The queue.
+    pub outbox: Outbox,
+    /// The hub.
+    pub client: HubClient,
+    /// The owner binding token.
+    pub owner_token: String,
+    /// Reports per request.
+    pub batch_size: usize,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Echo endpoints from config; empty: ask the hub.
+    pub configured_echo_urls: Vec<String>,
+    /// Where the echo endpoints in use are published.
+    pub echo_urls: watch::Sender<Vec<String>>,
+    /// Shown in `/status`.
+    pub status: NetworkStatus,
+}
+
+enum Step {
+    /// Something was delivered; go on at once.
+    More,
+    /// Nothing waits.
+    Idle,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl DeliveryTask {
+    /// Runs until `shutdown`. Never fails: every error is logged, shown and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), std::convert::Infallible> {
+        let new_backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(self.backoff_max)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = new_backoff();
+        let mut registered = false;
+        loop {
+            let step = if registered {
+                self.deliver_once().await
+            } else {
+                self.register().await.map(|()| Step::More)
+            };
+            let wait = match step {
+                Ok(Step::More) => {
+                    registered = true;
+                    backoff = new_backoff();
+                    continue;
+                }
+                Ok(Step::Idle) => {
+                    backoff = new_backoff();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = self.outbox.pushed.notified() => continue,
+                        () = tokio::time::sleep(IDLE_CHECK) => continue,
+                    }
+                }
+                Err(e) => {
+                    if matches!(&e, StepError::Hub(h) if h.is_unregistered()) {
+                        registered = false;
+                    }
+                    let wait = backoff.next().unwrap_or(self.backoff_max);
+                    let message = e.to_string();
+                    tracing::warn!(error = %message, retry_in = ?wait, "report delivery failed");
+                    self.update(|v| v.last_error = Some(message));
+                    wait
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut NetworkView)) {
+        if let Ok(mut view) = self.status.lock() {
+            f(&mut view);
+        }
+    }
+
+    async fn register(&self) -> Result<(), StepError> {
+        let outbox = self.outbox.clone();
+        let body = Body::Register(Register {
+            public_key: outbox.public_key_hex(),
+            owner_token: self.owner_token.clone(),
+            agent_version: VERSIONS.agent.into(),
+        });
+        let signed = tokio::task::spawn_blocking(move || outbox.seal_unqueued(body, now_ms()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let registered = self.client.register(&signed).await?;
+        tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
+        let echo_urls = if self.configured_echo_urls.is_empty() {
+            self.client.info().await?.echo_urls
+        } else {
+            self.configured_echo_urls.clone()
+        };
+        self.echo_urls.send_replace(echo_urls.clone());
+        self.update(|v| {
+            v.registered = true;
+            v.owner = Some(registered.owner);
+            v.echo_urls = echo_urls;
+            v.last_error = None;
+        });
+        Ok(())
+    }
+
+    async fn deliver_once(&self) -> Result<Step, StepError> {
+        let (outbox, n) = (self.outbox.clone(), self.batch_size);
+        let batch = tokio::task::spawn_blocking(move || outbox.peek(n, now_ms()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        if batch.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
+        let reply = self
+            .client
+            .deliver(&Batch {
+                reports: batch.into_iter().map(|q| q.signed).collect(),
+            })
+            .await?;
+        if reply.results.len() != seqs.len() {
+            return Err(StepError::Verdicts {
+                got: reply.results.len(),
+                sent: seqs.len(),
+            });
+        }
+        let (mut delivered, mut rejected) = (Vec::new(), Vec::new());
+        for (seq, result) in seqs.into_iter().zip(reply.results) {
+            match result.status {
+                Verdict::Accepted | Verdict::Duplicate => delivered.push(seq),
+                Verdict::Rejected => {
+                    tracing::error!(seq, error = ?result.error, "the hub rejected a report for good; dropping it");
+                    rejected.push(seq);
+                }
+            }
+        }
+        let outbox = self.outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.ack(&delivered, &rejected))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.update(|v| {
+            v.last_delivery_ms = Some(now_ms());
+            v.last_error = None;
+        });
+        Ok(Step::More)
+    }
+}

@@ -1,0 +1,189 @@
+//! The agent's HTTPS client for the hub: TLS 1.3 only, the network's CA pinned (no system
+//! roots), no proxies. The device initiates everything; it sits behind NAT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_protocol::Signed;
+use edge_protocol::api::{self, ApiError, Batch, BatchReply, HubInfo, IpEcho, Registered};
+use reqwest::StatusCode;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde::de::DeserializeOwned;
+
+/// A request that has not finished after this long is abandoned.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting (TCP and TLS) takes at most this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors talking to the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("hub CA certificate {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("building the HTTPS client: {0}")]
+    Client(String),
+    /// No answer: connection refused, TLS failure, timeout. Worth retrying.
+    #[error("{url}: {source}")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The hub answered with an error.
+    #[error("{url}: hub refused ({status}): {message}")]
+    Refused {
+        /// What was asked.
+        url: String,
+        /// Its status.
+        status: StatusCode,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl HubError {
+    /// Whether trying again later may succeed (the hub is away, busy, or limiting us).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Refused { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::Ca { .. } | Self::Client(_) => false,
+        }
+    }
+
+    /// Whether the hub does not know this device (it must register again).
+    pub fn is_unregistered(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED)
+    }
+}
+
+/// The hub's API, over one pooled HTTPS client.
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// The TLS settings the agent uses for the network: TLS 1.3, ring, only `ca` trusted.
+pub fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
+    let ca_err = |reason: String| HubError::Ca {
+        path: ca.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_err(e.to_string()))? {
+        let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_err("holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| HubError::Client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl HubClient {
+    /// A client for the hub at `base` (`https://host:port`) trusting only `ca`.
+    pub fn new(base: &str, ca: &Path) -> Result<Self, HubError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(ca)?)
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("edge-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HubError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The underlying client (bandwidth tests stream through it).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `path` on the hub.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Registers the device with a signed register envelope.
+    pub async fn register(&self, signed: &Signed) -> Result<Registered, HubError> {
+        self.send(
+            self.http.post(self.url(api::REGISTER)).json(signed),
+            api::REGISTER,
+        )
+        .await
+    }
+
+    /// What the hub offers devices (echo endpoints).
+    pub async fn info(&self) -> Result<HubInfo, HubError> {
+        self.send(self.http.get(self.url(api::INFO)), api::INFO)
+            .await
+    }
+
+    /// Delivers a batch of reports; the reply has one verdict per report.
+    pub async fn deliver(&self, batch: &Batch) -> Result<BatchReply, HubError> {
+        self.send(
+            self.http.post(self.url(api::REPORTS)).json(batch),
+            api::REPORTS,
+        )
+        .await
+    }
+
+    /// Asks an echo endpoint (any URL) which address it sees.
+    pub async fn echo(&self, url: &str) -> Result<IpEcho, HubError> {
+        self.send(self.http.get(url), url).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T, HubError> {
+        let url = if what.starts_with("https://") {
+            what.to_owned()
+        } else {
+            self.url(what)
+        };
+        let unreachable = |source| HubError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(unreachable);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiError>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
+        Err(HubError::Refused {
+            url,
+            status,
+            message,
+        })
+    }
+}

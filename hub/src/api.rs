@@ -1,0 +1,480 @@
+//! The hub's HTTP API: registration, report intake, IP echo, latency and bandwidth tests,
+//! metrics. Every error is a JSON [`ApiError`] with a status code that says whose fault it is.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use edge_protocol::api::{
+    self, ApiError, Batch, BatchReply, HubInfo, IpEcho, Registered, Uploaded, Verdict,
+};
+use edge_protocol::exposition::Exposition;
+use edge_protocol::report::Register;
+use edge_protocol::{Body as ReportBody, Signed};
+use futures_util::StreamExt;
+use ring::digest;
+use serde::Deserialize;
+
+use crate::limits::RateLimiter;
+use crate::store::{Checked, Registration, Store, StoreError};
+use crate::tls::Peer;
+
+/// Largest download a test may ask for.
+pub const MAX_DOWNLOAD_BYTES: u64 = 1 << 30;
+/// Largest upload a test may send.
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// What the handlers share.
+pub struct Hub {
+    /// The database.
+    pub store: Store,
+    /// Per-device request limits.
+    pub limiter: RateLimiter,
+    /// Echo endpoints told to devices at registration.
+    pub echo_urls: Vec<String>,
+    /// Counters for `/metrics`.
+    pub counters: Counters,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    registrations_ok: AtomicU64,
+    registrations_refused: AtomicU64,
+    accepted: AtomicU64,
+    duplicate: AtomicU64,
+    rejected: AtomicU64,
+    rate_limited: AtomicU64,
+    bad_requests: AtomicU64,
+    echo: AtomicU64,
+    download_bytes: AtomicU64,
+    upload_bytes: AtomicU64,
+}
+
+/// The router; `max_body` bounds every request body but uploads.
+pub fn router(hub: Arc<Hub>, max_body: usize) -> Router {
+    Router::new()
+        .route(api::REGISTER, post(register))
+        .route(api::REPORTS, post(reports))
+        .route(api::INFO, get(info))
+        .route(api::IP_ECHO, get(ip_echo))
+        .route(api::PING, get(|| async { StatusCode::NO_CONTENT }))
+        .route(api::DOWNLOAD, get(download))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body))
+        .route(
+            api::UPLOAD,
+            post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES as usize)),
+        )
+        .with_state(hub)
+}
+
+/// An error reply.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<Refusal> for Response {
+    fn from(r: Refusal) -> Self {
+        r.into_response()
+    }
+}
+
+impl From<BytesRejection> for Refusal {
+    fn from(r: BytesRejection) -> Self {
+        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "request body is over the hub's size limit (edge-hub serve --max-body-bytes)".into()
+        } else {
+            r.body_text()
+        };
+        Refusal(r.status(), message)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("body is not {what}: {e}")))
+}
+
+async fn register(
+    State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Registered>, Refusal> {
+    let result = async {
+        let signed: Signed = parse(&body?, "a signed envelope")?;
+        let bad = |e: String| Refusal(StatusCode::BAD_REQUEST, e);
+        let envelope = signed.peek().map_err(|e| bad(e.to_string()))?;
+        let ReportBody::Register(Register {
+            public_key,
+            owner_token,
+            agent_version,
+        }) = &envelope.body
+        else {
+            return Err(bad(format!(
+                "{} goes to {}, not {}",
+                envelope.body.kind(),
+                api::REPORTS,
+                api::REGISTER
+            )));
+        };
+        let key = edge_hal::hex::decode_array::<32>(public_key)
+            .ok_or_else(|| bad("public_key is not 32 bytes of lowercase hex".into()))?;
+        signed
+            .open(&key)
+            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        hub.limiter
+            .check(&envelope.device_id, Instant::now())
+            .map_err(|_| Refusal(StatusCode::TOO_MANY_REQUESTS, "too many requests".into()))?;
+        let token_sha256 =
+            edge_hal::hex::encode(digest::digest(&digest::SHA256, owner_token.as_bytes()).as_ref());
+        let registered = hub
+            .store
+            .register(Registration {
+                device_id: envelope.device_id.clone(),
+                public_key: public_key.clone(),
+                owner_token_sha256: token_sha256,
+                agent_version: agent_version.clone(),
+                seq: envelope.seq,
+                peer_ip: peer.ip().to_string(),
+                now_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::UnknownOwner => Refusal(StatusCode::FORBIDDEN, e.to_string()),
+                StoreError::StaleRegistration { .. } => Refusal(StatusCode::CONFLICT, e.to_string()),
+                e => internal(e),
+            })?;
+        tracing::info!(device = %envelope.device_id, owner = %registered.owner, %peer, "registered");
+        Ok(Json(Registered {
+            device_id: envelope.device_id,
+            owner: registered.owner,
+            last_seq: registered.last_seq,
+            server_time_ms: now_ms(),
+        }))
+    }
+    .await;
+    let counter = match &result {
+        Ok(_) => &hub.counters.registrations_ok,
+        Err(_) => &hub.counters.registrations_refused,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    result
+}
+
+/// Internal errors are logged, not sent.
+fn internal(e: StoreError) -> Refusal {
+    tracing::error!(error = %e, "store error");
+    Refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the hub could not store this; try again".into(),
+    )
+}
+
+async fn reports(
+    State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<BatchReply>, Response> {
+    let batch = body
+        .map_err(Refusal::from)
+        .and_then(|b| parse::<Batch>(&b, "a batch of signed reports"))
+        .and_then(|batch| check_size(&batch).map(|()| batch))
+        .inspect_err(|_| {
+            hub.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        })?;
+    // A device the hub does not know must register first: say so for the whole batch, so the
+    // device re-registers instead of dropping its reports.
+    if let Some(Ok(first)) = batch.reports.first().map(Signed::peek)
+        && !hub
+            .store
+            .keys
+            .read()
+            .is_ok_and(|keys| keys.contains_key(&first.device_id))
+    {
+        hub.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "device {} is not registered; register at {}",
+                first.device_id,
+                api::REGISTER
+            ),
+        )
+        .into());
+    }
+    // Signatures are checked off the runtime: a full batch is a few milliseconds of CPU.
+    let keys = hub.store.keys.clone();
+    let (checked, device) = tokio::task::spawn_blocking(move || verify(&keys, batch.reports))
+        .await
+        .map_err(|_| Refusal(StatusCode::INTERNAL_SERVER_ERROR, "verifier failed".into()))?;
+    if let Some(device) = &device
+        && let Err(wait) = hub.limiter.check(device, Instant::now())
+    {
+        hub.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let mut response = Refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from device {device}"),
+        )
+        .into_response();
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Err(response);
+    }
+    let results = hub
+        .store
+        .ingest(checked, peer.ip().to_string(), now_ms())
+        .await
+        .map_err(internal)?;
+    for r in &results {
+        let counter = match r.status {
+            Verdict::Accepted => &hub.counters.accepted,
+            Verdict::Duplicate => &hub.counters.duplicate,
+            Verdict::Rejected => &hub.counters.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if r.status == Verdict::Rejected {
+            tracing::info!(%peer, seq = ?r.seq, error = ?r.error, "report rejected");
+        }
+    }
+    Ok(Json(BatchReply { results }))
+}
+
+fn check_size(batch: &Batch) -> Result<(), Refusal> {
+    if batch.reports.len() > api::MAX_BATCH {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "batch holds {} reports, over the limit of {}",
+                batch.reports.len(),
+                api::MAX_BATCH
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every report's signature against its registered key. A batch comes from one device:
+/// reports claiming another device than the first are refused.
+fn verify(keys: &crate::store::Keys, reports: Vec<Signed>) -> (Vec<Checked>, Option<String>) {
+    let mut device: Option<String> = None;
+    let keys = keys.read().map(|k| k.clone()).unwrap_or_default();
+    let checked = reports
+        .into_iter()
+        .map(|signed| {
+            let envelope = match signed.peek() {
+                Ok(e) => e,
+                Err(e) => return refused(None, e.to_string()),
+            };
+            let seq = Some(envelope.seq);
+            match &device {
+                Some(d) if *d != envelope.device_id => {
+                    return refused(seq, format!("a batch comes from one device ({d})"));
+                }
+                _ => {}
+            }
+            let Some(key) = keys.get(&envelope.device_id) else {
+                return refused(
+                    seq,
+                    format!("device {} is not registered", envelope.device_id),
+                );
+            };
+            if matches!(envelope.body, ReportBody::Register(_)) {
+                return refused(seq, format!("register goes to {}", api::REGISTER));
+            }
+            match signed.open(key) {
+                Ok(envelope) => {
+                    device.get_or_insert_with(|| envelope.device_id.clone());
+                    Checked::Verified(Box::new((envelope, signed)))
+                }
+                Err(e) => refused(seq, e.to_string()),
+            }
+        })
+        .collect();
+    (checked, device)
+}
+
+fn refused(seq: Option<u64>, error: String) -> Checked {
+    Checked::Refused { seq, error }
+}
+
+async fn info(State(hub): State<Arc<Hub>>) -> Json<HubInfo> {
+    Json(HubInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        echo_urls: hub.echo_urls.clone(),
+        server_time_ms: now_ms(),
+    })
+}
+
+async fn ip_echo(
+    State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
+) -> Json<IpEcho> {
+    hub.counters.echo.fetch_add(1, Ordering::Relaxed);
+    Json(IpEcho {
+        ip: peer.ip().to_canonical().to_string(),
+        port: peer.port(),
+    })
+}
+
+#[derive(Deserialize)]
+struct DownloadQuery {
+    bytes: u64,
+}
+
+async fn download(
+    State(hub): State<Arc<Hub>>,
+    query: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Refusal> {
+    let Query(DownloadQuery { bytes }) = query.map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("expected ?bytes=N: {}", e.body_text()),
+        )
+    })?;
+    if bytes > MAX_DOWNLOAD_BYTES {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("bytes={bytes} is over the limit of {MAX_DOWNLOAD_BYTES}"),
+        ));
+    }
+    let stream = futures_util::stream::unfold(bytes, move |left| {
+        let hub = hub.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(ZEROS.len() as u64);
+            hub.counters.download_bytes.fetch_add(n, Ordering::Relaxed);
+            Some((
+                Ok::<_, Infallible>(Bytes::from_static(&ZEROS[..n as usize])),
+                left - n,
+            ))
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, bytes.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn upload(State(hub): State<Arc<Hub>>, body: Body) -> Result<Json<Uploaded>, Refusal> {
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut first) = (0u64, None);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+        first.get_or_insert_with(Instant::now);
+        bytes += chunk.len() as u64;
+        hub.counters
+            .upload_bytes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    Ok(Json(Uploaded {
+        bytes,
+        duration_ms: first.map_or(0, |t| t.elapsed().as_millis() as u64),
+    }))
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    let c = &hub.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let mut e = Exposition::with_capacity(2048);
+    e.family("edge_hub_devices", "gauge", "Registered devices.")
+        .sample(
+            "edge_hub_devices",
+            &[],
+            hub.store.keys.read().map_or(0, |k| k.len()) as f64,
+        );
+    e.family(
+        "edge_hub_registrations_total",
+        "counter",
+        "Registration requests by result.",
+    )
+    .sample(
+        "edge_hub_registrations_total",
+        &[("result", "ok")],
+        get(&c.registrations_ok),
+    )
+    .sample(
+        "edge_hub_registrations_total",
+        &[("result", "refused")],
+        get(&c.registrations_refused),
+    );
+    e.family("edge_hub_reports_total", "counter", "Reports by verdict.")
+        .sample(
+            "edge_hub_reports_total",
+            &[("verdict", "accepted")],
+            get(&c.accepted),
+        )
+        .sample(
+            "edge_hub_reports_total",
+            &[("verdict", "duplicate")],
+            get(&c.duplicate),
+        )
+        .sample(
+            "edge_hub_reports_total",
+            &[("verdict", "rejected")],
+            get(&c.rejected),
+        );
+    e.family(
+        "edge_hub_requests_refused_total",
+        "counter",
+        "Requests refused whole, by reason.",
+    )
+    .sample(
+        "edge_hub_requests_refused_total",
+        &[("reason", "rate_limit")],
+        get(&c.rate_limited),
+    )
+    .sample(
+        "edge_hub_requests_refused_total",
+        &[("reason", "bad_request")],
+        get(&c.bad_requests),
+    );
+    e.family("edge_hub_ip_echo_total", "counter", "IP echo requests.")
+        .sample("edge_hub_ip_echo_total", &[], get(&c.echo));
+    e.family(
+        "edge_hub_bandwidth_test_bytes_total",
+        "counter",
+        "Bytes moved by bandwidth tests.",
+    )
+    .sample(
+        "edge_hub_bandwidth_test_bytes_total",
+        &[("direction", "down")],
+        get(&c.download_bytes),
+    )
+    .sample(
+        "edge_hub_bandwidth_test_bytes_total",
+        &[("direction", "up")],
+        get(&c.upload_bytes),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        e.finish(),
+    )
+}

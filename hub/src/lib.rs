@@ -1,0 +1,149 @@
+//! `edge-hub`: the reference network service that edge agents report to.
+//!
+//! It is the network's side of protocol v1 (`docs/protocol.md`), run for local development,
+//! end-to-end tests and fleet simulation: device registration bound to an owner, signed report
+//! intake (verified, replay-checked, stored once per `(device, seq)`), an IP echo on two
+//! listeners, latency and bandwidth test endpoints, and `/metrics`. HTTPS only, TLS 1.3 only,
+//! with a development CA made by `edge-hub init` that agents pin.
+//!
+//! Design: axum handlers over a hand-written rustls accept loop ([`tls`]); SQLite in WAL mode
+//! written by one thread that commits waiting requests together ([`store`]); in-memory
+//! per-device rate limits ([`limits`]).
+//!
+//! Limits today: one process, one database file; rate limits reset when the hub restarts; job
+//! hand-out is not implemented yet.
+
+pub mod api;
+pub mod inspect;
+pub mod limits;
+pub mod pki;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How to run the hub.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Directory with `init`'s files and the database.
+    pub dir: PathBuf,
+    /// Main listener.
+    pub listen: SocketAddr,
+    /// Second listener (IP echo from a second address; serves the same API).
+    pub echo_listen: Option<SocketAddr>,
+    /// Echo URLs told to devices; default: `https://<listener>/v1/ip` for each listener.
+    pub echo_urls: Vec<String>,
+    /// Largest request body but uploads, bytes.
+    pub max_body_bytes: usize,
+    /// Requests per second per device, sustained.
+    pub rate_per_device: f64,
+    /// Requests per device at once.
+    pub burst_per_device: u32,
+}
+
+/// Errors starting the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The database file in the hub's directory.
+pub fn db_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("hub.db")
+}
+
+/// A hub bound to its listeners, ready to serve.
+pub struct Server {
+    /// The main listener's address.
+    pub main_addr: SocketAddr,
+    /// The echo listener's address.
+    pub echo_addr: Option<SocketAddr>,
+    main: TcpListener,
+    echo: Option<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+}
+
+/// Loads the TLS material, opens the database and binds the listeners.
+pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
+    let files = pki::PkiFiles::in_dir(&config.dir);
+    let tls = tls::server_config(&files.server_cert, &files.server_key)?;
+    let store = store::Store::start(&db_path(&config.dir))?;
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| HubError::Bind { addr, source })
+    };
+    let main = bind(config.listen).await?;
+    let echo = match config.echo_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let local = |l: &TcpListener| {
+        l.local_addr().map_err(|source| HubError::Bind {
+            addr: config.listen,
+            source,
+        })
+    };
+    let main_addr = local(&main)?;
+    let echo_addr = echo.as_ref().map(local).transpose()?;
+    let echo_urls = if config.echo_urls.is_empty() {
+        std::iter::once(main_addr)
+            .chain(echo_addr)
+            .map(|a| format!("https://{a}{}", edge_protocol::api::IP_ECHO))
+            .collect()
+    } else {
+        config.echo_urls.clone()
+    };
+    let hub = Arc::new(api::Hub {
+        store,
+        limiter: limits::RateLimiter::new(config.rate_per_device, config.burst_per_device),
+        echo_urls,
+        counters: api::Counters::default(),
+    });
+    Ok(Server {
+        main_addr,
+        echo_addr,
+        main,
+        echo,
+        tls,
+        app: api::router(hub, config.max_body_bytes),
+    })
+}
+
+impl Server {
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(main = %self.main_addr, echo = ?self.echo_addr, "serving");
+        let second = self.echo.map(|l| {
+            tokio::spawn(tls::serve(
+                l,
+                self.tls.clone(),
+                self.app.clone(),
+                shutdown.clone(),
+            ))
+        });
+        tls::serve(self.main, self.tls, self.app, shutdown).await;
+        if let Some(second) = second {
+            let _ = second.await;
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `edge-hub`: parse the command line, run one command.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio_util::sync::CancellationToken;
+
+/// The reference network service for edge agents (development, tests, fleet simulation).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The hub's directory: certificates, keys and the database.
+    #[arg(long, global = true, default_value = "edge-hub")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the development CA and server certificate (agents pin `ca.pem`).
+    Init {
+        /// DNS names and IP addresses the server answers to (repeat); default localhost,
+        /// 127.0.0.1 and ::1.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Serve the API over HTTPS (TLS 1.3).
+    Serve {
+        /// Main listener.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Second listener, so devices see their address from two endpoints.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        echo_listen: SocketAddr,
+        /// Echo URLs told to devices (repeat); default: one per listener.
+        #[arg(long = "echo-url")]
+        echo_urls: Vec<String>,
+        /// Largest request body (uploads excepted), bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+        /// Requests per second per device, sustained.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Requests per device at once.
+        #[arg(long, default_value_t = 20)]
+        burst: u32,
+    },
+    /// Owners, who devices are bound to.
+    Owner {
+        #[command(subcommand)]
+        command: OwnerCommand,
+    },
+    /// List registered devices.
+    Devices,
+    /// Show one device: record, report counts, latest heartbeat and capability, signatures.
+    Device {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OwnerCommand {
+    /// Add an owner and print its binding token (shown once; the hub keeps only its hash).
+    Add {
+        /// The owner's name.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-hub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = cli.dir;
+    match cli.command {
+        Command::Init { names } => {
+            std::fs::create_dir_all(&dir)?;
+            let names = if names.is_empty() {
+                pki::DEFAULT_NAMES.map(String::from).to_vec()
+            } else {
+                names
+            };
+            pki::init(&pki::PkiFiles::in_dir(&dir), &names)?;
+            store::open(&db_path(&dir))?;
+            println!(
+                "made {} (pin it in agents) and a server certificate for {}",
+                dir.join("ca.pem").display(),
+                names.join(", ")
+            );
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            echo_listen,
+            echo_urls,
+            max_body_bytes,
+            rate,
+            burst,
+        } => serve(ServeConfig {
+            dir,
+            listen,
+            echo_listen: Some(echo_listen),
+            echo_urls,
+            max_body_bytes,
+            rate_per_device: rate,
+            burst_per_device: burst,
+        }),
+        Command::Owner {
+            command: OwnerCommand::Add { name },
+        } => {
+            let token = new_token().map_err(|_| "the system random generator failed")?;
+            let sha = edge_hal::hex::encode(
+                ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+            );
+            store::add_owner(&store::open(&db_path(&dir))?, &name, &sha, now_ms())?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Devices => {
+            print!("{}", inspect::devices(&existing_db(&dir)?, now_ms())?);
+            Ok(())
+        }
+        Command::Device { id } => match inspect::device(&existing_db(&dir)?, &id)? {
+            Some(device) => {
+                println!("{}", serde_json::to_string_pretty(&device)?);
+                Ok(())
+            }
+            None => Err(format!("no device {id} in {}", db_path(&dir).display()).into()),
+        },
+    }
+}
+
+fn existing_db(dir: &Path) -> Result<PathBuf, String> {
+    let db = db_path(dir);
+    if db.exists() {
+        Ok(db)
+    } else {
+        Err(format!(
+            "{} does not exist (run `edge-hub init` first?)",
+            db.display()
+        ))
+    }
+}
+
+fn new_token() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; 24];
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(format!("owner-{}", edge_hal::hex::encode(&bytes)))
+}
+
+fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+            }
+            signals.cancel();
+        });
+        let server = edge_hub::bind(config).await?;
+        // One line on stdout with the bound addresses (tests and scripts read it).
+        println!(
+            "edge-hub listening main={} echo={}",
+            server.main_addr,
+            server.echo_addr.map_or("-".to_owned(), |a| a.to_string())
+        );
+        server.run(shutdown).await;
+        Ok::<_, edge_hub::HubError>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! The hub's storage: SQLite in WAL mode, written by one thread that commits in groups.
+//!
+//! Every request that changes state sends its work to the writer thread and waits for the reply;
+//! the writer takes whatever requests are waiting, runs them in one transaction and commits once
+//! (`synchronous=FULL`: the commit is on disk before any of them is answered). So an `accepted`
+//! verdict means the report is durable, and many devices share one fsync.
+//!
+//! Each report is stored once under `(device_id, seq)` with its envelope text and signature, so
+//! anyone can verify it again later. A report whose `seq` is at or below the device's high-water
+//! mark is a duplicate when it is already stored and rejected (stale) when it is not.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, mpsc};
+
+use edge_protocol::api::{ReportResult, Verdict};
+use edge_protocol::{Envelope, Signed};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+/// Requests waiting for the writer beyond this many are committed in the next round.
+const MAX_GROUP: usize = 256;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS owners (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    owner TEXT NOT NULL REFERENCES owners(name),
+    agent_version TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    register_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER,
+    last_boot_id TEXT,
+    skew_ms INTEGER,
+    last_ip TEXT
+);
+CREATE TABLE IF NOT EXISTS reports (
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    envelope TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reports_by_kind ON reports (device_id, kind, seq);
+";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The writer thread is gone (the hub is shutting down).
+    #[error("the database writer has stopped")]
+    Stopped,
+    /// An owner token no owner holds.
+    #[error("owner token is not known to this hub")]
+    UnknownOwner,
+    /// An owner name already taken.
+    #[error("owner {0} already exists")]
+    OwnerExists(String),
+    /// A registration older than one already stored.
+    #[error("registration seq {seq} is not above the device's last registration ({last})")]
+    StaleRegistration {
+        /// Its seq.
+        seq: u64,
+        /// The stored one.
+        last: u64,
+    },
+}
+
+/// A registration, verified by the caller.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The device.
+    pub device_id: String,
+    /// Its public key, hex.
+    pub public_key: String,
+    /// SHA-256 of the owner token, hex.
+    pub owner_token_sha256: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The registration envelope's seq.
+    pub seq: u64,
+    /// Where it came from.
+    pub peer_ip: String,
+    /// When it arrived, Unix ms.
+    pub now_ms: u64,
+}
+
+/// What the store knows of a registered device after a registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The owner's name.
+    pub owner: String,
+    /// The device's report high-water mark.
+    pub last_seq: u64,
+}
+
+/// One report of a batch, as far as the caller got with it.
+#[derive(Debug)]
+pub enum Checked {
+    /// Signature verified.
+    Verified(Box<(Envelope, Signed)>),
+    /// Refused before the store (unparsable, unknown device, bad signature): the reason.
+    Refused {
+        /// Its seq, where readable.
+        seq: Option<u64>,
+        /// Why.
+        error: String,
+    },
+}
+
+enum Op {
+    Register(
+        Registration,
+        oneshot::Sender<Result<Registered, StoreError>>,
+    ),
+    Ingest {
+        reports: Vec<Checked>,
+        peer_ip: String,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Vec<ReportResult>, StoreError>>,
+    },
+}
+
+/// Public keys of registered devices, by device id (read by every request, written on
+/// registration).
+pub type Keys = Arc<RwLock<HashMap<String, [u8; 32]>>>;
+
+/// The handle request handlers use; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    ops: mpsc::Sender<Op>,
+    /// Registered devices' keys.
+    pub keys: Keys,
+}
+
+/// Opens (creating) the database at `path` with the hub's schema.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens the database and starts the writer thread (it ends when every handle is dropped).
+    pub fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = open(path)?;
+        let keys = load_keys(&conn).map_err(|source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (ops, inbox) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            path: path.to_owned(),
+        };
+        std::thread::Builder::new()
+            .name("hub-db-writer".into())
+            .spawn(move || writer.run(inbox))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(Self {
+            ops,
+            keys: Arc::new(RwLock::new(keys)),
+        })
+    }
+
+    /// Registers (or re-registers) a device; its key is then known to [`Store::keys`].
+    pub async fn register(&self, registration: Registration) -> Result<Registered, StoreError> {
+        let (device_id, key) = (
+            registration.device_id.clone(),
+            edge_hal::hex::decode_array::<32>(&registration.public_key),
+        );
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Register(registration, reply))
+            .map_err(|_| StoreError::Stopped)?;
+        let registered = answer.await.map_err(|_| StoreError::Stopped)??;
+        if let (Some(key), Ok(mut keys)) = (key, self.keys.write()) {
+            keys.insert(device_id, key);
+        }
+        Ok(registered)
+    }
+
+    /// Stores a batch of checked reports; one verdict per report, in order.
+    pub async fn ingest(
+        &self,
+        reports: Vec<Checked>,
+        peer_ip: String,
+        now_ms: u64,
+    ) -> Result<Vec<ReportResult>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Ingest {
+                reports,
+                peer_ip,
+                now_ms,
+                reply,
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+fn load_keys(conn: &Connection) -> rusqlite::Result<HashMap<String, [u8; 32]>> {
+    let mut stmt = conn.prepare("SELECT device_id, public_key FROM devices")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut keys = HashMap::new();
+    for row in rows {
+        let (id, key) = row?;
+        if let Some(key) = edge_hal::hex::decode_array(&key) {
+            keys.insert(id, key);
+        }
+    }
+    Ok(keys)
+}
+
+/// Adds an owner; returns nothing, the caller made the token.
+pub fn add_owner(
+    conn: &Connection,
+    name: &str,
+    token_sha256: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    match conn.execute(
+        "INSERT INTO owners (name, token_sha256, created_at_ms) VALUES (?1, ?2, ?3)",
+        params![name, token_sha256, now_ms as i64],
+    ) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::OwnerExists(name.to_owned()))
+        }
+        Err(source) => Err(StoreError::Sqlite {
+            path: conn.path().map(PathBuf::from).unwrap_or_default(),
+            source,
+        }),
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What one op answers, held until its group is committed.
+enum Pending {
+    Register(
+        oneshot::Sender<Result<Registered, StoreError>>,
+        Result<Registered, StoreError>,
+    ),
+    Ingest(
+        oneshot::Sender<Result<Vec<ReportResult>, StoreError>>,
+        Vec<ReportResult>,
+    ),
+}
+
+impl Writer {
+    fn run(mut self, inbox: mpsc::Receiver<Op>) {
+        while let Ok(first) = inbox.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match inbox.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Op>) {
+        let path = self.path.clone();
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(group, || sqlite(clone_err(&e))),
+        };
+        let mut pending = Vec::with_capacity(group.len());
+        for op in group {
+            match op {
+                Op::Register(registration, reply) => {
+                    let result = register(&tx, &registration).map_err(|e| match e {
+                        RegisterError::Sqlite(e) => sqlite(e),
+                        RegisterError::Store(e) => e,
+                    });
+                    pending.push(Pending::Register(reply, result));
+                }
+                Op::Ingest {
+                    reports,
+                    peer_ip,
+                    now_ms,
+                    reply,
+                } => match ingest(&tx, reports, &peer_ip, now_ms) {
+                    Ok(results) => pending.push(Pending::Ingest(reply, results)),
+                    Err(e) => {
+                        let _ = reply.send(Err(sqlite(e)));
+                    }
+                },
+            }
+        }
+        if let Err(e) = tx.commit() {
+            tracing::error!(error = %e, "commit failed; the group's requests get an error");
+            for p in pending {
+                match p {
+                    Pending::Register(reply, _) => {
+                        let _ = reply.send(Err(sqlite(clone_err(&e))));
+                    }
+                    Pending::Ingest(reply, _) => {
+                        let _ = reply.send(Err(sqlite(clone_err(&e))));
+                    }
+                }
+            }
+            return;
+        }
+        for p in pending {
+            match p {
+                Pending::Register(reply, result) => {
+                    let _ = reply.send(result);
+                }
+                Pending::Ingest(reply, results) => {
+                    let _ = reply.send(Ok(results));
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(group: Vec<Op>, err: impl Fn() -> StoreError) {
+    for op in group {
+        match op {
+            Op::Register(_, reply) => {
+                let _ = reply.send(Err(err()));
+            }
+            Op::Ingest { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+        }
+    }
+}
+
+/// rusqlite errors are not `Clone`; a failed commit must answer every request of its group.
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+        Some(e.to_string()),
+    )
+}
+
+enum RegisterError {
+    Sqlite(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for RegisterError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+fn register(tx: &rusqlite::Transaction<'_>, r: &Registration) -> Result<Registered, RegisterError> {
+    let owner: String = tx
+        .query_row(
+            "SELECT name FROM owners WHERE token_sha256 = ?1",
+            [&r.owner_token_sha256],
+            |row| row.get(0),
+        )
+        .optional()?
+        .ok_or(RegisterError::Store(StoreError::UnknownOwner))?;
+    let existing: Option<(u64, u64)> = tx
+        .query_row(
+            "SELECT register_seq, last_seq FROM devices WHERE device_id = ?1",
+            [&r.device_id],
+            |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?;
+    match existing {
+        Some((last, _)) if r.seq <= last => {
+            return Err(RegisterError::Store(StoreError::StaleRegistration {
+                seq: r.seq,
+                last,
+            }));
+        }
+        Some((_, last_seq)) => {
+            tx.execute(
+                "UPDATE devices SET owner = ?2, agent_version = ?3, register_seq = ?4,
+                 last_seen_ms = ?5, last_ip = ?6 WHERE device_id = ?1",
+                params![
+                    r.device_id,
+                    owner,
+                    r.agent_version,
+                    r.seq as i64,
+                    r.now_ms as i64,
+                    r.peer_ip
+                ],
+            )?;
+            Ok(Registered { owner, last_seq })
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO devices (device_id, public_key, owner, agent_version,
+                 registered_at_ms, register_seq, last_seen_ms, last_ip)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7)",
+                params![
+                    r.device_id,
+                    r.public_key,
+                    owner,
+                    r.agent_version,
+                    r.now_ms as i64,
+                    r.seq as i64,
+                    r.peer_ip
+                ],
+            )?;
+            Ok(Registered { owner, last_seq: 0 })
+        }
+    }
+}
+
+fn ingest(
+    tx: &rusqlite::Transaction<'_>,
+    reports: Vec<Checked>,
+    peer_ip: &str,
+    now_ms: u64,
+) -> rusqlite::Result<Vec<ReportResult>> {
+    let mut results = Vec::with_capacity(reports.len());
+    let mut newest: HashMap<String, (u64, i64, String)> = HashMap::new();
+    for report in reports {
+        let (envelope, signed) = match report {
+            Checked::Verified(pair) => *pair,
+            Checked::Refused { seq, error } => {
+                results.push(rejected(seq, error));
+                continue;
+            }
+        };
+        let seq = envelope.seq;
+        let last_seq: i64 = tx.query_row(
+            "SELECT last_seq FROM devices WHERE device_id = ?1",
+            [&envelope.device_id],
+            |row| row.get(0),
+        )?;
+        if seq as i64 <= last_seq {
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT signature FROM reports WHERE device_id = ?1 AND seq = ?2",
+                    params![envelope.device_id, seq as i64],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            results.push(match stored {
+                Some(_) => ReportResult {
+                    seq: Some(seq),
+                    status: Verdict::Duplicate,
+                    error: Some(format!("seq {seq} was already received")),
+                },
+                None => rejected(
+                    Some(seq),
+                    format!("seq {seq} is below the device's last delivered seq {last_seq} (stale or replayed)"),
+                ),
+            });
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO reports (device_id, seq, kind, boot_id, sent_at_ms, received_at_ms,
+             envelope, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                envelope.device_id,
+                seq as i64,
+                envelope.body.kind(),
+                envelope.boot_id,
+                envelope.sent_at_ms as i64,
+                now_ms as i64,
+                signed.envelope,
+                signed.signature
+            ],
+        )?;
+        tx.execute(
+            "UPDATE devices SET last_seq = ?2 WHERE device_id = ?1",
+            params![envelope.device_id, seq as i64],
+        )?;
+        newest.insert(
+            envelope.device_id,
+            (
+                now_ms,
+                now_ms as i64 - envelope.sent_at_ms as i64,
+                envelope.boot_id,
+            ),
+        );
+        results.push(ReportResult {
+            seq: Some(seq),
+            status: Verdict::Accepted,
+            error: None,
+        });
+    }
+    // The newest report of a batch is the freshest: its delay bounds the device's clock skew.
+    for (device_id, (seen, skew, boot_id)) in newest {
+        tx.execute(
+            "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3, last_boot_id = ?4, last_ip = ?5
+             WHERE device_id = ?1",
+            params![device_id, seen as i64, skew, boot_id, peer_ip],
+        )?;
+    }
+    Ok(results)
+}
+
+fn rejected(seq: Option<u64>, error: String) -> ReportResult {
+    ReportResult {
+        seq,
+        status: Verdict::Rejected,
+        error: Some(error),
+    }
+}

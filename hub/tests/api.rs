@@ -1,0 +1,349 @@
+//! The hub's API on a real TLS listener on 127.0.0.1: registration, report intake and every way
+//! a report is refused, with the hub still serving others afterwards.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use edge_hal::Identity;
+use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use edge_protocol::api::{Batch, BatchReply, HubInfo, IpEcho, Registered, Verdict};
+use edge_protocol::envelope::VERSION;
+use edge_protocol::report::{Heartbeat, Register};
+use edge_protocol::{Body, Envelope, Signed};
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+struct Hub {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    base: String,
+    http: reqwest::Client,
+    token: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    pki::init(
+        &pki::PkiFiles::in_dir(&path),
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+    )
+    .expect("pki");
+    let token = "owner-test-token".to_owned();
+    let sha = edge_hal::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+    );
+    store::add_owner(&store::open(&db_path(&path)).expect("db"), "alice", &sha, 1).expect("owner");
+    let server = edge_hub::bind(ServeConfig {
+        dir: path.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        echo_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        echo_urls: Vec::new(),
+        max_body_bytes,
+        rate_per_device: 1.0,
+        burst_per_device: burst,
+    })
+    .await
+    .expect("bind");
+    let base = format!("https://localhost:{}", server.main_addr.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.run(shutdown.clone()));
+    let ca = std::fs::read(path.join("ca.pem")).expect("ca");
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .build()
+        .expect("client");
+    Hub {
+        _dir: dir,
+        dir: path,
+        base,
+        http,
+        token,
+        shutdown,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn envelope(identity: &Identity, seq: u64, body: Body) -> Envelope {
+    Envelope {
+        v: VERSION,
+        device_id: identity.device_id().to_string(),
+        seq,
+        boot_id: "boot-1".into(),
+        sent_at_ms: now_ms(),
+        body,
+    }
+}
+
+fn heartbeat(identity: &Identity, seq: u64) -> Signed {
+    Signed::seal(
+        &envelope(identity, seq, Body::Heartbeat(Heartbeat::default())),
+        identity,
+    )
+}
+
+impl Hub {
+    async fn register(&self, identity: &Identity, seq: u64, token: &str) -> reqwest::Response {
+        let body = Body::Register(Register {
+            public_key: edge_hal::hex::encode(identity.public_key()),
+            owner_token: token.into(),
+            agent_version: "test".into(),
+        });
+        let signed = Signed::seal(&envelope(identity, seq, body), identity);
+        self.http
+            .post(format!("{}/v1/register", self.base))
+            .json(&signed)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn send(&self, reports: Vec<Signed>) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/reports", self.base))
+            .json(&Batch { reports })
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn deliver(&self, reports: Vec<Signed>) -> BatchReply {
+        let response = self.send(reports).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("reply")
+    }
+
+    fn stored(&self, identity: &Identity) -> serde_json::Value {
+        inspect::device(&db_path(&self.dir), &identity.device_id().to_string())
+            .expect("inspect")
+            .expect("device is known")
+    }
+}
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn verdicts(reply: &BatchReply) -> Vec<Verdict> {
+    reply.results.iter().map(|r| r.status).collect()
+}
+
+#[tokio::test]
+async fn a_registered_device_reports_and_its_signatures_verify_later() {
+    let hub = hub(1 << 20, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    let response = hub.register(&me, 1, &hub.token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let registered: Registered = response.json().await.expect("json");
+    assert_eq!(
+        (registered.owner.as_str(), registered.last_seq),
+        ("alice", 0)
+    );
+
+    let reply = hub
+        .deliver(vec![heartbeat(&me, 2), heartbeat(&me, 3)])
+        .await;
+    assert_eq!(verdicts(&reply), [Verdict::Accepted, Verdict::Accepted]);
+    let stored = hub.stored(&me);
+    assert_eq!(stored["last_seq"], 3);
+    assert_eq!(stored["reports"]["heartbeat"], 2);
+    assert_eq!(stored["latest_heartbeat"]["seq"], 3);
+    assert_eq!(stored["latest_heartbeat"]["signature"], "valid");
+
+    // Re-registering (a restart) keeps the stream's high-water mark.
+    let again: Registered = hub
+        .register(&me, 4, &hub.token)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again.last_seq, 3);
+    // An old registration replayed is refused.
+    let (status, error) = error_of(hub.register(&me, 1, &hub.token).await).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+
+    let info: HubInfo = hub
+        .http
+        .get(format!("{}/v1/info", hub.base))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(info.echo_urls.len(), 2);
+    for url in &info.echo_urls {
+        let echo: IpEcho = hub
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("echo")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(echo.ip, "127.0.0.1");
+    }
+}
+
+#[tokio::test]
+async fn tampered_forged_replayed_and_stale_reports_are_refused_and_others_still_served() {
+    let hub = hub(1 << 20, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    let other = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        hub.register(&other, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+
+    let good = heartbeat(&me, 5);
+    let tampered = Signed {
+        envelope: heartbeat(&me, 6)
+            .envelope
+            .replace("\"load_1m\":0.0", "\"load_1m\":9.0"),
+        ..heartbeat(&me, 6)
+    };
+    assert_ne!(tampered.envelope, heartbeat(&me, 6).envelope);
+    // `other` signs a report that claims to be from `me`.
+    let forged = Signed::seal(
+        &envelope(&me, 7, Body::Heartbeat(Heartbeat::default())),
+        &other,
+    );
+    let reply = hub.deliver(vec![good.clone(), tampered, forged]).await;
+    assert_eq!(
+        verdicts(&reply),
+        [Verdict::Accepted, Verdict::Rejected, Verdict::Rejected]
+    );
+    for r in &reply.results[1..] {
+        let error = r.error.as_deref().unwrap_or_default();
+        assert!(error.contains("signature does not verify"), "{error}");
+    }
+
+    // The same envelope again: a duplicate, counted once.
+    let reply = hub.deliver(vec![good]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Duplicate]);
+    assert!(
+        reply.results[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("already received")
+    );
+    // A lower seq never seen: stale.
+    let reply = hub.deliver(vec![heartbeat(&me, 4)]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Rejected]);
+    assert!(
+        reply.results[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("below")
+    );
+    assert_eq!(hub.stored(&me)["reports"]["heartbeat"], 1);
+
+    // Another device is still served.
+    let reply = hub.deliver(vec![heartbeat(&other, 2)]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Accepted]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_clear_error_with_the_right_status() {
+    let hub = hub(4096, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    let stranger = Identity::generate_ephemeral().expect("key");
+
+    let (status, error) = error_of(hub.register(&me, 1, "not-a-token").await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error.contains("owner token"), "{error}");
+
+    let (status, error) = error_of(hub.send(vec![heartbeat(&stranger, 1)]).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error.contains("not registered"), "{error}");
+
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let many: Vec<Signed> = (2..40).map(|seq| heartbeat(&me, seq)).collect();
+    let (status, error) = error_of(hub.send(many).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error.contains("size limit"), "{error}");
+
+    let response = hub
+        .http
+        .post(format!("{}/v1/reports", hub.base))
+        .body("{\"reports\": [")
+        .send()
+        .await
+        .expect("request");
+    let (status, error) = error_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.contains("line 1 column"), "{error}");
+
+    // After all that, the device's next report is accepted.
+    let reply = hub.deliver(vec![heartbeat(&me, 2)]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Accepted]);
+}
+
+#[tokio::test]
+async fn a_device_over_its_rate_is_told_when_to_come_back() {
+    let hub = hub(1 << 20, 3).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let mut limited = None;
+    for seq in 2..10 {
+        let response = hub.send(vec![heartbeat(&me, seq)]).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("the burst of 3 runs out");
+    assert!(response.headers().contains_key("retry-after"));
+    let (_, error) = error_of(response).await;
+    assert!(error.contains("too many requests"), "{error}");
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_keys_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = pki::PkiFiles::in_dir(dir.path());
+    pki::init(&files, &["localhost".into()]).expect("first init");
+    for key in [&files.ca_key, &files.server_key] {
+        let mode = std::fs::metadata(key).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+    let before = std::fs::read(&files.ca_key).expect("read");
+    let err = pki::init(&files, &["localhost".into()]).expect_err("second init");
+    assert!(
+        err.to_string()
+            .contains(&files.ca_key.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&files.ca_key).expect("read"), before);
+}
