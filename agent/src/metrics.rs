@@ -209,5 +209,46 @@ pub fn render(state: &AgentState) -> String {
             e.sample("edge_gpu_capability", &[("measure", what)], value);
         }
     }
+    if let Some(network) = &state.network {
+        let q = network.outbox.counts();
+        let registered = network.status.lock().is_ok_and(|v| v.registered);
+        e.family(
+            "edge_reports_queued",
+            "gauge",
+            "Reports waiting in the queue.",
+        )
+        .sample("edge_reports_queued", &[], q.queued as f64);
+        for (name, help, value) in [
+            (
+                "edge_reports_pushed_total",
+                "Reports signed and queued.",
+                q.pushed,
+            ),
+            (
+                "edge_reports_delivered_total",
+                "Reports the hub has.",
+                q.delivered,
+            ),
+            (
+                "edge_reports_rejected_total",
+                "Reports the hub refused for good.",
+                q.rejected,
+            ),
+            (
+                "edge_reports_dropped_total",
+                "Reports dropped undelivered (queue bounds).",
+                q.dropped,
+            ),
+        ] {
+            e.family(name, "counter", help)
+                .sample(name, &[], value as f64);
+        }
+        e.family(
+            "edge_hub_registered",
+            "gauge",
+            "1 once the hub accepted the registration.",
+        )
+        .sample("edge_hub_registered", &[], f64::from(u8::from(registered)));
+    }
     e.finish()
 }

@@ -216,13 +216,13 @@ impl CapabilityReportTask {
         bandwidth: &Option<Bandwidth>,
         ip: &IpReport,
     ) -> Result<(), OutboxError> {
-        let body = Body::Capability(Capability {
+        let body = Body::Capability(Box::new(Capability {
             agent_version: VERSIONS.agent.into(),
             compute: compute.clone(),
             bandwidth: bandwidth.clone(),
             ip: Some(ip.clone()),
             host: host(&self.state.snapshot.borrow()),
-        });
+        }));
         self.outbox.push(body, now_ms()).await.map(|_| ())
     }
 }

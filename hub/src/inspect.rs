@@ -104,6 +104,31 @@ pub fn device(db: &Path, device_id: &str) -> Result<Option<Value>, StoreError> {
     Ok(Some(record))
 }
 
+/// Every stored report of a device, in sequence order: seq, kind, times and the signed text.
+pub fn reports(db: &Path, device_id: &str) -> Result<Vec<Value>, StoreError> {
+    let conn = store::open(db)?;
+    let sqlite = sqlite_err(db);
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, kind, sent_at_ms, received_at_ms, envelope, signature FROM reports
+             WHERE device_id = ?1 ORDER BY seq",
+        )
+        .map_err(sqlite)?;
+    let rows = stmt
+        .query_map([device_id], |row| {
+            Ok(json!({
+                "seq": row.get::<_, i64>(0)?,
+                "kind": row.get::<_, String>(1)?,
+                "sent_at_ms": row.get::<_, i64>(2)?,
+                "received_at_ms": row.get::<_, i64>(3)?,
+                "envelope": row.get::<_, String>(4)?,
+                "signature": row.get::<_, String>(5)?,
+            }))
+        })
+        .map_err(sqlite)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+}
+
 fn latest(
     conn: &Connection,
     device_id: &str,

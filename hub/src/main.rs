@@ -63,6 +63,11 @@ enum Command {
         /// Its id.
         id: String,
     },
+    /// Print every stored report of a device as JSON lines, in sequence order.
+    Reports {
+        /// Its id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +159,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => Err(format!("no device {id} in {}", db_path(&dir).display()).into()),
         },
+        Command::Reports { id } => {
+            for report in inspect::reports(&existing_db(&dir)?, &id)? {
+                println!("{report}");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -413,10 +413,10 @@ fn register(tx: &rusqlite::Transaction<'_>, r: &Registration) -> Result<Register
         .optional()?;
     match existing {
         Some((last, _)) if r.seq <= last => {
-            return Err(RegisterError::Store(StoreError::StaleRegistration {
+            Err(RegisterError::Store(StoreError::StaleRegistration {
                 seq: r.seq,
                 last,
-            }));
+            }))
         }
         Some((_, last_seq)) => {
             tx.execute(

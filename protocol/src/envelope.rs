@@ -43,7 +43,7 @@ pub enum Body {
     /// Small and frequent: the device is alive.
     Heartbeat(Heartbeat),
     /// What the device offers: compute, bandwidth, IP, host.
-    Capability(Capability),
+    Capability(Box<Capability>),
     /// The device's queue dropped reports (it was full or they were too old).
     Dropped(Dropped),
 }

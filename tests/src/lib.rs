@@ -1,5 +1,8 @@
 //! Helpers for the workspace end-to-end tests: find the built binaries, write a config for a
-//! throwaway agent, and listen on a `NOTIFY_SOCKET` like systemd does.
+//! throwaway agent, listen on a `NOTIFY_SOCKET` like systemd does, and run a hub.
+
+pub mod hub;
+pub mod netns;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -8,11 +11,12 @@ use std::time::{Duration, Instant};
 
 /// Path of a workspace binary built for the same target and profile as this test.
 ///
-/// `cargo test --workspace` builds `edge-agent` beside the test executables (`target/<..>/deps/..`
-/// for tests, `target/<..>/edge-agent` for the binary). `EDGE_AGENT_BIN` overrides.
+/// `cargo test --workspace` builds `edge-agent` and `edge-hub` beside the test executables
+/// (`target/<..>/deps/..` for tests, `target/<..>/<name>` for binaries). `EDGE_BIN_DIR` overrides
+/// the directory.
 pub fn bin(name: &str) -> PathBuf {
-    if let Ok(path) = std::env::var("EDGE_AGENT_BIN") {
-        return PathBuf::from(path);
+    if let Ok(dir) = std::env::var("EDGE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe

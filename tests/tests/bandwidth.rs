@@ -1,0 +1,69 @@
+//! Bandwidth measurement against a link shaped with `tc tbf` in namespaces the test makes:
+//! the figure must be within 10% of the shaped rate, both ways.
+
+use edge_tests::hub::HubDir;
+use edge_tests::netns::{Link, unavailable};
+
+/// Runs `edge-agent measure` in the device namespace against a hub in the hub namespace, over a
+/// link shaped to `mbit`; returns the bandwidth JSON.
+pub fn measure_over(mbit: u32) -> serde_json::Value {
+    let link = Link::new();
+    link.shape(mbit);
+    let hub = HubDir::init(&[&link.hub_ip]);
+    let server = hub.serve(
+        &format!("{}:0", link.hub_ip),
+        &format!("{}:0", link.hub_ip),
+        Some(&link.hub_ns),
+    );
+    let sandbox = hub.agent_sandbox(
+        &format!("https://{}:{}", link.hub_ip, server.main.port()),
+        "bandwidth_warmup_secs = 1\nbandwidth_window_secs = 4\nbandwidth_streams = 4\n",
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &link.device_ns])
+        .arg(edge_tests::bin("edge-agent"))
+        .arg("--config")
+        .arg(sandbox.config())
+        .arg("measure")
+        .env("NODEVICE_SELECT", "1")
+        .output()
+        .expect("edge-agent measure");
+    assert!(
+        out.status.success(),
+        "measure failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ip = &report["ip"];
+    assert_eq!(
+        ip["public_ip"].as_str(),
+        Some(link.device_ip.as_str()),
+        "{ip}"
+    );
+    assert_eq!(ip["behind_nat"], false, "{ip}");
+    report["bandwidth"].clone()
+}
+
+#[test]
+fn measured_bandwidth_is_within_ten_percent_of_the_shaped_rate() {
+    if let Some(why) = unavailable(&["ip", "tc"]) {
+        eprintln!("SKIPPED measured_bandwidth_is_within_ten_percent_of_the_shaped_rate: {why}");
+        return;
+    }
+    for mbit in [20u32, 100] {
+        let bandwidth = measure_over(mbit);
+        for key in ["down_mbps", "up_mbps"] {
+            let got = bandwidth[key].as_f64().expect("figure");
+            let error = (got - f64::from(mbit)).abs() / f64::from(mbit);
+            eprintln!(
+                "shaped {mbit} Mbit/s: {key} {got:.1} (error {:.1}%)",
+                error * 100.0
+            );
+            assert!(
+                error <= 0.10,
+                "{key} {got:.1} Mbit/s is not within 10% of the shaped {mbit}: {bandwidth}"
+            );
+        }
+        assert!(bandwidth["warmup_ms"].as_u64() >= Some(900), "{bandwidth}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Reporting end to end: a real `edge-agent` and a real `edge-hub` over TLS on loopback or
+//! across network namespaces: registration, heartbeats, capability reports, store-and-forward
+//! through hub outages, `kill -9`, loss and delay.
+
+use std::collections::BTreeSet;
+use std::process::Child;
+use std::time::Duration;
+
+use edge_tests::hub::{DelayProxy, HubDir, eventually, outbox};
+use edge_tests::netns::{Link, unavailable};
+use edge_tests::{NotifySocket, Sandbox, wait_exit};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const START: Duration = Duration::from_secs(120);
+
+fn start(sandbox: &Sandbox) -> (Child, NotifySocket) {
+    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+    let agent = sandbox.start(&notify, &[]);
+    assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+    (agent, notify)
+}
+
+fn status(sandbox: &Sandbox) -> serde_json::Value {
+    let out = sandbox.agent(&["status"]).output().expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn device_id(sandbox: &Sandbox) -> String {
+    status(sandbox)["device_id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+fn stop(mut agent: Child) {
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert!(wait_exit(&mut agent, Duration::from_secs(30)).success());
+}
+
+/// Seqs the hub stored for `device`.
+fn stored(hub: &HubDir, device: &str) -> Vec<u64> {
+    hub.reports(device)
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// Waits until the agent's queue is empty (everything delivered).
+fn drained(sandbox: &Sandbox, within: Duration) -> bool {
+    eventually(within, || {
+        (status(sandbox)["network"]["queue"]["queued"] == 0).then_some(())
+    })
+    .is_some()
+}
+
+#[test]
+fn the_agent_registers_and_its_reports_arrive_signed() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", server.main.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+
+    let seen = eventually(Duration::from_secs(60), || {
+        let device = hub.device(&id)?;
+        let heartbeats = device["reports"]["heartbeat"].as_u64().unwrap_or(0);
+        (heartbeats >= 3 && !device["latest_capability"].is_null()).then_some(device)
+    })
+    .expect("three heartbeats and a capability report reach the hub");
+    assert_eq!(seen["owner"], "alice");
+    assert_eq!(seen["latest_heartbeat"]["signature"], "valid", "{seen}");
+    let capability = &seen["latest_capability"];
+    assert_eq!(capability["signature"], "valid", "{seen}");
+    let ip = &capability["body"]["ip"];
+    assert_eq!(ip["public_ip"], "127.0.0.1", "{ip}");
+    assert_eq!(ip["agree"], true, "two echo listeners agree: {ip}");
+    assert_eq!(
+        ip["behind_nat"], false,
+        "127.0.0.1 is the device's own: {ip}"
+    );
+    assert!(capability["body"]["host"]["cores"].as_u64() > Some(0));
+
+    let network = &status(&sandbox)["network"];
+    assert_eq!(network["registered"], true, "{network}");
+    assert_eq!(network["owner"], "alice");
+    let metrics = String::from_utf8(
+        sandbox
+            .agent(&["status", "--metrics"])
+            .output()
+            .expect("metrics")
+            .stdout,
+    )
+    .expect("utf8");
+    assert!(
+        metrics.contains("edge_reports_delivered_total"),
+        "{metrics}"
+    );
+    stop(agent);
+}
+
+#[test]
+fn reports_queued_while_the_hub_is_down_arrive_once_and_in_order() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let port = server.main.port();
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(60), || hub.device(&id)).expect("registered");
+
+    server.kill();
+    let backlog = eventually(Duration::from_secs(30), || {
+        let queued = outbox(&sandbox.state());
+        (queued.len() >= 4).then_some(queued)
+    })
+    .expect("heartbeats queue up while the hub is down");
+    let network = &status(&sandbox)["network"];
+    assert!(network["last_error"].is_string(), "{network}");
+
+    let _server = hub.serve(&format!("127.0.0.1:{port}"), "127.0.0.1:0", None);
+    assert!(
+        drained(&sandbox, Duration::from_secs(60)),
+        "the backlog drains"
+    );
+    stop(agent);
+
+    let reports = hub.reports(&id);
+    let seqs: Vec<u64> = reports
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "no report stored twice: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    for (seq, text) in &backlog {
+        let report = reports
+            .iter()
+            .find(|r| r["seq"].as_u64() == Some(*seq))
+            .unwrap_or_else(|| panic!("queued report {seq} never arrived; hub has {seqs:?}"));
+        assert_eq!(
+            report["envelope"].as_str(),
+            Some(text.as_str()),
+            "delivered as signed"
+        );
+    }
+    assert_eq!(outbox(&sandbox.state()), [], "nothing left behind");
+}
+
+#[test]
+fn kill_9_with_a_backlog_then_restart_loses_nothing_and_duplicates_nothing() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    // Take a free port for the hub, which is not up yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
+    let (mut agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(30), || {
+        (outbox(&sandbox.state()).len() >= 3).then_some(())
+    })
+    .expect("a backlog builds up with no hub");
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reap");
+    let backlog = outbox(&sandbox.state());
+    assert!(backlog.len() >= 3);
+
+    let _server = hub.serve(&format!("127.0.0.1:{port}"), "127.0.0.1:0", None);
+    let (agent, _notify) = start(&sandbox);
+    assert!(
+        drained(&sandbox, Duration::from_secs(60)),
+        "the backlog drains after restart"
+    );
+    stop(agent);
+
+    let reports = hub.reports(&id);
+    let seqs = stored(&hub, &id);
+    for (seq, text) in &backlog {
+        let report = reports
+            .iter()
+            .find(|r| r["seq"].as_u64() == Some(*seq))
+            .unwrap_or_else(|| {
+                panic!("report {seq} from before the kill is lost; hub has {seqs:?}")
+            });
+        assert_eq!(report["envelope"].as_str(), Some(text.as_str()));
+    }
+    // After the restart, sequence numbers carry on above the old ones: no seq reused for a
+    // different report.
+    let texts: BTreeSet<&str> = reports
+        .iter()
+        .filter_map(|r| r["envelope"].as_str())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        reports.len(),
+        "every stored report is distinct"
+    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn reports_cross_a_lossy_link() {
+    if let Some(why) = unavailable(&["ip", "nft"]) {
+        eprintln!("SKIPPED reports_cross_a_lossy_link: {why}");
+        return;
+    }
+    let link = Link::new();
+    link.lose(10);
+    let hub = HubDir::init(&[&link.hub_ip]);
+    let server = hub.serve(
+        &format!("{}:0", link.hub_ip),
+        &format!("{}:0", link.hub_ip),
+        Some(&link.hub_ns),
+    );
+    let sandbox = hub.agent_sandbox(
+        &format!("https://{}:{}", link.hub_ip, server.main.port()),
+        "",
+    );
+    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &link.device_ns])
+        .arg(edge_tests::bin("edge-agent"))
+        .arg("--config")
+        .arg(sandbox.config())
+        .env("NODEVICE_SELECT", "1")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stderr(std::process::Stdio::null());
+    let agent = cmd.spawn().expect("agent in the device namespace");
+    assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+    let id = device_id(&sandbox);
+    let device = eventually(Duration::from_secs(90), || {
+        let device = hub.device(&id)?;
+        (device["reports"]["heartbeat"].as_u64() >= Some(8)).then_some(device)
+    })
+    .expect("heartbeats arrive across 10% loss");
+    assert!(link.lost() > 0, "the link dropped packets");
+    assert!(drained(&sandbox, Duration::from_secs(60)));
+    stop(agent);
+    let seqs = stored(&hub, &id);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(outbox(&sandbox.state()).is_empty(), "{device}");
+}
+
+#[test]
+fn reports_cross_a_slow_link() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    // 250 ms per chunk each way: a TLS handshake alone takes over a second.
+    let proxy = DelayProxy::start(server.main, Duration::from_millis(250));
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", proxy.addr.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(90), || {
+        (hub.device(&id)?["reports"]["heartbeat"].as_u64() >= Some(5)).then_some(())
+    })
+    .expect("heartbeats arrive over the slow link");
+    assert!(drained(&sandbox, Duration::from_secs(60)));
+    stop(agent);
+    let seqs = stored(&hub, &id);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(outbox(&sandbox.state()).is_empty());
+}
