@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use edge_hal::{GpuStatus, Hal, KeyError};
+use edge_hal::{GpuStatus, Hal, Identity, KeyError};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +23,7 @@ use crate::delivery::{DeliveryTask, NetworkStatus, NetworkView};
 use crate::exit::Exit;
 use crate::gpu_worker::GpuWorker;
 use crate::hub_client::{HubClient, HubError};
+use crate::intake::IntakeTask;
 use crate::lock::{LockError, StateLock};
 use crate::monitor::Monitor;
 use crate::outbox::{Bounds, Outbox, OutboxError};
@@ -297,6 +298,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
             &shutdown,
             NetworkParts {
                 client,
+                identity: identity.clone(),
                 handle,
                 owner_token: hub.owner_token.clone(),
                 state: state.clone(),
@@ -340,6 +342,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
 /// What the network tasks share.
 struct NetworkParts {
     client: HubClient,
+    identity: Arc<Identity>,
     handle: NetworkHandle,
     owner_token: String,
     state: Arc<AgentState>,
@@ -355,11 +358,13 @@ fn spawn_network_tasks(
 ) {
     let NetworkParts {
         client,
+        identity,
         handle: NetworkHandle { outbox, status },
         owner_token,
         state,
     } = parts;
     let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
+    let (registered, registered_rx) = watch::channel(false);
     let delivery = DeliveryTask {
         outbox: outbox.clone(),
         client: client.clone(),
@@ -368,6 +373,7 @@ fn spawn_network_tasks(
         backoff_max: config.backoff_max,
         configured_echo_urls: config.echo_urls.clone(),
         echo_urls,
+        registered,
         status: status.clone(),
     };
     spawn_task(
@@ -387,6 +393,21 @@ fn spawn_network_tasks(
         "heartbeat",
         heartbeat.run(shutdown.clone()),
     );
+    if config.accept_jobs {
+        let intake = IntakeTask {
+            client: client.clone(),
+            identity,
+            scheduler: state.scheduler.clone(),
+            outbox: outbox.clone(),
+            registered: registered_rx,
+        };
+        spawn_task(
+            tracker,
+            failures,
+            "job-intake",
+            intake.run(shutdown.clone()),
+        );
+    }
     let capability = CapabilityReportTask {
         outbox,
         client,

@@ -159,6 +159,8 @@ pub struct NetworkConfig {
     pub backoff_max: Duration,
     /// The bandwidth measurement.
     pub bandwidth: BandwidthConfig,
+    /// Take GPU jobs from the hub (they run under the `[gpu]` policy).
+    pub accept_jobs: bool,
 }
 
 /// The hub the agent reports to.
@@ -322,6 +324,8 @@ struct RawNetwork {
     bandwidth_window_secs: Option<Value>,
     /// Most MiB moved per direction, 1 to 4096. Default 256.
     bandwidth_max_mib: Option<Value>,
+    /// Take GPU jobs from the hub. Default true.
+    accept_jobs: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -698,6 +702,7 @@ impl Check<'_> {
             "bandwidth_warmup_secs",
             "bandwidth_window_secs",
             "bandwidth_max_mib",
+            "accept_jobs",
         ];
         self.unknown("network", raw.unknown, &keys);
         let url = self
@@ -819,6 +824,7 @@ impl Check<'_> {
             1..=4096,
             "MiB",
         );
+        let accept_jobs = self.boolean("network.accept_jobs", raw.accept_jobs, true);
         let secs = Duration::from_secs;
         Some(NetworkConfig {
             hub,
@@ -837,6 +843,7 @@ impl Check<'_> {
                 window: window?,
                 max_bytes: max_mib? << 20,
             },
+            accept_jobs: accept_jobs?,
         })
     }
 

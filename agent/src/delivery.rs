@@ -71,6 +71,8 @@ pub struct DeliveryTask {
     pub configured_echo_urls: Vec<String>,
     /// Where the echo endpoints in use are published.
     pub echo_urls: watch::Sender<Vec<String>>,
+    /// True while the hub has the device registered.
+    pub registered: watch::Sender<bool>,
     /// Shown in `/status`.
     pub status: NetworkStatus,
 }
@@ -124,6 +126,8 @@ impl DeliveryTask {
                 Err(e) => {
                     if matches!(&e, StepError::Hub(h) if h.is_unregistered()) {
                         registered = false;
+                        self.registered.send_replace(false);
+                        self.update(|v| v.registered = false);
                     }
                     let wait = backoff.next().unwrap_or(self.backoff_max);
                     let message = e.to_string();
@@ -163,6 +167,7 @@ impl DeliveryTask {
             self.configured_echo_urls.clone()
         };
         self.echo_urls.send_replace(echo_urls.clone());
+        self.registered.send_replace(true);
         self.update(|v| {
             v.registered = true;
             v.owner = Some(registered.owner);

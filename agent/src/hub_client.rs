@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocol::Signed;
-use edge_protocol::api::{self, ApiError, Batch, BatchReply, HubInfo, IpEcho, Registered};
+use edge_gpu::job::Job;
+use edge_hal::Identity;
+use edge_protocol::api::{
+    self, ApiError, Batch, BatchReply, HubInfo, IpEcho, JobOffer, Registered,
+};
+use edge_protocol::{Signed, poll};
 use reqwest::StatusCode;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
@@ -152,6 +156,33 @@ impl HubClient {
         .await
     }
 
+    /// Long-polls for the device's next job, waiting up to `wait` on the hub.
+    pub async fn next_job(
+        &self,
+        identity: &Identity,
+        wait: Duration,
+        now_ms: u64,
+    ) -> Result<Option<Job>, HubError> {
+        let url = format!("{}?wait_secs={}", self.url(api::JOBS_NEXT), wait.as_secs());
+        let mut request = self.http.get(&url).timeout(wait + REQUEST_TIMEOUT);
+        for (name, value) in poll::sign(identity, now_ms) {
+            request = request.header(name, value);
+        }
+        let unreachable = |source| HubError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            status if status.is_success() => {
+                let offer: JobOffer = response.json().await.map_err(unreachable)?;
+                Ok(Some(offer.job))
+            }
+            status => Err(refused(url.clone(), status, response).await),
+        }
+    }
+
     /// Asks an echo endpoint (any URL) which address it sees.
     pub async fn echo(&self, url: &str) -> Result<IpEcho, HubError> {
         self.send(self.http.get(url), url).await
@@ -176,14 +207,19 @@ impl HubClient {
         if status.is_success() {
             return response.json().await.map_err(unreachable);
         }
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ApiError>(&text)
-            .map(|e| e.error)
-            .unwrap_or(text);
-        Err(HubError::Refused {
-            url,
-            status,
-            message,
-        })
+        Err(refused(url, status, response).await)
+    }
+}
+
+/// The hub's error reply as a [`HubError::Refused`].
+async fn refused(url: String, status: StatusCode, response: reqwest::Response) -> HubError {
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<ApiError>(&text)
+        .map(|e| e.error)
+        .unwrap_or(text);
+    HubError::Refused {
+        url,
+        status,
+        message,
     }
 }

@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod exit;
 pub mod gpu_worker;
 pub mod hub_client;
+pub mod intake;
 pub mod jobs;
 pub mod lock;
 pub mod logging;

@@ -18,7 +18,7 @@ use edge_protocol::api::{
 };
 use edge_protocol::exposition::Exposition;
 use edge_protocol::report::Register;
-use edge_protocol::{Body as ReportBody, Signed};
+use edge_protocol::{Body as ReportBody, Signed, poll};
 use futures_util::StreamExt;
 use ring::digest;
 use serde::Deserialize;
@@ -44,6 +44,8 @@ pub struct Hub {
     pub echo_urls: Vec<String>,
     /// Counters for `/metrics`.
     pub counters: Counters,
+    /// Each device's latest accepted poll time (a poll must be newer: no replays).
+    pub last_poll: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Counters for `/metrics`.
@@ -57,6 +59,7 @@ pub struct Counters {
     rate_limited: AtomicU64,
     bad_requests: AtomicU64,
     echo: AtomicU64,
+    jobs_handed_out: AtomicU64,
     download_bytes: AtomicU64,
     upload_bytes: AtomicU64,
 }
@@ -70,6 +73,7 @@ pub fn router(hub: Arc<Hub>, max_body: usize) -> Router {
         .route(api::IP_ECHO, get(ip_echo))
         .route(api::PING, get(|| async { StatusCode::NO_CONTENT }))
         .route(api::DOWNLOAD, get(download))
+        .route(api::JOBS_NEXT, get(next_job))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
         .route(
@@ -339,6 +343,95 @@ async fn ip_echo(
 }
 
 #[derive(Deserialize)]
+struct NextQuery {
+    wait_secs: Option<u64>,
+}
+
+/// How often a waiting long-poll looks for a new job.
+const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Long-poll for the device's next job; 204 when none came within the wait.
+async fn next_job(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    Query(NextQuery { wait_secs }): Query<NextQuery>,
+) -> Result<Response, Refusal> {
+    let unauthorized = |m: String| Refusal(StatusCode::UNAUTHORIZED, m);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(device), Some(time), Some(signature)) = (
+        header(poll::DEVICE),
+        header(poll::TIME).and_then(|t| t.parse::<u64>().ok()),
+        header(poll::SIGNATURE),
+    ) else {
+        return Err(unauthorized(format!(
+            "a poll needs the {}, {} and {} headers",
+            poll::DEVICE,
+            poll::TIME,
+            poll::SIGNATURE
+        )));
+    };
+    let key = hub
+        .store
+        .keys
+        .read()
+        .ok()
+        .and_then(|k| k.get(device).copied());
+    let Some(key) = key else {
+        return Err(unauthorized(format!("device {device} is not registered")));
+    };
+    let skew = time.abs_diff(now_ms());
+    if skew > poll::MAX_SKEW_MS {
+        return Err(unauthorized(format!(
+            "poll time is {skew} ms from the hub's clock (at most {} allowed); check the device clock",
+            poll::MAX_SKEW_MS
+        )));
+    }
+    if !poll::verify(&key, device, time, signature) {
+        return Err(unauthorized(format!(
+            "poll signature does not verify for device {device}"
+        )));
+    }
+    {
+        let Ok(mut last) = hub.last_poll.lock() else {
+            return Err(internal(StoreError::Stopped));
+        };
+        let previous = last.entry(device.to_owned()).or_insert(0);
+        if time <= *previous {
+            return Err(unauthorized(format!(
+                "poll time {time} is not after the previous poll ({previous}): replayed"
+            )));
+        }
+        *previous = time;
+    }
+    hub.limiter.check(device, Instant::now()).map_err(|_| {
+        Refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from device {device}"),
+        )
+    })?;
+    let wait = std::time::Duration::from_secs(wait_secs.unwrap_or(25).min(api::MAX_WAIT_SECS));
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(job) = hub
+            .store
+            .take_job(device, now_ms())
+            .await
+            .map_err(internal)?
+        {
+            hub.counters.jobs_handed_out.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%device, "job handed out");
+            // The stored text is a serialised v1 job: splice it in rather than parse it again.
+            let body = format!("{{\"job\":{job}}}");
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        if Instant::now() + JOB_POLL > deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+#[derive(Deserialize)]
 struct DownloadQuery {
     bytes: u64,
 }
@@ -455,6 +548,16 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
         "edge_hub_requests_refused_total",
         &[("reason", "bad_request")],
         get(&c.bad_requests),
+    );
+    e.family(
+        "edge_hub_jobs_handed_out_total",
+        "counter",
+        "Jobs given to devices.",
+    )
+    .sample(
+        "edge_hub_jobs_handed_out_total",
+        &[],
+        get(&c.jobs_handed_out),
     );
     e.family("edge_hub_ip_echo_total", "counter", "IP echo requests.")
         .sample("edge_hub_ip_echo_total", &[], get(&c.echo));

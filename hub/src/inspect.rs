@@ -129,6 +129,35 @@ pub fn reports(db: &Path, device_id: &str) -> Result<Vec<Value>, StoreError> {
     rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
 }
 
+/// Every job, newest first: id, device, state, receipt status or error.
+pub fn jobs(db: &Path) -> Result<Vec<Value>, StoreError> {
+    let conn = store::open(db)?;
+    let sqlite = sqlite_err(db);
+    let mut stmt = conn
+        .prepare(
+            "SELECT job_id, device_id, state, created_at_ms, assigned_at_ms, finished_at_ms,
+                    receipt_status, error, receipt FROM jobs ORDER BY created_at_ms DESC, job_id",
+        )
+        .map_err(sqlite)?;
+    let rows = stmt
+        .query_map([], |row| {
+            let receipt: Option<String> = row.get(8)?;
+            Ok(json!({
+                "job_id": row.get::<_, String>(0)?,
+                "device_id": row.get::<_, String>(1)?,
+                "state": row.get::<_, String>(2)?,
+                "created_at_ms": row.get::<_, i64>(3)?,
+                "assigned_at_ms": row.get::<_, Option<i64>>(4)?,
+                "finished_at_ms": row.get::<_, Option<i64>>(5)?,
+                "receipt_status": row.get::<_, Option<String>>(6)?,
+                "error": row.get::<_, Option<String>>(7)?,
+                "receipt": receipt.and_then(|r| serde_json::from_str::<Value>(&r).ok()),
+            }))
+        })
+        .map_err(sqlite)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+}
+
 fn latest(
     conn: &Connection,
     device_id: &str,

@@ -10,8 +10,9 @@
 //! written by one thread that commits waiting requests together ([`store`]); in-memory
 //! per-device rate limits ([`limits`]).
 //!
-//! Limits today: one process, one database file; rate limits reset when the hub restarts; job
-//! hand-out is not implemented yet.
+//! Limits today: one process, one database file; rate limits and poll replay marks reset when
+//! the hub restarts; a long-poll looks for new jobs every 500 ms; a job handed out whose result
+//! never comes stays `assigned`.
 
 pub mod api;
 pub mod inspect;
@@ -118,6 +119,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
         limiter: limits::RateLimiter::new(config.rate_per_device, config.burst_per_device),
         echo_urls,
         counters: api::Counters::default(),
+        last_poll: Default::default(),
     });
     Ok(Server {
         main_addr,

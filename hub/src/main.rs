@@ -63,10 +63,29 @@ enum Command {
         /// Its id.
         id: String,
     },
+    /// Jobs for devices.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Print every job as JSON lines, newest first: state, and the receipt's verification.
+    Jobs,
     /// Print every stored report of a device as JSON lines, in sequence order.
     Reports {
         /// Its id.
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Queue a job (format v1, docs/jobs.md) for a device; it takes it at its next poll.
+    Submit {
+        /// The device.
+        #[arg(long)]
+        device: String,
+        /// The job file.
+        file: PathBuf,
     },
 }
 
@@ -159,6 +178,27 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             None => Err(format!("no device {id} in {}", db_path(&dir).display()).into()),
         },
+        Command::Job {
+            command: JobCommand::Submit { device, file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let job: edge_gpu::job::Job = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not a v1 job: {e}", file.display()))?;
+            let conn = store::open(&existing_db(&dir)?)?;
+            if inspect::device(&db_path(&dir), &device)?.is_none() {
+                return Err(format!("no device {device} is registered").into());
+            }
+            store::add_job(&conn, &device, &job, now_ms())?;
+            println!("{}", job.id);
+            Ok(())
+        }
+        Command::Jobs => {
+            for job in inspect::jobs(&existing_db(&dir)?)? {
+                println!("{job}");
+            }
+            Ok(())
+        }
         Command::Reports { id } => {
             for report in inspect::reports(&existing_db(&dir)?, &id)? {
                 println!("{report}");

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, mpsc};
 
 use edge_protocol::api::{ReportResult, Verdict};
-use edge_protocol::{Envelope, Signed};
+use edge_protocol::report::{JobOutcome, JobReport};
+use edge_protocol::{Body, Envelope, Signed};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -52,6 +53,19 @@ CREATE TABLE IF NOT EXISTS reports (
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reports_by_kind ON reports (device_id, kind, seq);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    job TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    assigned_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    receipt TEXT,
+    receipt_status TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (device_id, state, created_at_ms);
 ";
 
 /// Errors of the store.
@@ -74,6 +88,9 @@ pub enum StoreError {
     /// An owner name already taken.
     #[error("owner {0} already exists")]
     OwnerExists(String),
+    /// A job id already used.
+    #[error("job {0} already exists")]
+    JobExists(String),
     /// A registration older than one already stored.
     #[error("registration seq {seq} is not above the device's last registration ({last})")]
     StaleRegistration {
@@ -131,6 +148,11 @@ enum Op {
         Registration,
         oneshot::Sender<Result<Registered, StoreError>>,
     ),
+    TakeJob {
+        device_id: String,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Option<String>, StoreError>>,
+    },
     Ingest {
         reports: Vec<Checked>,
         peer_ip: String,
@@ -213,6 +235,23 @@ impl Store {
         Ok(registered)
     }
 
+    /// The oldest queued job for `device_id`, now marked assigned (its JSON text), if any.
+    pub async fn take_job(
+        &self,
+        device_id: &str,
+        now_ms: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::TakeJob {
+                device_id: device_id.to_owned(),
+                now_ms,
+                reply,
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
     /// Stores a batch of checked reports; one verdict per report, in order.
     pub async fn ingest(
         &self,
@@ -283,6 +322,10 @@ enum Pending {
         oneshot::Sender<Result<Registered, StoreError>>,
         Result<Registered, StoreError>,
     ),
+    TakeJob(
+        oneshot::Sender<Result<Option<String>, StoreError>>,
+        Option<String>,
+    ),
     Ingest(
         oneshot::Sender<Result<Vec<ReportResult>, StoreError>>,
         Vec<ReportResult>,
@@ -309,7 +352,10 @@ impl Writer {
             path: path.clone(),
             source,
         };
-        let tx = match self.conn.transaction() {
+        let tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => return fail_all(group, || sqlite(clone_err(&e))),
         };
@@ -323,6 +369,16 @@ impl Writer {
                     });
                     pending.push(Pending::Register(reply, result));
                 }
+                Op::TakeJob {
+                    device_id,
+                    now_ms,
+                    reply,
+                } => match take_job(&tx, &device_id, now_ms) {
+                    Ok(job) => pending.push(Pending::TakeJob(reply, job)),
+                    Err(e) => {
+                        let _ = reply.send(Err(sqlite(e)));
+                    }
+                },
                 Op::Ingest {
                     reports,
                     peer_ip,
@@ -346,6 +402,9 @@ impl Writer {
                     Pending::Ingest(reply, _) => {
                         let _ = reply.send(Err(sqlite(clone_err(&e))));
                     }
+                    Pending::TakeJob(reply, _) => {
+                        let _ = reply.send(Err(sqlite(clone_err(&e))));
+                    }
                 }
             }
             return;
@@ -357,6 +416,9 @@ impl Writer {
                 }
                 Pending::Ingest(reply, results) => {
                     let _ = reply.send(Ok(results));
+                }
+                Pending::TakeJob(reply, job) => {
+                    let _ = reply.send(Ok(job));
                 }
             }
         }
@@ -370,6 +432,9 @@ fn fail_all(group: Vec<Op>, err: impl Fn() -> StoreError) {
                 let _ = reply.send(Err(err()));
             }
             Op::Ingest { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Op::TakeJob { reply, .. } => {
                 let _ = reply.send(Err(err()));
             }
         }
@@ -514,6 +579,9 @@ fn ingest(
             "UPDATE devices SET last_seq = ?2 WHERE device_id = ?1",
             params![envelope.device_id, seq as i64],
         )?;
+        if let Body::JobResult(report) = &envelope.body {
+            record_job_result(tx, &envelope.device_id, report, now_ms)?;
+        }
         newest.insert(
             envelope.device_id,
             (
@@ -537,6 +605,104 @@ fn ingest(
         )?;
     }
     Ok(results)
+}
+
+fn take_job(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    now_ms: u64,
+) -> rusqlite::Result<Option<String>> {
+    let job: Option<(String, String)> = tx
+        .query_row(
+            "SELECT job_id, job FROM jobs WHERE device_id = ?1 AND state = 'queued'
+             ORDER BY created_at_ms, job_id LIMIT 1",
+            [device_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((job_id, _)) = &job {
+        tx.execute(
+            "UPDATE jobs SET state = 'assigned', assigned_at_ms = ?2 WHERE job_id = ?1",
+            params![job_id, now_ms as i64],
+        )?;
+    }
+    Ok(job.map(|(_, text)| text))
+}
+
+/// A job's end, from its device's signed report. The receipt must verify, name the same job and
+/// come from the device the job was given to.
+fn record_job_result(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    report: &JobReport,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    let (state, receipt, status, error) = match &report.outcome {
+        JobOutcome::Done { receipt } => {
+            let status = match edge_gpu::receipt::verify(receipt) {
+                Err(e) => format!("INVALID: {e}"),
+                Ok(()) if receipt.body.device_id != device_id => {
+                    format!(
+                        "INVALID: signed by {}, not {device_id}",
+                        receipt.body.device_id
+                    )
+                }
+                Ok(()) if receipt.body.what.job_id != report.job_id => {
+                    format!("INVALID: receipt is for job {}", receipt.body.what.job_id)
+                }
+                Ok(()) => "valid".to_owned(),
+            };
+            (
+                "done",
+                serde_json::to_string(receipt).ok(),
+                Some(status),
+                None,
+            )
+        }
+        JobOutcome::Refused { error } => ("refused", None, None, Some(error.clone())),
+        JobOutcome::Failed { error } => ("failed", None, None, Some(error.clone())),
+    };
+    let updated = tx.execute(
+        "UPDATE jobs SET state = ?3, finished_at_ms = ?4, receipt = ?5, receipt_status = ?6,
+         error = ?7 WHERE job_id = ?1 AND device_id = ?2",
+        params![
+            report.job_id,
+            device_id,
+            state,
+            now_ms as i64,
+            receipt,
+            status,
+            error
+        ],
+    )?;
+    if updated == 0 {
+        tracing::warn!(job = %report.job_id, device = %device_id, "result for a job this device was not given");
+    }
+    Ok(())
+}
+
+/// Queues `job` (a v1 job's JSON) for `device_id`.
+pub fn add_job(
+    conn: &Connection,
+    device_id: &str,
+    job: &edge_gpu::job::Job,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let text = serde_json::to_string(job).unwrap_or_default();
+    conn.execute(
+        "INSERT INTO jobs (job_id, device_id, job, state, created_at_ms) VALUES (?1, ?2, ?3, 'queued', ?4)",
+        params![job.id, device_id, text, now_ms as i64],
+    )
+    .map(|_| ())
+    .map_err(|source| match source {
+        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::JobExists(job.id.clone())
+        }
+        source => StoreError::Sqlite {
+            path: conn.path().map(PathBuf::from).unwrap_or_default(),
+            source,
+        },
+    })
 }
 
 fn rejected(seq: Option<u64>, error: String) -> ReportResult {

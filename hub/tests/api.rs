@@ -347,3 +347,64 @@ fn init_refuses_to_overwrite_and_keys_are_private() {
     );
     assert_eq!(std::fs::read(&files.ca_key).expect("read"), before);
 }
+
+#[tokio::test]
+async fn job_polls_are_signed_fresh_and_never_replayed() {
+    let hub = hub(1 << 20, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let job: edge_gpu::job::Job = serde_json::from_str(
+        r#"{"version": 1, "id": "j1", "kernel": {"wgsl": "x", "entry_point": "main"},
+            "bindings": [], "dispatch": [1, 1, 1]}"#,
+    )
+    .expect("job");
+    let db = store::open(&db_path(&hub.dir)).expect("db");
+    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
+    let err = store::add_job(&db, &me.device_id().to_string(), &job, 2).expect_err("same id");
+    assert!(err.to_string().contains("j1 already exists"), "{err}");
+
+    let poll = |headers: [(&'static str, String); 3]| {
+        let mut request = hub
+            .http
+            .get(format!("{}/v1/jobs/next?wait_secs=1", hub.base));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let t = now_ms();
+    let signed = edge_protocol::poll::sign(&me, t);
+    let response = poll(signed.clone()).await.expect("poll");
+    assert_eq!(response.status(), StatusCode::OK);
+    let offer: edge_protocol::api::JobOffer = response.json().await.expect("offer");
+    assert_eq!(offer.job, job);
+
+    // The same headers again: a replay.
+    let (status, error) = error_of(poll(signed).await.expect("poll")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error.contains("replayed"), "{error}");
+    // Signed by someone else.
+    let other = Identity::generate_ephemeral().expect("key");
+    let mut forged = edge_protocol::poll::sign(&other, t + 1);
+    forged[0].1 = me.device_id().to_string();
+    let (status, error) = error_of(poll(forged).await.expect("poll")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error.contains("does not verify"), "{error}");
+    // A clock far off.
+    let (status, error) = error_of(
+        poll(edge_protocol::poll::sign(&me, t - 3_600_000))
+            .await
+            .expect("poll"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error.contains("clock"), "{error}");
+    // Nothing more queued: an empty answer after the wait.
+    let response = poll(edge_protocol::poll::sign(&me, t + 2))
+        .await
+        .expect("poll");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}

@@ -19,6 +19,12 @@ pub const DOWNLOAD: &str = "/v1/bandwidth/download";
 /// Path of the upload test: `POST` any body, get an [`Uploaded`].
 pub const UPLOAD: &str = "/v1/bandwidth/upload";
 
+/// Path of job hand-out: `GET ?wait_secs=N` with [`poll`](crate::poll) headers; a [`JobOffer`]
+/// (200) or nothing within the wait (204).
+pub const JOBS_NEXT: &str = "/v1/jobs/next";
+/// Longest long-poll the hub holds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
 /// Most reports in one batch.
 pub const MAX_BATCH: usize = 256;
 
@@ -86,6 +92,14 @@ pub struct HubInfo {
     pub echo_urls: Vec<String>,
     /// The hub's clock, Unix milliseconds.
     pub server_time_ms: u64,
+}
+
+/// A job for the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobOffer {
+    /// The job (format v1, `docs/jobs.md`); its `id` names it in the result.
+    pub job: edge_gpu::job::Job,
 }
 
 /// The reply of the IP echo.

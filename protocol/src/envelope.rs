@@ -4,7 +4,7 @@ use edge_hal::hex;
 use edge_hal::keys::{self, DeviceId, Identity};
 use serde::{Deserialize, Serialize};
 
-use crate::report::{Capability, Dropped, Heartbeat, Register};
+use crate::report::{Capability, Dropped, Heartbeat, JobReport, Register};
 
 /// Protocol version carried in every envelope.
 pub const VERSION: u32 = 1;
@@ -46,6 +46,8 @@ pub enum Body {
     Capability(Box<Capability>),
     /// The device's queue dropped reports (it was full or they were too old).
     Dropped(Dropped),
+    /// A job handed out by the network ended.
+    JobResult(Box<JobReport>),
 }
 
 impl Body {
@@ -56,6 +58,7 @@ impl Body {
             Body::Heartbeat(_) => "heartbeat",
             Body::Capability(_) => "capability",
             Body::Dropped(_) => "dropped",
+            Body::JobResult(_) => "job_result",
         }
     }
 }

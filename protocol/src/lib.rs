@@ -13,6 +13,7 @@
 pub mod api;
 pub mod envelope;
 pub mod exposition;
+pub mod poll;
 pub mod report;
 
 pub use envelope::{Body, Envelope, EnvelopeError, Signed};

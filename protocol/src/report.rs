@@ -3,6 +3,7 @@
 //! Figures are plain numbers with their unit in the field name. Every struct refuses unknown
 //! fields, so a typo in a hand-made report is an error, not a silently missing value.
 
+use edge_gpu::receipt::Receipt;
 use serde::{Deserialize, Serialize};
 
 /// Registration: binds the public key to its device id and to an owner.
@@ -186,4 +187,35 @@ pub struct Dropped {
     pub last_seq: u64,
     /// `full` (over the size bound) or `expired` (over the age bound).
     pub reason: String,
+}
+
+/// The end of a job the network handed out: its receipt, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobReport {
+    /// The job's id, as handed out.
+    pub job_id: String,
+    /// What became of it.
+    pub outcome: JobOutcome,
+}
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobOutcome {
+    /// It ran; the receipt is signed by the device key (`docs/jobs.md`).
+    Done {
+        /// The signed receipt.
+        receipt: Box<Receipt>,
+    },
+    /// The agent refused it before it ran (invalid, no GPU, queue full, past its deadline).
+    Refused {
+        /// Why.
+        error: String,
+    },
+    /// It started and failed (driver error, time limit, cancelled).
+    Failed {
+        /// Why.
+        error: String,
+    },
 }

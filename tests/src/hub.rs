@@ -107,6 +107,14 @@ impl HubDir {
             .collect()
     }
 
+    /// `edge-hub jobs`: every job, newest first.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        run(Self::command(self.dir.path()).arg("jobs"))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("job line is JSON"))
+            .collect()
+    }
+
     /// `edge-hub device <id>`, or `None` if the hub does not know it yet.
     pub fn device(&self, device: &str) -> Option<serde_json::Value> {
         let out = Self::command(self.dir.path())

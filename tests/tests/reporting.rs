@@ -267,3 +267,91 @@ fn reports_cross_a_slow_link() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert!(outbox(&sandbox.state()).is_empty());
 }
+
+const DOUBLE_JOB: &str = r#"{
+  "version": 1,
+  "id": "ID",
+  "kernel": {
+    "wgsl": "@group(0) @binding(0) var<storage, read> src: array<f32>;\n@group(0) @binding(1) var<storage, read_write> dst: array<f32>;\n@compute @workgroup_size(64)\nfn main(@builtin(global_invocation_id) id: vec3<u32>) { dst[id.x] = src[id.x] * 2.0; }",
+    "entry_point": "main"
+  },
+  "bindings": [
+    {"binding": 0, "kind": "storage_read", "size": 256, "input": {"base64": "AACAPwAAAEA="}},
+    {"binding": 1, "kind": "storage_read_write", "size": 256}
+  ],
+  "dispatch": [1, 1, 1]
+}"#;
+
+#[test]
+fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", server.main.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(60), || hub.device(&id)).expect("registered");
+
+    let good = sandbox.dir.path().join("good.json");
+    std::fs::write(&good, DOUBLE_JOB.replace("\"ID\"", "\"double-1\"")).expect("write job");
+    let bad = sandbox.dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        DOUBLE_JOB
+            .replace("\"ID\"", "\"broken-1\"")
+            .replace("* 2.0; }", "* 2.0 }"),
+    )
+    .expect("write job");
+    for file in [&good, &bad] {
+        let out = std::process::Command::new(edge_tests::bin("edge-hub"))
+            .arg("--dir")
+            .arg(hub.dir.path())
+            .args(["job", "submit", "--device", &id])
+            .arg(file)
+            .output()
+            .expect("submit");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let jobs = eventually(Duration::from_secs(120), || {
+        let jobs = hub.jobs();
+        jobs.iter()
+            .all(|j| j["state"] != "queued" && j["state"] != "assigned")
+            .then_some(jobs)
+    })
+    .expect("both jobs come back");
+    let find = |id: &str| {
+        jobs.iter()
+            .find(|j| j["job_id"] == id)
+            .expect("job listed")
+            .clone()
+    };
+    let done = find("double-1");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["receipt_status"], "valid", "{done}");
+    let broken = find("broken-1");
+    assert_eq!(broken["state"], "refused", "{broken}");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kernel.wgsl:"),
+        "the refusal says where: {broken}"
+    );
+
+    // The same job run by hand gives the same output hash: results are reproducible.
+    let out = sandbox
+        .agent(&["run-job", good.to_str().expect("utf8")])
+        .output()
+        .expect("run-job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).expect("receipt");
+    assert_eq!(local["output_sha256"], done["receipt"]["output_sha256"]);
+    stop(agent);
+}

@@ -1,0 +1,96 @@
+//! Job intake: long-polls the hub for work once registered, runs each job through the scheduler
+//! (so the owner's policy holds), and queues its outcome (the signed receipt, or why not) as a
+//! `job_result` report, which store-and-forward delivers like any other.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edge_hal::Identity;
+use edge_protocol::Body;
+use edge_protocol::report::{JobOutcome, JobReport};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub_client::HubClient;
+use crate::outbox::{Outbox, OutboxError};
+use crate::scheduler::{JobError, SchedulerHandle};
+
+/// How long the hub holds a poll open.
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// Wait after a failed poll (delivery's backoff handles the hub being away).
+const RETRY: Duration = Duration::from_secs(5);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Takes jobs from the hub until shutdown.
+pub struct IntakeTask {
+    /// The hub.
+    pub client: HubClient,
+    /// Signs polls.
+    pub identity: Arc<Identity>,
+    /// Runs jobs.
+    pub scheduler: SchedulerHandle,
+    /// Where outcomes go.
+    pub outbox: Outbox,
+    /// True while the hub has the device registered.
+    pub registered: watch::Receiver<bool>,
+}
+
+impl IntakeTask {
+    /// Runs until `shutdown`; fails only if the queue cannot be written.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = self.registered.wait_for(|r| *r) => {}
+            }
+            let job = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                polled = self.client.next_job(&self.identity, POLL_WAIT, now_ms()) => polled,
+            };
+            let job = match job {
+                Ok(Some(job)) => job,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "polling for jobs failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(RETRY) => continue,
+                    }
+                }
+            };
+            let job_id = job.id.clone();
+            tracing::info!(job = %job_id, "job from the network");
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
+            };
+            let report = Body::JobResult(Box::new(JobReport { job_id, outcome }));
+            self.outbox.push(report, now_ms()).await?;
+        }
+    }
+}
+
+/// A scheduler result as the network sees it.
+fn outcome(result: Result<edge_gpu::receipt::Receipt, JobError>) -> JobOutcome {
+    match result {
+        Ok(receipt) => JobOutcome::Done {
+            receipt: Box::new(receipt),
+        },
+        Err(
+            e @ (JobError::NoGpu { .. }
+            | JobError::Refused { .. }
+            | JobError::QueueFull { .. }
+            | JobError::DeadlinePassed),
+        ) => JobOutcome::Refused {
+            error: e.to_string(),
+        },
+        Err(e) => JobOutcome::Failed {
+            error: e.to_string(),
+        },
+    }
+}
