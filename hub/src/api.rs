@@ -283,7 +283,7 @@ fn check_size(batch: &Batch) -> Result<(), Refusal> {
 /// reports claiming another device than the first are refused.
 fn verify(keys: &crate::store::Keys, reports: Vec<Signed>) -> (Vec<Checked>, Option<String>) {
     let mut device: Option<String> = None;
-    let keys = keys.read().map(|k| k.clone()).unwrap_or_default();
+    let key_of = |device: &str| keys.read().ok().and_then(|k| k.get(device).copied());
     let checked = reports
         .into_iter()
         .map(|signed| {
@@ -298,7 +298,7 @@ fn verify(keys: &crate::store::Keys, reports: Vec<Signed>) -> (Vec<Checked>, Opt
                 }
                 _ => {}
             }
-            let Some(key) = keys.get(&envelope.device_id) else {
+            let Some(key) = key_of(&envelope.device_id) else {
                 return refused(
                     seq,
                     format!("device {} is not registered", envelope.device_id),
@@ -307,7 +307,7 @@ fn verify(keys: &crate::store::Keys, reports: Vec<Signed>) -> (Vec<Checked>, Opt
             if matches!(envelope.body, ReportBody::Register(_)) {
                 return refused(seq, format!("register goes to {}", api::REGISTER));
             }
-            match signed.open(key) {
+            match signed.open(&key) {
                 Ok(envelope) => {
                     device.get_or_insert_with(|| envelope.device_id.clone());
                     Checked::Verified(Box::new((envelope, signed)))

@@ -535,18 +535,13 @@ fn ingest(
             }
         };
         let seq = envelope.seq;
-        let last_seq: i64 = tx.query_row(
-            "SELECT last_seq FROM devices WHERE device_id = ?1",
-            [&envelope.device_id],
-            |row| row.get(0),
-        )?;
+        let last_seq: i64 = tx
+            .prepare_cached("SELECT last_seq FROM devices WHERE device_id = ?1")?
+            .query_row([&envelope.device_id], |row| row.get(0))?;
         if seq as i64 <= last_seq {
             let stored: Option<String> = tx
-                .query_row(
-                    "SELECT signature FROM reports WHERE device_id = ?1 AND seq = ?2",
-                    params![envelope.device_id, seq as i64],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT signature FROM reports WHERE device_id = ?1 AND seq = ?2")?
+                .query_row(params![envelope.device_id, seq as i64], |row| row.get(0))
                 .optional()?;
             results.push(match stored {
                 Some(_) => ReportResult {
@@ -561,24 +556,22 @@ fn ingest(
             });
             continue;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO reports (device_id, seq, kind, boot_id, sent_at_ms, received_at_ms,
              envelope, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                envelope.device_id,
-                seq as i64,
-                envelope.body.kind(),
-                envelope.boot_id,
-                envelope.sent_at_ms as i64,
-                now_ms as i64,
-                signed.envelope,
-                signed.signature
-            ],
-        )?;
-        tx.execute(
-            "UPDATE devices SET last_seq = ?2 WHERE device_id = ?1",
-            params![envelope.device_id, seq as i64],
-        )?;
+        )?
+        .execute(params![
+            envelope.device_id,
+            seq as i64,
+            envelope.body.kind(),
+            envelope.boot_id,
+            envelope.sent_at_ms as i64,
+            now_ms as i64,
+            signed.envelope,
+            signed.signature
+        ])?;
+        tx.prepare_cached("UPDATE devices SET last_seq = ?2 WHERE device_id = ?1")?
+            .execute(params![envelope.device_id, seq as i64])?;
         if let Body::JobResult(report) = &envelope.body {
             record_job_result(tx, &envelope.device_id, report, now_ms)?;
         }
@@ -598,11 +591,11 @@ fn ingest(
     }
     // The newest report of a batch is the freshest: its delay bounds the device's clock skew.
     for (device_id, (seen, skew, boot_id)) in newest {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3, last_boot_id = ?4, last_ip = ?5
              WHERE device_id = ?1",
-            params![device_id, seen as i64, skew, boot_id, peer_ip],
-        )?;
+        )?
+        .execute(params![device_id, seen as i64, skew, boot_id, peer_ip])?;
     }
     Ok(results)
 }

@@ -103,6 +103,11 @@ impl Link {
         link
     }
 
+    /// The device side's interface (in `device_ns`).
+    pub fn device_if(&self) -> String {
+        self.device_if.clone()
+    }
+
     /// Shapes both directions to `mbit` megabits per second with a token bucket.
     pub fn shape(&self, mbit: u32) {
         // Ten milliseconds of tokens: enough for the timer, small enough to keep the rate.
