@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use edge_gpu::job::BlobStore;
 
+use crate::bridge::{BridgeError, BridgeFiles, BridgeStatus, BridgeTask};
 use crate::capability::CapabilityTask;
 use crate::config::{Config, GpuConfig, NetworkConfig};
 use crate::delivery::{DeliveryTask, NetworkStatus, NetworkView};
@@ -61,6 +62,17 @@ pub enum AgentError {
     /// The report queue could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The pairing state (setup code, owner record) could not be read or made.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// The pairing listener could not bind.
+    #[error("cannot listen for the owner's app on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A long-lived task failed.
     #[error("task {task} failed: {message}")]
     Task {
@@ -82,7 +94,9 @@ impl AgentError {
             Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
             Self::Identity(KeyError::Uri { .. }) => Exit::Config,
             Self::Identity(_) => Exit::KeyRefused,
-            Self::Status(_) | Self::Outbox(_) => Exit::CannotCreate,
+            Self::Status(_) | Self::Outbox(_) | Self::Listen { .. } => Exit::CannotCreate,
+            Self::Bridge(BridgeError::Io { .. }) => Exit::CannotCreate,
+            Self::Bridge(BridgeError::Corrupt { .. }) => Exit::KeyRefused,
             Self::Hub(_) => Exit::Config,
             Self::Task { .. } => Exit::TaskFailed,
         }
@@ -156,9 +170,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// How the agent was started: what it needs besides the config.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// This binary, run again as the GPU worker (`edge-agent gpu-worker`).
+    pub exe: PathBuf,
+    /// `--config`, if given (the owner's config changes are validated against the same files).
+    pub config_path: Option<PathBuf>,
+    /// The working directory relative paths were resolved against.
+    pub cwd: PathBuf,
+}
+
 /// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
-/// `exe` is this binary, run again as the GPU worker (`edge-agent gpu-worker`).
-pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentError> {
+pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exit, AgentError> {
+    let exe = invocation.exe.clone();
     systemd::status("starting: preparing state directory");
     create_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
@@ -207,6 +232,21 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
         .map_or_else(|| "unknown".to_owned(), |s| s.boot_id.clone());
     let (publish, snapshot) = watch::channel(Arc::new(first));
 
+    let bridge = match config.pairing.listen {
+        Some(addr) => {
+            systemd::status("starting: reading the pairing state");
+            let files = BridgeFiles::in_dir(&config.state_dir);
+            let for_code = files.clone();
+            let code = blocking(move || for_code.setup_code()).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Listen { addr, source })?;
+            let status: BridgeStatus = Arc::default();
+            Some((files, code, listener, status))
+        }
+        None => None,
+    };
+
     let network = match &config.network.hub {
         Some(hub) => {
             systemd::status("starting: opening the report queue");
@@ -245,6 +285,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
         gpu_metrics,
         scheduler: scheduler_handle.clone(),
         network: network.as_ref().map(|(_, handle)| handle.clone()),
+        pairing: bridge.as_ref().map(|(.., status)| status.clone()),
     });
 
     let status = StatusServer::bind(&config.status, state.clone()).await?;
@@ -258,7 +299,7 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
     let (failures, mut failed) = mpsc::channel(8);
     let progress = Progress::new();
     let monitor = Monitor {
-        hal,
+        hal: hal.clone(),
         state_dir: config.state_dir.clone(),
         interval: config.sample_interval,
         publish,
@@ -304,6 +345,38 @@ pub async fn run(config: Config, hal: Hal, exe: PathBuf) -> Result<Exit, AgentEr
                 state: state.clone(),
             },
             &config.network,
+        );
+    }
+    if let Some((files, code, listener, status)) = bridge {
+        let (button, pressed) = mpsc::channel(1);
+        let mut sigusr1 =
+            signal(SignalKind::user_defined1()).map_err(|e| task_error("signals", e))?;
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            // SIGUSR1 is the pairing button until hal has one.
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    Some(()) = sigusr1.recv() => { let _ = button.try_send(()); }
+                }
+            }
+        });
+        let task = BridgeTask {
+            listener,
+            identity: identity.clone(),
+            files,
+            code,
+            state: state.clone(),
+            hal: hal.clone(),
+            config_path: invocation.config_path.clone(),
+            cwd: invocation.cwd.clone(),
+            state_dir: config.state_dir.clone(),
+        };
+        spawn_task(
+            &tracker,
+            &failures,
+            "pairing",
+            task.run(status, pressed, shutdown.clone()),
         );
     }
     if let Some(interval) = systemd::watchdog_interval() {

@@ -87,12 +87,8 @@ impl CapabilityTask {
     }
 
     fn store(&self, capability: &Compute) -> std::io::Result<()> {
-        let tmp = self.cache.with_extension("tmp");
         let bytes = serde_json::to_vec_pretty(capability).map_err(std::io::Error::other)?;
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, &bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.cache)
+        edge_hal::durable::write(&self.cache, &bytes, 0o644)
     }
 }
 

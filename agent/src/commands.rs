@@ -1,4 +1,5 @@
-//! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, `measure`, and the internal
+//! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, `measure`, `pairing-code`,
+//! `factory-reset`, and the internal
 //! `gpu-worker` and `probe-gpu`): each prints its answer on stdout, its errors on stderr, and
 //! returns the exit code.
 
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use edge_hal::{GpuProbe, Hal, Identity};
 
 use crate::app::{self, AgentError};
+use crate::bridge::{self, BridgeFiles};
 use crate::client::{self, Endpoint};
 use crate::config::Config;
 use crate::exit::Exit;
@@ -185,4 +187,69 @@ pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
     };
     print_json(&serde_json::json!({ "ip": ip, "bandwidth": bandwidth }));
     exit
+}
+
+/// `edge-agent pairing-code`: the setup code as the label shows it (manual code, QR payload,
+/// and the QR code drawn in the terminal), made on first use.
+pub fn pairing_code(config: &Config, hal: &Hal, json: bool) -> Exit {
+    let identity = match identity(config, hal) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return e.exit();
+        }
+    };
+    let code = match BridgeFiles::in_dir(&config.state_dir).setup_code() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return AgentError::Bridge(e).exit();
+        }
+    };
+    let payload = bridge::qr_payload(&identity, &code);
+    if json {
+        print_json(&serde_json::json!({
+            "device_id": identity.device_id().to_string(),
+            "manual_code": code.grouped().as_str(),
+            "qr_payload": payload,
+        }));
+        return Exit::Ok;
+    }
+    println!("device {}", identity.device_id());
+    println!("manual code  {}", code.grouped().as_str());
+    println!("QR payload   {payload}");
+    match qrcode::QrCode::new(payload.as_bytes()) {
+        Ok(qr) => println!(
+            "\n{}",
+            qr.render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build()
+        ),
+        Err(e) => eprintln!("edge-agent: cannot draw the QR code: {e}"),
+    }
+    Exit::Ok
+}
+
+/// `edge-agent factory-reset`: erases the owner, the owner's settings, Wi-Fi credentials and the
+/// pairing failure count, keeping the identity. The agent must be stopped (its lock is taken).
+pub fn factory_reset(config: &Config, hal: &Hal) -> Exit {
+    let _lock = match crate::lock::StateLock::acquire(&config.state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("edge-agent: {e}; stop the agent first (systemctl stop edge-agent)");
+            return AgentError::Lock(e).exit();
+        }
+    };
+    match bridge::factory_reset(&config.state_dir, hal) {
+        Ok(()) => {
+            println!(
+                "factory reset: owner, owner settings, Wi-Fi credentials and pairing state erased; identity kept"
+            );
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            AgentError::Bridge(e).exit()
+        }
+    }
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_PATH: &str = "/etc/edge-agent/config.toml";
 pub const DEFAULT_STATE_DIR: &str = "edge-agent-state";
 
 /// The top-level tables.
-const SECTIONS: [&str; 5] = ["agent", "log", "status", "gpu", "network"];
+const SECTIONS: [&str; 6] = ["agent", "log", "status", "gpu", "network", "pairing"];
 
 /// Unix socket paths are limited to `sun_path`: 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -134,6 +134,15 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// Reporting to the network.
     pub network: NetworkConfig,
+    /// The owner's app: pairing and the control channel over the LAN.
+    pub pairing: PairingConfig,
+}
+
+/// Where the owner's app reaches the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairingConfig {
+    /// TCP address for pairing and the control channel; `None`: no listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Reporting to the network: where, how often, and how the queue and measurements are bounded.
@@ -229,6 +238,9 @@ struct RawConfig {
     /// `[network]`: reporting to the network.
     #[serde(default)]
     network: RawNetwork,
+    /// `[pairing]`: the owner's app.
+    #[serde(default)]
+    pairing: RawPairing,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -291,6 +303,15 @@ struct RawGpu {
 }
 
 #[derive(Debug, Default, Deserialize)]
+struct RawPairing {
+    /// `address:port` for pairing and the owner's control channel over the LAN, e.g.
+    /// `"0.0.0.0:7466"`; `""` disables it. Default: disabled.
+    listen: Option<Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct RawNetwork {
     /// The hub's base URL, `https://host:port`. Default: none (no reporting).
     hub_url: Option<Value>,
@@ -332,7 +353,134 @@ struct RawNetwork {
 
 /// Loads the config: `path` (which must exist) or the default path (which may be absent), then
 /// the `config.d/*.toml` drop-ins beside it in name order. `cwd` resolves relative paths.
+/// Loads the config: `path` (which must exist) or the default path (which may be absent), then
+/// the `config.d/*.toml` drop-ins beside it in name order, then the owner's settings
+/// (`<state_dir>/owner.toml`, written through the paired app; only [`OWNER_KEYS`]). `cwd`
+/// resolves relative paths.
 pub fn load(path: Option<&Path>, cwd: &Path) -> Result<Config, ConfigError> {
+    let config = load_files(path).finish(cwd)?;
+    let owner = owner_file(&config.state_dir);
+    match std::fs::read_to_string(&owner) {
+        Ok(text) => load_with_owner(path, cwd, &owner, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config),
+        Err(e) => Err(ConfigError {
+            problems: vec![Problem {
+                file: Some(owner),
+                key: None,
+                message: format!("cannot read: {e}"),
+            }],
+        }),
+    }
+}
+
+/// The owner's settings file in `state_dir`.
+pub fn owner_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("owner.toml")
+}
+
+/// Keys the owner may set from the app (`config set`): resource limits, duty cycle, hours, roles.
+pub const OWNER_KEYS: [&str; 7] = [
+    "gpu.memory_budget_mib",
+    "gpu.max_duty_percent",
+    "gpu.allowed_hours_utc",
+    "gpu.pause_above_celsius",
+    "gpu.resume_below_celsius",
+    "network.accept_jobs",
+    "network.measure_bandwidth",
+];
+
+/// Loads the config files with `owner_text` (the would-be contents of `owner_path`) on top.
+pub fn load_with_owner(
+    path: Option<&Path>,
+    cwd: &Path,
+    owner_path: &Path,
+    owner_text: &str,
+) -> Result<Config, ConfigError> {
+    let mut loader = load_files(path);
+    if let Ok(table) = owner_text.parse::<Table>() {
+        for key in leaf_keys(&table, "") {
+            if !OWNER_KEYS.contains(&key.as_str()) {
+                loader.problem(
+                    Some(owner_path),
+                    Some(&key),
+                    format!(
+                        "not settable by the owner; settable: {}",
+                        OWNER_KEYS.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    loader.merge_file(owner_path, owner_text);
+    loader.finish(cwd)
+}
+
+fn leaf_keys(table: &Table, prefix: &str) -> Vec<String> {
+    table
+        .iter()
+        .flat_map(|(key, value)| {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                Value::Table(inner) => leaf_keys(inner, &path),
+                _ => vec![path],
+            }
+        })
+        .collect()
+}
+
+/// The owner's settings with `key` set to `value` (TOML syntax), checked like the config file
+/// with everything else; the new file's text, or every problem.
+pub fn set_owner_key(
+    path: Option<&Path>,
+    cwd: &Path,
+    state_dir: &Path,
+    key: &str,
+    value: &str,
+) -> Result<String, ConfigError> {
+    let owner_path = owner_file(state_dir);
+    let one = |message: String| ConfigError {
+        problems: vec![Problem {
+            file: None,
+            key: Some(key.to_owned()),
+            message,
+        }],
+    };
+    if !OWNER_KEYS.contains(&key) {
+        return Err(one(format!(
+            "not settable by the owner; settable: {}",
+            OWNER_KEYS.join(", ")
+        )));
+    }
+    let parsed = format!("v = {value}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .ok_or_else(|| {
+            one(format!(
+                "{value:?} is not a TOML value (strings need quotes)"
+            ))
+        })?;
+    let mut table = match std::fs::read_to_string(&owner_path) {
+        Ok(text) => text.parse::<Table>().unwrap_or_default(),
+        Err(_) => Table::new(),
+    };
+    let (section, field) = key.split_once('.').unwrap_or((key, ""));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if let Value::Table(inner) = entry {
+        inner.insert(field.to_owned(), parsed);
+    }
+    let text = toml::to_string(&table).map_err(|e| one(e.to_string()))?;
+    load_with_owner(path, cwd, &owner_path, &text)?;
+    Ok(text)
+}
+
+fn load_files(path: Option<&Path>) -> Loader {
     let main = path.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_owned);
     let mut loader = Loader::default();
     match std::fs::read_to_string(&main) {
@@ -359,7 +507,7 @@ pub fn load(path: Option<&Path>, cwd: &Path) -> Result<Config, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => loader.problem(Some(&dropins), None, format!("cannot list drop-ins: {e}")),
     }
-    loader.finish(cwd)
+    loader
 }
 
 /// Validates one TOML document on its own (used for tests and for checking a file by hand).
@@ -579,6 +727,21 @@ impl Check<'_> {
         self.unknown("", raw.unknown, &SECTIONS);
         let gpu = self.gpu(raw.gpu);
         let network = self.network(raw.network, cwd);
+        self.unknown("pairing", raw.pairing.unknown, &["listen"]);
+        let listen = match self.string("pairing.listen", raw.pairing.listen) {
+            None => Some(None),
+            Some(s) if s.is_empty() => Some(None),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    self.fail(
+                        "pairing.listen",
+                        format!("{s:?} is not address:port, e.g. \"0.0.0.0:7466\""),
+                    );
+                    None
+                }
+            },
+        };
         let RawAgent {
             state_dir,
             identity_key,
@@ -681,6 +844,7 @@ impl Check<'_> {
             },
             gpu: gpu?,
             network: network?,
+            pairing: PairingConfig { listen: listen? },
         })
     }
 
@@ -1036,6 +1200,58 @@ mod tests {
     }
 
     #[test]
+    fn a_hub_needs_https_its_ca_and_an_owner_token() {
+        let c = from_str(
+            "[network]\nhub_url = \"https://hub.example:8443/\"\nca_cert = \"ca.pem\"\n\
+             owner_token = \"t\"\necho_urls = [\"https://a/v1/ip\"]\n",
+            Path::new("/etc/edge-agent"),
+        )
+        .expect("valid");
+        let hub = c.network.hub.expect("hub");
+        assert_eq!(
+            hub.url, "https://hub.example:8443",
+            "trailing slash dropped"
+        );
+        assert_eq!(hub.ca_cert, Path::new("/etc/edge-agent/ca.pem"));
+        assert_eq!(c.network.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.network.echo_urls, ["https://a/v1/ip"]);
+        assert!(c.network.accept_jobs && c.network.bandwidth.measure);
+
+        let err = from_str(
+            "[network]\nhub_url = \"http://hub.example\"\necho_urls = [\"https://ok\", 3]\n",
+            Path::new("/"),
+        )
+        .expect_err("plain http");
+        let text = err.to_string();
+        assert!(
+            text.contains("network.hub_url: \"http://hub.example\" is not an https:// URL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("network.echo_urls[1]: expected a string"),
+            "{text}"
+        );
+        let err =
+            from_str("[network]\nhub_url = \"https://h\"\n", Path::new("/")).expect_err("alone");
+        let text = err.to_string();
+        assert!(
+            text.contains("network.ca_cert: required with network.hub_url"),
+            "{text}"
+        );
+        assert!(
+            text.contains("network.owner_token: required with network.hub_url"),
+            "{text}"
+        );
+        assert!(
+            from_str("", Path::new("/"))
+                .expect("defaults")
+                .network
+                .hub
+                .is_none()
+        );
+    }
+
+    #[test]
     fn each_kind_of_bad_value_is_reported_with_its_path() {
         let cases = [
             (
@@ -1083,7 +1299,7 @@ mod tests {
                 "agent.colour = \"blue\"",
                 "agent.colour: unknown key; expected one of: state_dir",
             ),
-            ("[network]\nhub = 1", "network: unknown key"),
+            ("[bogus]\nhub = 1", "bogus: unknown key"),
             (
                 "gpu.memory_budget_mib = 8",
                 "gpu.memory_budget_mib: 8 is out of range; expected 16 to 65536 MiB",

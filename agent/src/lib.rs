@@ -8,6 +8,7 @@
 //! [`app`]. Later issues add network reporting (and with it job intake) and pairing on the same frame.
 
 pub mod app;
+pub mod bridge;
 pub mod capability;
 pub mod check;
 pub mod client;

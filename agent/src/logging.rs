@@ -1,7 +1,10 @@
-//! Logs through `tracing`: journald under systemd, coloured text on a terminal, JSON on request.
+//! Logs through `tracing`: journald under systemd, coloured text on a terminal, JSON on request;
+//! and always the last [`RECENT`] lines in memory, for the owner's app (`logs`).
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, OnceLock};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -20,10 +23,59 @@ fn stderr_is_journal() -> bool {
     stream == format!("{}:{}", meta.dev(), meta.ino())
 }
 
+/// Lines kept in memory.
+pub const RECENT: usize = 256;
+
+static LINES: OnceLock<Mutex<VecDeque<String>>> = OnceLock::new();
+
+fn lines() -> &'static Mutex<VecDeque<String>> {
+    LINES.get_or_init(|| Mutex::new(VecDeque::with_capacity(RECENT)))
+}
+
+/// The last `n` log lines (at most [`RECENT`]), oldest first.
+pub fn recent(n: usize) -> Vec<String> {
+    let lines = lines().lock().unwrap_or_else(|p| p.into_inner());
+    lines
+        .iter()
+        .skip(lines.len().saturating_sub(n))
+        .cloned()
+        .collect()
+}
+
+/// A writer that keeps each formatted line in the ring.
+struct Ring(Vec<u8>);
+
+impl std::io::Write for Ring {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let mut lines = lines().lock().unwrap_or_else(|p| p.into_inner());
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if lines.len() == RECENT {
+                lines.pop_front();
+            }
+            lines.push_back(line.to_owned());
+        }
+    }
+}
+
 /// Installs the global subscriber. `level` was validated with the config.
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let ring = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(|| Ring(Vec::with_capacity(256)));
+    let registry = tracing_subscriber::registry().with(filter).with(ring);
     let format = match format {
         LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
         LogFormat::Auto => LogFormat::Text,

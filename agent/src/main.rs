@@ -76,6 +76,15 @@ enum Command {
         #[arg(long)]
         no_bandwidth: bool,
     },
+    /// Print the pairing code (manual code, QR payload, QR code), made on first use.
+    PairingCode {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Erase the owner, the owner's settings, Wi-Fi credentials and pairing state; keep the
+    /// identity. The agent must be stopped.
+    FactoryReset,
 }
 
 /// This binary, for the child processes the agent runs (GPU probe, GPU worker).
@@ -126,7 +135,15 @@ fn main() -> ExitCode {
     };
     let exit = match command {
         Command::Run => runtime
-            .block_on(app::run(config, hal, self_exe()))
+            .block_on(app::run(
+                config,
+                hal,
+                app::Invocation {
+                    exe: self_exe(),
+                    config_path: cli.config.clone(),
+                    cwd: cwd.clone(),
+                },
+            ))
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "edge-agent stopped");
                 eprintln!("edge-agent: {e}");
@@ -146,6 +163,8 @@ fn main() -> ExitCode {
         Command::Measure { no_bandwidth } => {
             runtime.block_on(commands::measure(&config, &hal, no_bandwidth))
         }
+        Command::PairingCode { json } => commands::pairing_code(&config, &hal, json),
+        Command::FactoryReset => commands::factory_reset(&config, &hal),
     };
     exit.into()
 }

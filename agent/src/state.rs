@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::bridge::{BridgeStatus, BridgeView};
 use crate::delivery::{NetworkStatus, NetworkView};
 use crate::outbox::{Outbox, OutboxCounts};
 use crate::scheduler::{GpuMetrics, SchedulerHandle};
@@ -57,6 +58,8 @@ pub struct AgentState {
     pub scheduler: SchedulerHandle,
     /// Reporting to the network; `None` without a hub in the config.
     pub network: Option<NetworkHandle>,
+    /// The owner's app; `None` without `[pairing] listen`.
+    pub pairing: Option<BridgeStatus>,
 }
 
 /// The report queue and the network view, for `/status` and `/metrics`.
@@ -116,6 +119,8 @@ pub struct StatusReport<'a> {
     pub capability: Option<Compute>,
     /// Reporting to the network (`null` without a hub in the config).
     pub network: Option<NetworkReport>,
+    /// Pairing and the owner (`null` without `[pairing] listen`).
+    pub pairing: Option<BridgeView>,
 }
 
 impl AgentState {
@@ -139,6 +144,10 @@ impl AgentState {
                 view: n.status.lock().map(|v| v.clone()).unwrap_or_default(),
                 queue: n.outbox.counts(),
             }),
+            pairing: self
+                .pairing
+                .as_ref()
+                .map(|p| p.lock().map(|v| v.clone()).unwrap_or_default()),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::net::{Interface, Interfaces, NetError};
 use crate::storage::{Storage, StorageError, StorageUsage};
 use crate::system::{SystemError, SystemInfo, SystemSnapshot};
 use crate::thermal::{Thermal, ThermalError, ThermalZone};
+use crate::wifi::{self, Passphrase, Wifi, WifiError, WifiNetwork, WifiStatus};
 
 use zeroize::Zeroizing;
 
@@ -190,6 +191,99 @@ impl GpuProbe for FakeGpu {
     }
 }
 
+/// One accepted [`Wifi::connect`], without the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeConnect {
+    /// The network asked for.
+    pub ssid: String,
+    /// Whether a passphrase was given (false: an open network).
+    pub with_passphrase: bool,
+}
+
+/// What [`FakeWifi`] holds.
+#[derive(Debug, Clone, Default)]
+pub struct FakeWifiState {
+    /// What [`Wifi::scan`] returns.
+    pub networks: Vec<WifiNetwork>,
+    /// Every accepted connect since the last [`Wifi::forget_all`], oldest first.
+    pub connects: Vec<FakeConnect>,
+    /// The network [`Wifi::status`] reports: the last one connected to.
+    pub connected: Option<String>,
+    /// When set, every call fails with [`WifiError::Rejected`] carrying this reply.
+    pub fail: Option<String>,
+}
+
+/// A Wi-Fi manager in memory: validates like the real ones, records connects, never keeps a
+/// passphrase.
+#[derive(Debug, Default)]
+pub struct FakeWifi(pub Mutex<FakeWifiState>);
+
+impl FakeWifi {
+    /// Sets what scans return.
+    pub fn set_networks(&self, networks: Vec<WifiNetwork>) {
+        lock(&self.0).networks = networks;
+    }
+
+    /// The connects recorded so far.
+    pub fn connects(&self) -> Vec<FakeConnect> {
+        lock(&self.0).connects.clone()
+    }
+
+    /// Makes every later call fail (`Some`) or succeed again (`None`).
+    pub fn set_failure(&self, reply: Option<&str>) {
+        lock(&self.0).fail = reply.map(str::to_owned);
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, FakeWifiState>, WifiError> {
+        let state = lock(&self.0);
+        match &state.fail {
+            Some(reply) => Err(WifiError::Rejected {
+                program: "fake-wifi".into(),
+                command: String::new(),
+                reply: reply.clone(),
+            }),
+            None => Ok(state),
+        }
+    }
+}
+
+impl Wifi for FakeWifi {
+    fn scan(&self) -> Result<Vec<WifiNetwork>, WifiError> {
+        let state = self.state()?;
+        let mut networks = state.networks.clone();
+        for n in &mut networks {
+            n.in_use = state.connected.as_deref() == Some(n.ssid.as_str());
+        }
+        Ok(networks)
+    }
+
+    fn connect(&self, ssid: &str, passphrase: &Passphrase) -> Result<(), WifiError> {
+        wifi::validate(ssid, passphrase)?;
+        let mut state = self.state()?;
+        state.connects.push(FakeConnect {
+            ssid: ssid.to_owned(),
+            with_passphrase: !passphrase.is_empty(),
+        });
+        state.connected = Some(ssid.to_owned());
+        Ok(())
+    }
+
+    fn status(&self) -> Result<WifiStatus, WifiError> {
+        let state = self.state()?;
+        Ok(WifiStatus {
+            connected_ssid: state.connected.clone(),
+            interface: Some("wlan0".into()),
+        })
+    }
+
+    fn forget_all(&self) -> Result<(), WifiError> {
+        let mut state = self.state()?;
+        state.connects.clear();
+        state.connected = None;
+        Ok(())
+    }
+}
+
 impl Hal {
     /// A device made entirely of fakes.
     pub fn fake() -> Self {
@@ -201,6 +295,19 @@ impl Hal {
             clock: Arc::new(FakeClock::default()),
             keys: Arc::new(FakeKeyStore::default()),
             gpu: Arc::new(FakeGpu::default()),
+            wifi: Arc::new(FakeWifi::default()),
+            power: Arc::new(FakePower::default()),
         }
+    }
+}
+
+/// Counts reboot requests.
+#[derive(Debug, Default)]
+pub struct FakePower(pub std::sync::atomic::AtomicU32);
+
+impl crate::power::Power for FakePower {
+    fn reboot(&self) -> Result<(), crate::power::PowerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -1,21 +1,26 @@
 //! `edge-hal`: the edge box seen through small traits.
 //!
-//! Every piece of hardware or OS state the agent reads goes through one trait here, with a real
-//! Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, wgpu/Vulkan, files on disk) and,
-//! behind the `fake` feature, an in-memory fake in [`fake`] for other crates' policy tests.
+//! Every piece of hardware or OS state the agent reads or sets goes through one trait here, with a
+//! real Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, wgpu/Vulkan, files on disk,
+//! `nmcli`/`wpa_cli`) and, behind the `fake` feature, an in-memory fake in [`fake`] for other
+//! crates' policy tests.
 //! The agent is handed a [`Hal`] and never reaches for the OS itself.
 //!
 //! Limits today: Linux only; one identity key store (`file://` URIs); GPU discovery through the
-//! Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1).
+//! Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1); Wi-Fi through `nmcli` or
+//! `wpa_cli`, personal (PSK/SAE) networks only.
 
 pub mod clock;
+pub mod durable;
 pub mod gpu;
 pub mod hex;
 pub mod keys;
 pub mod net;
+pub mod power;
 pub mod storage;
 pub mod system;
 pub mod thermal;
+pub mod wifi;
 
 mod sysfs;
 
@@ -28,9 +33,14 @@ pub use clock::{Clock, SystemClock};
 pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe, WgpuProbe};
 pub use keys::{DeviceId, FileKeyStore, Identity, KeyError, KeyStore, KeyUri};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
+pub use power::{Power, SystemdPower};
 pub use storage::{LinuxStorage, Storage, StorageUsage};
 pub use system::{LinuxSystem, SystemInfo, SystemSnapshot};
 pub use thermal::{SysfsThermal, Thermal, ThermalZone};
+pub use wifi::{
+    LinuxWifi, NetworkManagerWifi, Passphrase, Security, Wifi, WifiError, WifiManager, WifiNetwork,
+    WifiStatus, WpaSupplicantWifi,
+};
 
 /// Everything the agent may ask of the device, each behind its trait.
 ///
@@ -51,10 +61,15 @@ pub struct Hal {
     pub keys: Arc<dyn KeyStore>,
     /// GPU adapter discovery.
     pub gpu: Arc<dyn GpuProbe>,
+    /// Wi-Fi scanning and provisioning.
+    pub wifi: Arc<dyn Wifi>,
+    /// Reboot.
+    pub power: Arc<dyn Power>,
 }
 
 impl Hal {
-    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU.
+    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU, and
+    /// NetworkManager or wpa_supplicant for Wi-Fi, whichever is installed.
     pub fn linux() -> Self {
         Self {
             system: Arc::new(LinuxSystem::default()),
@@ -64,6 +79,8 @@ impl Hal {
             clock: Arc::new(SystemClock),
             keys: Arc::new(FileKeyStore),
             gpu: Arc::new(WgpuProbe::default()),
+            wifi: Arc::new(LinuxWifi::default()),
+            power: Arc::new(SystemdPower::default()),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! confirmation, the device's identity proof, and the pairing window's limits (15 min, one
 //! session, 60 s per handshake, 20 failures, a persistent counter that locks at 100).
 //! [`session`]: the ChaCha20-Poly1305 record layer and the mutually authenticated handshake for
-//! later sessions. [`client`]: the client side as an app embeds it.
+//! later sessions. [`client`]: the client side as an app embeds it. `lan` (feature `lan`): the
+//! TCP transport, a thin tokio adapter over the frames.
 //!
 //! **Design.** No I/O, no threads, no clocks: callers pass whole messages in and get messages and
 //! effects out, and pass the time as an [`std::time::Instant`]. Effects that must happen before
@@ -15,14 +16,16 @@
 //! so the order is visible at the call site. Everything can be fuzzed (`fuzz/`) and tested in
 //! memory. The wire format and flows are written up in `docs/pairing.md`.
 //!
-//! **Limits.** The transports (TCP with mDNS, BLE GATT through BlueZ), the agent side (storage of
-//! the owner key and counter, the request handlers) and `edgectl` are not here yet. `spake2` 0.4
+//! **Limits.** mDNS advertisement and the BLE GATT transport (BlueZ through `bluer`) are not here
+//! yet; the agent side lives in `edge-agent` (`bridge`), the CLI in `edgectl`. `spake2` 0.4
 //! and `ring` do not wipe their internal copies of the password, scalars and derived keys; this
 //! crate wipes its own. An `Error` sent in the clear during a handshake is unauthenticated (it can
 //! only make a client give up, which cutting the link does too).
 
 pub mod client;
 pub mod frame;
+#[cfg(feature = "lan")]
+pub mod lan;
 pub mod message;
 pub mod pairing;
 pub mod session;

@@ -216,6 +216,11 @@ impl PairingWindow {
         self.active.map(|a| a.conn)
     }
 
+    /// Whether the window was open at the last [`PairingWindow::tick`].
+    pub fn is_open(&self) -> bool {
+        self.closed.is_none()
+    }
+
     /// Why the window is closed at `now`, or `None` while it is open.
     pub fn closed(&mut self, now: Instant) -> Option<CloseReason> {
         self.tick(now);

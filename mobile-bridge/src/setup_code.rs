@@ -66,7 +66,9 @@ pub const QR_PREFIX: &str = "EDGE";
 /// The QR payload's format version.
 pub const QR_VERSION: &str = "1";
 
-/// A device's setup code: 11 ASCII digits, the last a Verhoeff check digit.
+/// A device's setup code: 11 ASCII digits, the last a Verhoeff check digit. Clones are wiped on
+/// drop too.
+#[derive(Clone)]
 pub struct SetupCode(Zeroizing<String>);
 
 impl SetupCode {

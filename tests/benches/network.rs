@@ -174,12 +174,10 @@ fn start_agent(sandbox: &Sandbox, ns: Option<&str>) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("agent");
-    let mut notify = notify;
     assert!(
         notify.wait_for("READY=1", Duration::from_secs(60)),
         "agent not ready"
     );
-    let _ = &mut child;
     child
 }
 

@@ -26,6 +26,14 @@ pub fn unavailable(tools: &[&str]) -> Option<String> {
     why
 }
 
+/// Whether this test runs under CPU emulation (qemu-user: an aarch64 build on an x86 host), where
+/// TLS throughput is bound by the emulated CPU, not by the link.
+pub fn emulated() -> bool {
+    cfg!(target_arch = "aarch64")
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains("GenuineIntel") || c.contains("AuthenticAMD"))
+}
+
 /// Two namespaces, `hub` and `device`, joined by a veth pair on a /24 of their own.
 pub struct Link {
     /// The hub side's namespace.

@@ -1,0 +1,678 @@
+//! The owner's bridge on the device: pairing while the box has no owner, then the owner's
+//! encrypted control channel, over the LAN (TCP). The protocol is `edge-mobile-bridge`'s; this
+//! module stores what it asks to store and answers the owner's requests.
+//!
+//! State, in the state directory: `setup-code` (the per-device setup secret, 0600, made on first
+//! start; the label's QR code and manual code come from it) and `pairing.json` (the owner's public
+//! key and the persistent failure count, 0600, written durably before any reply that depends on
+//! them). The pairing window opens at start while the box has no owner, and again on SIGUSR1 (the
+//! pairing button); it closes after 15 minutes, 20 failures, or a pairing. At 100 failures over the
+//! box's life pairing is locked until a factory reset (`edge-agent factory-reset`, or the owner's
+//! app).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use edge_hal::wifi::Passphrase;
+use edge_hal::{Hal, Identity};
+use edge_mobile_bridge::lan::{LanError, LanLink};
+use edge_mobile_bridge::message::{
+    ErrorCode, Message, Request, Response, StatusReport, WifiNetwork,
+};
+use edge_mobile_bridge::pairing::{ConnId, DevicePairing, DeviceStep, PairingError, PairingWindow};
+use edge_mobile_bridge::session::{DeviceHandshake, SecureChannel};
+use edge_mobile_bridge::setup_code::{DeviceFingerprint, QrPayload, SetupCode};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{AgentState, VERSIONS};
+
+/// A client that says nothing for this long is dropped.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Errors of the bridge's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// A state file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A state file holds something else.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What pairing leaves on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingRecord {
+    /// The owner's Ed25519 public key, hex; `None` while unowned.
+    pub owner_key: Option<String>,
+    /// Failed pairing attempts over the box's life (reset by a factory reset).
+    pub failures: u32,
+}
+
+/// The bridge's files in the state directory.
+#[derive(Debug, Clone)]
+pub struct BridgeFiles {
+    /// The setup secret.
+    pub setup_code: PathBuf,
+    /// The owner key and failure count.
+    pub pairing: PathBuf,
+}
+
+impl BridgeFiles {
+    /// The files in `state_dir`.
+    pub fn in_dir(state_dir: &Path) -> Self {
+        Self {
+            setup_code: state_dir.join("setup-code"),
+            pairing: state_dir.join("pairing.json"),
+        }
+    }
+
+    /// The setup code, made (0600) if there is none yet.
+    pub fn setup_code(&self) -> Result<SetupCode, BridgeError> {
+        let io = |source| BridgeError::Io {
+            path: self.setup_code.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&self.setup_code) {
+            Ok(text) => SetupCode::parse(text.trim()).map_err(|e| BridgeError::Corrupt {
+                path: self.setup_code.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let code = SetupCode::generate().map_err(|e| BridgeError::Corrupt {
+                    path: self.setup_code.clone(),
+                    reason: e.to_string(),
+                })?;
+                edge_hal::durable::write(&self.setup_code, code.digits().as_bytes(), 0o600)
+                    .map_err(io)?;
+                Ok(code)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The pairing record; the default when there is none.
+    pub fn load(&self) -> Result<PairingRecord, BridgeError> {
+        match std::fs::read(&self.pairing) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| BridgeError::Corrupt {
+                path: self.pairing.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PairingRecord::default()),
+            Err(source) => Err(BridgeError::Io {
+                path: self.pairing.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Stores the record durably.
+    pub fn save(&self, record: &PairingRecord) -> Result<(), BridgeError> {
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        edge_hal::durable::write(&self.pairing, &bytes, 0o600).map_err(|source| BridgeError::Io {
+            path: self.pairing.clone(),
+            source,
+        })
+    }
+}
+
+/// The QR payload for this device and code.
+pub fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
+    QrPayload {
+        device: DeviceFingerprint::of(identity.device_id()),
+        code: code.clone(),
+    }
+    .render()
+    .to_string()
+}
+
+/// What every connection shares.
+struct Shared {
+    record: PairingRecord,
+    pairing: Option<DevicePairing>,
+    next_conn: u64,
+}
+
+/// Serves pairing and the owner's control channel on a TCP listener.
+pub struct BridgeTask {
+    /// Bound by the caller (so the address can be shown before serving).
+    pub listener: TcpListener,
+    /// The device identity (pairing proof, session handshakes).
+    pub identity: Arc<Identity>,
+    /// Where its state lives.
+    pub files: BridgeFiles,
+    /// The setup code.
+    pub code: SetupCode,
+    /// Status for the owner.
+    pub state: Arc<AgentState>,
+    /// Wi-Fi and power.
+    pub hal: Hal,
+    /// Config file and working directory, to validate the owner's config changes.
+    pub config_path: Option<PathBuf>,
+    /// Working directory of the agent.
+    pub cwd: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// What the bridge shows in `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BridgeView {
+    /// The listening address.
+    pub listen: String,
+    /// Whether the box has an owner.
+    pub owned: bool,
+    /// Whether a pairing window is open.
+    pub window_open: bool,
+    /// Failed pairing attempts over the box's life.
+    pub failures: u32,
+    /// Whether pairing is locked until a factory reset.
+    pub locked: bool,
+}
+
+/// Shared with `/status`.
+pub type BridgeStatus = Arc<Mutex<BridgeView>>;
+
+impl BridgeTask {
+    /// Serves until `shutdown`. `button` fires when the owner presses the pairing button.
+    pub async fn run(
+        self,
+        status: BridgeStatus,
+        mut button: tokio::sync::mpsc::Receiver<()>,
+        shutdown: CancellationToken,
+    ) -> Result<(), BridgeError> {
+        let files = self.files.clone();
+        let record = tokio::task::spawn_blocking(move || files.load())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let listen = self
+            .listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        let this = Arc::new(Served {
+            task: self,
+            shared: Mutex::new(Shared {
+                record,
+                pairing: None,
+                next_conn: 0,
+            }),
+            status,
+            listen,
+        });
+        this.open_window("start");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                Some(()) = button.recv() => this.open_window("pairing button"),
+                _ = tick.tick() => this.tick(),
+                accepted = this.task.listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let served = this.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            result = served.connection(stream) => if let Err(e) = result {
+                                tracing::debug!(%peer, error = %e, "owner link ended");
+                            },
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct Served {
+    task: BridgeTask,
+    shared: Mutex<Shared>,
+    status: BridgeStatus,
+    listen: String,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    Lan(#[from] LanError),
+    #[error(transparent)]
+    Store(#[from] BridgeError),
+    #[error("the peer said nothing for {0:?}")]
+    Idle(Duration),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn error_reply(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
+    Message::Response(Response::Error {
+        code,
+        message: message.into(),
+    })
+    .encode()
+    .unwrap_or_default()
+}
+
+impl Served {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, shared: &Shared) {
+        if let Ok(mut view) = self.status.lock() {
+            *view = BridgeView {
+                listen: self.listen.clone(),
+                owned: shared.record.owner_key.is_some(),
+                window_open: shared
+                    .pairing
+                    .as_ref()
+                    .is_some_and(|p| p.window().is_open()),
+                failures: shared.record.failures,
+                locked: shared.record.failures >= edge_mobile_bridge::pairing::LOCK_AT,
+            };
+        }
+    }
+
+    /// Opens a pairing window if the box has no owner (and is not locked).
+    fn open_window(&self, why: &str) {
+        let mut shared = self.lock();
+        let owned = shared.record.owner_key.is_some();
+        match PairingWindow::open(Instant::now(), owned, shared.record.failures) {
+            Ok(window) => {
+                tracing::info!(reason = why, "pairing window open for 15 minutes");
+                shared.pairing = Some(DevicePairing::new(
+                    window,
+                    self.task.code.clone(),
+                    self.task.identity.device_id(),
+                ));
+            }
+            Err(e) => tracing::info!(reason = why, error = %e, "no pairing window"),
+        }
+        self.publish(&shared);
+    }
+
+    fn tick(&self) {
+        let mut shared = self.lock();
+        if let Some(pairing) = shared.pairing.as_mut() {
+            pairing.tick(Instant::now());
+        }
+        self.publish(&shared);
+    }
+
+    async fn save(&self, record: PairingRecord) -> Result<(), BridgeError> {
+        let files = self.task.files.clone();
+        let saved = record.clone();
+        tokio::task::spawn_blocking(move || files.save(&saved))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let mut shared = self.lock();
+        shared.record = record;
+        self.publish(&shared);
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<(), LinkError> {
+        let mut link = LanLink::new(stream)?;
+        let Some(first) = recv(&mut link).await? else {
+            return Ok(());
+        };
+        if matches!(Message::decode(&first), Ok(Message::SessionHello(_))) {
+            self.owner_session(link, &first).await
+        } else {
+            self.pairing(link, first).await
+        }
+    }
+
+    async fn pairing(&self, mut link: LanLink<TcpStream>, first: Vec<u8>) -> Result<(), LinkError> {
+        let conn = {
+            let mut shared = self.lock();
+            shared.next_conn += 1;
+            ConnId(shared.next_conn)
+        };
+        let mut message = first;
+        let result = loop {
+            let step = {
+                let mut shared = self.lock();
+                match shared.pairing.as_mut() {
+                    Some(p) => p.handle(Instant::now(), conn, &message, &self.task.identity),
+                    None => Err(PairingError::WindowClosed {
+                        reason: edge_mobile_bridge::pairing::CloseReason::Expired,
+                    }),
+                }
+            };
+            match step {
+                Ok(DeviceStep::PersistThenSend { failures, reply }) => {
+                    let record = PairingRecord {
+                        failures,
+                        ..self.lock().record.clone()
+                    };
+                    self.save(record).await?;
+                    link.send(&reply).await?;
+                }
+                Ok(DeviceStep::Wait) => {}
+                Ok(DeviceStep::Paired(paired)) => {
+                    let record = PairingRecord {
+                        owner_key: Some(edge_hal::hex::encode(&paired.owner_key)),
+                        failures: paired.failures,
+                    };
+                    self.save(record).await?;
+                    {
+                        let mut shared = self.lock();
+                        shared.pairing = None;
+                        self.publish(&shared);
+                    }
+                    tracing::info!(owner = %edge_hal::hex::encode(&paired.owner_key[..8]), "paired with a new owner");
+                    link.send(&paired.reply).await?;
+                    return self.control(link, paired.channel, paired.owner_key).await;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "pairing attempt refused");
+                    self.tick();
+                    link.send(&e.reply()).await?;
+                    break Ok(());
+                }
+            }
+            match recv(&mut link).await {
+                Ok(Some(next)) => message = next,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(p) = self.lock().pairing.as_mut() {
+            p.disconnected(conn);
+        }
+        self.tick();
+        result
+    }
+
+    async fn owner_session(
+        &self,
+        mut link: LanLink<TcpStream>,
+        hello: &[u8],
+    ) -> Result<(), LinkError> {
+        let owner = self.owner_key();
+        let accepted =
+            DeviceHandshake::accept(Instant::now(), hello, &self.task.identity, owner.as_ref());
+        let (handshake, accept) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::info!(error = %e, "owner session refused");
+                link.send(&error_reply(e.code(), e.code().describe()))
+                    .await?;
+                return Ok(());
+            }
+        };
+        link.send(&accept).await?;
+        let Some(finish) = recv(&mut link).await? else {
+            return Ok(());
+        };
+        let channel = match handshake.finish(Instant::now(), &finish) {
+            Ok(channel) => channel,
+            Err(e) => {
+                link.send(&error_reply(e.code(), e.code().describe()))
+                    .await?;
+                return Ok(());
+            }
+        };
+        let owner = owner.ok_or_else(|| LinkError::Protocol("owner vanished".into()))?;
+        self.control(link, channel, owner).await
+    }
+
+    fn owner_key(&self) -> Option<[u8; 32]> {
+        self.lock()
+            .record
+            .owner_key
+            .as_deref()
+            .and_then(edge_hal::hex::decode_array::<32>)
+    }
+
+    /// The owner's requests, until the link closes or the owner changes.
+    async fn control(
+        &self,
+        mut link: LanLink<TcpStream>,
+        mut channel: SecureChannel,
+        owner: [u8; 32],
+    ) -> Result<(), LinkError> {
+        while let Some(wire) = recv(&mut link).await? {
+            // A tampered, replayed or reordered record ends the session.
+            let request = match channel.open(&wire) {
+                Ok(Message::Request(request)) => request,
+                Ok(other) => {
+                    return Err(LinkError::Protocol(format!(
+                        "{} on the control channel",
+                        other.kind()
+                    )));
+                }
+                Err(e) => return Err(LinkError::Protocol(e.to_string())),
+            };
+            let ends = matches!(request, Request::Unpair | Request::FactoryReset);
+            let response = if self.owner_key() == Some(owner) {
+                self.answer(request).await
+            } else {
+                Response::error(ErrorCode::NotOwner)
+            };
+            let sealed = channel
+                .seal(&Message::Response(response))
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            link.send(&sealed).await?;
+            if ends {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn answer(&self, request: Request) -> Response {
+        tracing::info!(?request, "owner request");
+        match request {
+            Request::Status => self.status_report(),
+            Request::ConfigGet => self.config_get(),
+            Request::ConfigSet { key, value } => self.config_set(key, value).await,
+            Request::WifiScan => {
+                let wifi = self.task.hal.wifi.clone();
+                match tokio::task::spawn_blocking(move || wifi.scan()).await {
+                    Ok(Ok(networks)) => Response::WifiNetworks(
+                        networks
+                            .into_iter()
+                            .take(edge_mobile_bridge::message::MAX_NETWORKS)
+                            .map(|n| WifiNetwork {
+                                secured: n.security != edge_hal::wifi::Security::Open,
+                                // NetworkManager's quality scale: 0% at -100 dBm, 100% at -50.
+                                signal_dbm: i16::from(n.signal_percent) / 2 - 100,
+                                ssid: n.ssid,
+                            })
+                            .collect(),
+                    ),
+                    Ok(Err(e)) => wifi_error(e),
+                    Err(_) => Response::error(ErrorCode::Internal),
+                }
+            }
+            Request::WifiSet { ssid, passphrase } => {
+                let wifi = self.task.hal.wifi.clone();
+                let passphrase = Passphrase::new(passphrase.as_str());
+                match tokio::task::spawn_blocking(move || wifi.connect(&ssid, &passphrase)).await {
+                    Ok(Ok(())) => Response::Ok,
+                    Ok(Err(e)) => wifi_error(e),
+                    Err(_) => Response::error(ErrorCode::Internal),
+                }
+            }
+            Request::Logs { max_lines } => Response::Logs {
+                lines: crate::logging::recent(usize::from(max_lines))
+                    .into_iter()
+                    .map(|mut l| {
+                        l.truncate(edge_mobile_bridge::message::MAX_LOG_LINE);
+                        l
+                    })
+                    .collect(),
+            },
+            Request::Reboot => {
+                let power = self.task.hal.power.clone();
+                // Reply first; reboot a moment later.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Err(e) = tokio::task::spawn_blocking(move || power.reboot()).await {
+                        tracing::error!(error = %e, "reboot failed");
+                    }
+                });
+                Response::Ok
+            }
+            Request::Unpair => self.unpair(false).await,
+            Request::FactoryReset => self.unpair(true).await,
+        }
+    }
+
+    fn status_report(&self) -> Response {
+        let report = self.task.state.report();
+        Response::Status(StatusReport {
+            device_id: self.task.identity.device_id().to_string(),
+            agent_version: VERSIONS.agent.into(),
+            uptime_s: report.uptime_secs as u64,
+            details_json: serde_json::json!({
+                "gpu": report.gpu,
+                "capability": report.capability,
+                "network": report.network,
+                "hardware": report.hardware,
+            })
+            .to_string(),
+        })
+    }
+
+    fn config_get(&self) -> Response {
+        let path = crate::config::owner_file(&self.task.state_dir);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        Response::Config { toml: text }
+    }
+
+    async fn config_set(&self, key: String, value: String) -> Response {
+        let (path, cwd, dir) = (
+            self.task.config_path.clone(),
+            self.task.cwd.clone(),
+            self.task.state_dir.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let text = crate::config::set_owner_key(path.as_deref(), &cwd, &dir, &key, &value)
+                .map_err(|e| {
+                    e.problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.key.as_deref().unwrap_or(""), p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })?;
+            edge_hal::durable::write(&crate::config::owner_file(&dir), text.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot save: {e}"))
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Response::Ok,
+            Ok(Err(message)) => Response::Error {
+                code: ErrorCode::InvalidConfig,
+                message,
+            },
+            Err(_) => Response::error(ErrorCode::Internal),
+        }
+    }
+
+    /// Forgets the owner; a factory reset also erases Wi-Fi credentials, the owner's settings and
+    /// the failure count. The identity stays.
+    async fn unpair(&self, factory: bool) -> Response {
+        let failures = if factory {
+            0
+        } else {
+            self.lock().record.failures
+        };
+        if let Err(e) = self
+            .save(PairingRecord {
+                owner_key: None,
+                failures,
+            })
+            .await
+        {
+            tracing::error!(error = %e, "unpair failed");
+            return Response::error(ErrorCode::Internal);
+        }
+        if factory {
+            let (wifi, owner_file) = (
+                self.task.hal.wifi.clone(),
+                crate::config::owner_file(&self.task.state_dir),
+            );
+            let erased = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&owner_file);
+                wifi.forget_all()
+            })
+            .await;
+            if let Ok(Err(e)) = erased {
+                // No Wi-Fi manager on the box is not a failure of the reset.
+                tracing::warn!(error = %e, "factory reset: Wi-Fi credentials not erased");
+            }
+            tracing::warn!("factory reset: owner, owner settings and pairing state erased");
+        } else {
+            tracing::info!("unpaired");
+        }
+        self.open_window(if factory { "factory reset" } else { "unpaired" });
+        Response::Ok
+    }
+}
+
+fn wifi_error(e: edge_hal::wifi::WifiError) -> Response {
+    match e {
+        e @ edge_hal::wifi::WifiError::Invalid { .. } => Response::Error {
+            code: ErrorCode::BadRequest,
+            message: e.to_string(),
+        },
+        edge_hal::wifi::WifiError::NotFound { .. } => Response::Error {
+            code: ErrorCode::Unsupported,
+            message: "this box has no Wi-Fi manager (NetworkManager or wpa_supplicant)".into(),
+        },
+        e => {
+            tracing::error!(error = %e, "Wi-Fi request failed");
+            Response::Error {
+                code: ErrorCode::Internal,
+                message: "the Wi-Fi request failed; see the device's logs".into(),
+            }
+        }
+    }
+}
+
+async fn recv(link: &mut LanLink<TcpStream>) -> Result<Option<Vec<u8>>, LinkError> {
+    match tokio::time::timeout(IDLE, link.recv()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(LinkError::Idle(IDLE)),
+    }
+}
+
+/// Erases the owner, the owner's settings, the Wi-Fi credentials and the pairing failure count,
+/// keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
+pub fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
+    let files = BridgeFiles::in_dir(state_dir);
+    files.save(&PairingRecord::default())?;
+    let owner = crate::config::owner_file(state_dir);
+    match std::fs::remove_file(&owner) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(BridgeError::Io {
+                path: owner,
+                source,
+            });
+        }
+    }
+    if let Err(e) = hal.wifi.forget_all() {
+        tracing::warn!(error = %e, "Wi-Fi credentials not erased");
+    }
+    Ok(())
+}

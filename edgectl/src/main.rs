@@ -1,0 +1,362 @@
+//! `edgectl`: plays the owner's phone app for developers, tests and power users. Pairs with a box
+//! over the LAN from its QR payload or manual code, remembers it, and sends the owner's requests
+//! over the encrypted, mutually authenticated control channel.
+//!
+//! The owner key is `owner.key` in the config directory (`--config-dir`, else `$EDGECTL_DIR`,
+//! else `$XDG_CONFIG_HOME/edgectl`, else `~/.config/edgectl`), made 0600 on first use; paired
+//! boxes are in `devices.json` beside it.
+
+mod devices;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use edge_hal::{FileKeyStore, KeyStore, KeyUri};
+use edge_mobile_bridge::client::{Client, Control, PairingProgress};
+use edge_mobile_bridge::lan::LanLink;
+use edge_mobile_bridge::message::{Request, Response};
+use edge_mobile_bridge::setup_code::DeviceFingerprint;
+use tokio::net::TcpStream;
+use zeroize::Zeroizing;
+
+use crate::devices::{Devices, Known};
+
+/// How long any one step may take.
+const STEP: Duration = Duration::from_secs(30);
+
+/// Pair with an edge box and control it, as its owner.
+#[derive(Parser)]
+#[command(name = "edgectl", version, about)]
+struct Cli {
+    /// Where the owner key and the paired boxes are kept.
+    #[arg(long, global = true, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// Which paired box (its device id); default: the only one.
+    #[arg(long, global = true, value_name = "ID")]
+    device: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pair with a box whose pairing window is open.
+    Pair {
+        /// Where it listens (`[pairing] listen`).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The QR payload (`EDGE:1:<device id>:<code>`).
+        #[arg(long, conflicts_with = "code")]
+        qr: Option<String>,
+        /// The manual code from the label (needs --device).
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// The box's status, as JSON.
+    Status,
+    /// The owner's settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Wi-Fi.
+    Wifi {
+        #[command(subcommand)]
+        command: WifiCommand,
+    },
+    /// The box's most recent log lines.
+    Logs {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u16,
+    },
+    /// Reboot the box.
+    Reboot,
+    /// Give up ownership; the box can be paired again.
+    Unpair,
+    /// Erase the owner, the owner's settings, Wi-Fi credentials and pairing state on the box.
+    FactoryReset,
+    /// The paired boxes.
+    Devices,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the owner's settings (TOML).
+    Get,
+    /// Set one key, e.g. `gpu.max_duty_percent 50` or `gpu.allowed_hours_utc '"22-7"'`.
+    Set {
+        /// Dotted key.
+        key: String,
+        /// Value in TOML syntax.
+        value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WifiCommand {
+    /// Networks the box sees.
+    Scan,
+    /// Join a network; the passphrase is read from stdin (never from the command line).
+    Set {
+        /// The network name.
+        ssid: String,
+        /// An open network: no passphrase.
+        #[arg(long)]
+        open: bool,
+    },
+}
+
+/// Everything that can go wrong, said plainly.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Local(String),
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("link: {0}")]
+    Link(String),
+    #[error("the box did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the box refused: {0}")]
+    Refused(String),
+}
+
+impl CtlError {
+    fn exit(&self) -> ExitCode {
+        match self {
+            Self::Usage(_) => ExitCode::from(64),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgectl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgectl: {e}");
+            e.exit()
+        }
+    }
+}
+
+fn config_dir(flag: Option<PathBuf>) -> Result<PathBuf, CtlError> {
+    if let Some(dir) = flag.or_else(|| std::env::var_os("EDGECTL_DIR").map(PathBuf::from)) {
+        return Ok(dir);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| CtlError::Local("no HOME or XDG_CONFIG_HOME; pass --config-dir".into()))?;
+    Ok(base.join("edgectl"))
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let dir = config_dir(cli.config_dir)?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|e| CtlError::Local(format!("{}: {e}", dir.display())))?;
+    let identity = FileKeyStore
+        .open_or_create(&KeyUri::file(dir.join("owner.key")))
+        .map_err(|e| CtlError::Local(e.to_string()))?;
+    let client = Client::new(identity);
+    let mut devices = Devices::load(&dir).map_err(CtlError::Local)?;
+    let request = match cli.command {
+        Command::Pair { addr, qr, code } => {
+            let known = pair(&client, addr, qr, code, cli.device).await?;
+            println!("paired with {} at {addr}", known.device_id);
+            devices.remember(known);
+            return devices.save().map_err(CtlError::Local);
+        }
+        Command::Devices => {
+            for d in devices.all() {
+                println!("{}  {}", d.device_id, d.addr);
+            }
+            return Ok(());
+        }
+        Command::Status => Request::Status,
+        Command::Config {
+            command: ConfigCommand::Get,
+        } => Request::ConfigGet,
+        Command::Config {
+            command: ConfigCommand::Set { key, value },
+        } => Request::ConfigSet { key, value },
+        Command::Wifi {
+            command: WifiCommand::Scan,
+        } => Request::WifiScan,
+        Command::Wifi {
+            command: WifiCommand::Set { ssid, open },
+        } => Request::WifiSet {
+            ssid,
+            passphrase: if open {
+                Zeroizing::default()
+            } else {
+                read_passphrase()?
+            },
+        },
+        Command::Logs { lines } => Request::Logs { max_lines: lines },
+        Command::Reboot => Request::Reboot,
+        Command::Unpair => Request::Unpair,
+        Command::FactoryReset => Request::FactoryReset,
+    };
+    let forget = matches!(request, Request::Unpair | Request::FactoryReset);
+    let device = devices
+        .pick(cli.device.as_deref())
+        .map_err(CtlError::Usage)?;
+    let response = control(&client, &device, request).await?;
+    print(response)?;
+    if forget {
+        devices.forget(&device.device_id);
+        devices.save().map_err(CtlError::Local)?;
+    }
+    Ok(())
+}
+
+fn read_passphrase() -> Result<Zeroizing<String>, CtlError> {
+    let mut text = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| CtlError::Local(format!("reading the passphrase from stdin: {e}")))?;
+    let trimmed = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
+    Ok(trimmed)
+}
+
+fn print(response: Response) -> Result<(), CtlError> {
+    match response {
+        Response::Status(status) => {
+            let details: serde_json::Value =
+                serde_json::from_str(&status.details_json).unwrap_or(serde_json::Value::Null);
+            let out = serde_json::json!({
+                "device_id": status.device_id,
+                "agent_version": status.agent_version,
+                "uptime_s": status.uptime_s,
+                "details": details,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+        Response::Config { toml } => print!("{toml}"),
+        Response::WifiNetworks(networks) => {
+            for n in networks {
+                let lock = if n.secured { "secured" } else { "open" };
+                println!("{:>4} dBm  {lock:<7}  {}", n.signal_dbm, n.ssid);
+            }
+        }
+        Response::Logs { lines } => lines.iter().for_each(|l| println!("{l}")),
+        Response::Ok => println!("ok"),
+        Response::Error { code, message } => {
+            return Err(CtlError::Refused(format!("{code:?}: {message}")));
+        }
+    }
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr) -> Result<LanLink<TcpStream>, CtlError> {
+    let stream = tokio::time::timeout(STEP, TcpStream::connect(addr))
+        .await
+        .map_err(|_| CtlError::Timeout(STEP))?
+        .map_err(|source| CtlError::Connect { addr, source })?;
+    LanLink::new(stream).map_err(|e| CtlError::Link(e.to_string()))
+}
+
+async fn send(link: &mut LanLink<TcpStream>, message: &[u8]) -> Result<(), CtlError> {
+    link.send(message)
+        .await
+        .map_err(|e| CtlError::Link(e.to_string()))
+}
+
+async fn recv(link: &mut LanLink<TcpStream>) -> Result<Vec<u8>, CtlError> {
+    tokio::time::timeout(STEP, link.recv())
+        .await
+        .map_err(|_| CtlError::Timeout(STEP))?
+        .map_err(|e| CtlError::Link(e.to_string()))?
+        .ok_or_else(|| CtlError::Link("the box closed the connection".into()))
+}
+
+async fn pair(
+    client: &Client,
+    addr: SocketAddr,
+    qr: Option<String>,
+    code: Option<String>,
+    device: Option<String>,
+) -> Result<Known, CtlError> {
+    let mut pairing = match (qr, code, device) {
+        (Some(qr), _, _) => client.pair_with_qr(&qr),
+        (None, Some(code), Some(device)) => {
+            let fingerprint = DeviceFingerprint::parse(&device)
+                .map_err(|e| CtlError::Usage(format!("--device: {e}")))?;
+            client.pair_with_code(&code, fingerprint)
+        }
+        _ => {
+            return Err(CtlError::Usage(
+                "pair needs --qr, or --code with --device".into(),
+            ));
+        }
+    }
+    .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let mut link = connect(addr).await?;
+    loop {
+        for message in pairing.outgoing() {
+            send(&mut link, &message).await?;
+        }
+        let reply = recv(&mut link).await?;
+        match pairing
+            .receive(&reply)
+            .map_err(|e| CtlError::Refused(e.to_string()))?
+        {
+            PairingProgress::Send(next) => pairing = next,
+            PairingProgress::Done(device, _control) => {
+                return Ok(Known {
+                    device_id: device.device_id.as_str().to_owned(),
+                    device_key: edge_hal::hex::encode(&device.device_key),
+                    addr,
+                });
+            }
+        }
+    }
+}
+
+async fn control(client: &Client, device: &Known, request: Request) -> Result<Response, CtlError> {
+    let paired = device.paired().map_err(CtlError::Local)?;
+    let connecting = client
+        .connect(&paired)
+        .map_err(|e| CtlError::Local(e.to_string()))?;
+    let mut link = connect(device.addr).await?;
+    send(&mut link, connecting.hello()).await?;
+    let accept = recv(&mut link).await?;
+    let (mut control, finish): (Control, Vec<u8>) = connecting
+        .accept(&accept)
+        .map_err(|e| CtlError::Refused(e.to_string()))?;
+    send(&mut link, &finish).await?;
+    let sealed = control
+        .request(request)
+        .map_err(|e| CtlError::Local(e.to_string()))?;
+    send(&mut link, &sealed).await?;
+    let reply = recv(&mut link).await?;
+    control
+        .response(&reply)
+        .map_err(|e| CtlError::Refused(e.to_string()))
+}

@@ -1,0 +1,90 @@
+//! Power: rebooting the box (the owner's app can ask for it).
+//!
+//! The real implementation asks systemd (`systemctl reboot`), so services stop in order and
+//! filesystems are synced; the fake counts requests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Errors asking for a reboot.
+#[derive(Debug, thiserror::Error)]
+pub enum PowerError {
+    /// The command could not run or failed.
+    #[error("{program}: {reason}")]
+    Command {
+        /// What was run.
+        program: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// Reboots the machine.
+pub trait Power: Send + Sync {
+    /// Asks for an orderly reboot; returns once it is requested.
+    fn reboot(&self) -> Result<(), PowerError>;
+}
+
+/// Reboot through systemd.
+#[derive(Debug, Clone)]
+pub struct SystemdPower {
+    /// `systemctl`.
+    pub systemctl: PathBuf,
+}
+
+impl Default for SystemdPower {
+    fn default() -> Self {
+        Self {
+            systemctl: PathBuf::from("systemctl"),
+        }
+    }
+}
+
+impl Power for SystemdPower {
+    fn reboot(&self) -> Result<(), PowerError> {
+        let fail = |reason: String| PowerError::Command {
+            program: self.systemctl.clone(),
+            reason,
+        };
+        let out = Command::new(&self.systemctl)
+            .arg("reboot")
+            .output()
+            .map_err(|e| fail(e.to_string()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_command_is_named_with_its_error() {
+        let power = SystemdPower {
+            systemctl: PathBuf::from("false"),
+        };
+        let err = power.reboot().expect_err("false fails");
+        assert!(
+            err.to_string().starts_with("false: exit status: 1"),
+            "{err}"
+        );
+        let missing = SystemdPower {
+            systemctl: PathBuf::from("/nonexistent/systemctl"),
+        };
+        assert!(
+            missing
+                .reboot()
+                .expect_err("missing")
+                .to_string()
+                .contains("/nonexistent/systemctl")
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Pairing and the owner's control channel end to end: a real `edge-agent` listening on
+//! loopback and `edgectl` playing the phone app.
+
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use edge_tests::{NotifySocket, Sandbox, bin, wait_exit};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const START: Duration = Duration::from_secs(120);
+
+/// A running agent, killed if the test fails before stopping it.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An agent listening for its owner on a free loopback port.
+struct Box {
+    sandbox: Sandbox,
+    addr: String,
+}
+
+impl Box {
+    fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\n"));
+        Self { sandbox, addr }
+    }
+
+    fn start(&self) -> Running {
+        let mut notify = NotifySocket::bind_fresh(self.sandbox.dir.path());
+        let agent = Running(Some(self.sandbox.start(&notify, &[])));
+        assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+        agent
+    }
+
+    fn code(&self) -> serde_json::Value {
+        let out = self
+            .sandbox
+            .agent(&["pairing-code", "--json"])
+            .output()
+            .expect("pairing-code");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    fn qr(&self) -> String {
+        self.code()["qr_payload"].as_str().expect("qr").to_owned()
+    }
+
+    fn pairing(&self) -> serde_json::Value {
+        let out = self.sandbox.agent(&["status"]).output().expect("status");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        status["pairing"].clone()
+    }
+}
+
+fn stop(mut agent: Running) {
+    let mut child = agent.0.take().expect("running");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "agent stopped with {status}");
+}
+
+/// `edgectl --config-dir <dir> <args>`.
+fn edgectl(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(bin("edgectl"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run edgectl")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "edgectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(out: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(want),
+        "expected {want:?}, got: {err}"
+    );
+}
+
+/// A code that passes the format check but is not this box's: another box's.
+fn wrong_code_for(device: &Box) -> String {
+    let other = Box::new();
+    let theirs = other.code()["manual_code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    assert_ne!(theirs, device.code()["manual_code"].as_str().expect("code"));
+    theirs
+}
+
+#[test]
+fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
+    let device = Box::new();
+    let agent = device.start();
+    let owner = tempfile::tempdir().expect("tempdir");
+    let stranger = tempfile::tempdir().expect("tempdir");
+
+    let paired = ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    assert!(paired.contains(&id), "{paired}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&edgectl(owner.path(), &["status"]))).expect("status JSON");
+    assert_eq!(status["device_id"], id.as_str());
+    assert!(
+        status["details"]["hardware"]["system"].is_object(),
+        "{status}"
+    );
+    assert_eq!(device.pairing()["owned"], true);
+
+    // The window closed with the pairing: nobody else can pair.
+    refused(
+        &edgectl(
+            stranger.path(),
+            &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+        ),
+        "WindowClosed",
+    );
+    // A stranger who knows the box's key and address is still not the owner.
+    std::fs::copy(
+        owner.path().join("devices.json"),
+        stranger.path().join("devices.json"),
+    )
+    .expect("copy");
+    refused(&edgectl(stranger.path(), &["status"]), "NotOwner");
+
+    // Settings are validated like the config file; only owner keys; saved for the next start.
+    ok(&edgectl(
+        owner.path(),
+        &["config", "set", "gpu.max_duty_percent", "50"],
+    ));
+    refused(
+        &edgectl(
+            owner.path(),
+            &["config", "set", "gpu.max_duty_percent", "500"],
+        ),
+        "out of range",
+    );
+    refused(
+        &edgectl(
+            owner.path(),
+            &["config", "set", "agent.state_dir", "\"/tmp\""],
+        ),
+        "not settable by the owner",
+    );
+    let settings = ok(&edgectl(owner.path(), &["config", "get"]));
+    assert!(settings.contains("max_duty_percent = 50"), "{settings}");
+    let logs = ok(&edgectl(owner.path(), &["logs", "-n", "20"]));
+    assert!(logs.contains("paired with a new owner"), "{logs}");
+    refused(&edgectl(owner.path(), &["wifi", "scan"]), "Unsupported");
+
+    // Unpair: the owner is forgotten, the window opens again, and someone else can pair.
+    ok(&edgectl(owner.path(), &["unpair"]));
+    assert_eq!(device.pairing()["owned"], false);
+    assert_eq!(device.pairing()["window_open"], true);
+    std::fs::remove_file(stranger.path().join("devices.json")).expect("rm");
+    ok(&edgectl(
+        stranger.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    // The old owner kept nothing it could use.
+    std::fs::copy(
+        stranger.path().join("devices.json"),
+        owner.path().join("devices.json"),
+    )
+    .expect("copy");
+    refused(&edgectl(owner.path(), &["status"]), "NotOwner");
+    stop(agent);
+}
+
+#[test]
+fn a_factory_reset_erases_owner_and_settings_and_keeps_the_identity() {
+    let device = Box::new();
+    let agent = device.start();
+    let owner = tempfile::tempdir().expect("tempdir");
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    ok(&edgectl(
+        owner.path(),
+        &["config", "set", "network.accept_jobs", "false"],
+    ));
+    let state = device.sandbox.state();
+    assert!(state.join("owner.toml").exists());
+
+    ok(&edgectl(owner.path(), &["factory-reset"]));
+    assert!(!state.join("owner.toml").exists(), "owner settings erased");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("pairing.json")).expect("read"))
+            .expect("JSON");
+    assert_eq!(record["owner_key"], serde_json::Value::Null);
+    assert_eq!(device.code()["device_id"], id.as_str(), "identity kept");
+    assert_eq!(device.pairing()["window_open"], true);
+    assert!(
+        ok(&edgectl(owner.path(), &["devices"])).is_empty(),
+        "edgectl forgot it too"
+    );
+    stop(agent);
+}
+
+#[test]
+fn wrong_codes_close_the_window_count_across_restarts_and_lock_at_100() {
+    let device = Box::new();
+    let wrong = wrong_code_for(&device);
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    let agent = device.start();
+    let attacker = tempfile::tempdir().expect("tempdir");
+    let attempt = || {
+        edgectl(
+            attacker.path(),
+            &[
+                "--device",
+                &id,
+                "pair",
+                "--addr",
+                &device.addr,
+                "--code",
+                &wrong,
+            ],
+        )
+    };
+    for _ in 0..20 {
+        refused(&attempt(), "refused");
+    }
+    refused(&attempt(), "WindowClosed");
+    assert_eq!(device.pairing()["failures"], 20);
+    assert_eq!(device.pairing()["window_open"], false);
+    stop(agent);
+
+    // The count is on disk: a restart opens a new window but remembers the 20.
+    let record = device.sandbox.state().join("pairing.json");
+    std::fs::write(&record, r#"{"owner_key":null,"failures":99}"#).expect("write");
+    let agent = device.start();
+    assert_eq!(device.pairing()["failures"], 99);
+    refused(&attempt(), "refused");
+    assert_eq!(device.pairing()["locked"], true);
+    stop(agent);
+
+    // Locked across restarts: the right code is refused too, until a factory reset.
+    let agent = device.start();
+    assert_eq!(device.pairing()["window_open"], false);
+    let owner = tempfile::tempdir().expect("tempdir");
+    refused(
+        &edgectl(
+            owner.path(),
+            &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+        ),
+        "WindowClosed",
+    );
+    // The local reset needs the agent stopped.
+    let busy = device
+        .sandbox
+        .agent(&["factory-reset"])
+        .output()
+        .expect("reset");
+    assert_eq!(
+        busy.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    stop(agent);
+    let reset = device
+        .sandbox
+        .agent(&["factory-reset"])
+        .output()
+        .expect("reset");
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let agent = device.start();
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    stop(agent);
+}
