@@ -164,7 +164,7 @@ fn spawn_task<E: Display + Send + 'static>(
 }
 
 /// Runs blocking work (file I/O, the GPU probe) off the runtime; a panic there is re-raised here.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))

@@ -196,9 +196,7 @@ impl BridgeTask {
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
         let files = self.files.clone();
-        let record = tokio::task::spawn_blocking(move || files.load())
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let record = crate::app::blocking(move || files.load()).await?;
         let listen = self
             .listener
             .local_addr()
@@ -317,9 +315,7 @@ impl Served {
     async fn save(&self, record: PairingRecord) -> Result<(), BridgeError> {
         let files = self.task.files.clone();
         let saved = record.clone();
-        tokio::task::spawn_blocking(move || files.save(&saved))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        crate::app::blocking(move || files.save(&saved)).await?;
         let mut shared = self.lock();
         shared.record = record;
         self.publish(&shared);

@@ -2,8 +2,9 @@
 //! batches, forgetting each report only once the hub has it. Failures back off exponentially
 //! with jitter up to a cap; a hub that forgot the device gets a fresh registration.
 
+use edge_hal::clock::unix_ms;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use edge_protocol::Body;
@@ -84,12 +85,6 @@ enum Step {
     Idle,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl DeliveryTask {
     /// Runs until `shutdown`. Never fails: every error is logged, shown and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), std::convert::Infallible> {
@@ -103,9 +98,10 @@ impl DeliveryTask {
         };
         let mut backoff = new_backoff();
         let mut registered = false;
+        let mut batch_size = self.batch_size;
         loop {
             let step = if registered {
-                self.deliver_once().await
+                self.deliver_once(&mut batch_size).await
             } else {
                 self.register().await.map(|()| Step::More)
             };
@@ -156,9 +152,7 @@ impl DeliveryTask {
             owner_token: self.owner_token.clone(),
             agent_version: VERSIONS.agent.into(),
         });
-        let signed = tokio::task::spawn_blocking(move || outbox.seal_unqueued(body, now_ms()))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let signed = crate::app::blocking(move || outbox.seal_unqueued(body, unix_ms())).await?;
         let registered = self.client.register(&signed).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
         let echo_urls = if self.configured_echo_urls.is_empty() {
@@ -177,21 +171,38 @@ impl DeliveryTask {
         Ok(())
     }
 
-    async fn deliver_once(&self) -> Result<Step, StepError> {
-        let (outbox, n) = (self.outbox.clone(), self.batch_size);
-        let batch = tokio::task::spawn_blocking(move || outbox.peek(n, now_ms()))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    async fn deliver_once(&self, batch_size: &mut usize) -> Result<Step, StepError> {
+        let (outbox, n) = (self.outbox.clone(), *batch_size);
+        let batch = crate::app::blocking(move || outbox.peek(n, unix_ms())).await?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
         let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
-        let reply = self
+        let sent = self
             .client
             .deliver(&Batch {
                 reports: batch.into_iter().map(|q| q.signed).collect(),
             })
-            .await?;
+            .await;
+        let reply = match sent {
+            // Too large for the hub: halve the batch; a single report that is too large can
+            // never be delivered, so it is dropped like a rejected one.
+            Err(e) if e.is_too_large() => {
+                if seqs.len() > 1 {
+                    *batch_size = (seqs.len() / 2).max(1);
+                    tracing::warn!(
+                        batch = *batch_size,
+                        "the hub found the batch too large; sending smaller ones"
+                    );
+                    return Ok(Step::More);
+                }
+                tracing::error!(seq = seqs[0], error = %e, "a report is too large for the hub; dropping it");
+                let (outbox, seq) = (self.outbox.clone(), seqs[0]);
+                crate::app::blocking(move || outbox.ack(&[], &[seq])).await?;
+                return Ok(Step::More);
+            }
+            other => other?,
+        };
         if reply.results.len() != seqs.len() {
             return Err(StepError::Verdicts {
                 got: reply.results.len(),
@@ -209,11 +220,9 @@ impl DeliveryTask {
             }
         }
         let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.ack(&delivered, &rejected))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        crate::app::blocking(move || outbox.ack(&delivered, &rejected)).await?;
         self.update(|v| {
-            v.last_delivery_ms = Some(now_ms());
+            v.last_delivery_ms = Some(unix_ms());
             v.last_error = None;
         });
         Ok(Step::More)

@@ -68,6 +68,11 @@ impl HubError {
         }
     }
 
+    /// Whether the hub refused the request for its size.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::Refused { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE)
+    }
+
     /// Whether the hub does not know this device (it must register again).
     pub fn is_unregistered(&self) -> bool {
         matches!(self, Self::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED)

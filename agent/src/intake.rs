@@ -2,8 +2,9 @@
 //! (so the owner's policy holds), and queues its outcome (the signed receipt, or why not) as a
 //! `job_result` report, which store-and-forward delivers like any other.
 
+use edge_hal::clock::unix_ms;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use edge_hal::Identity;
 use edge_protocol::Body;
@@ -19,12 +20,6 @@ use crate::scheduler::{JobError, SchedulerHandle};
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// Wait after a failed poll (delivery's backoff handles the hub being away).
 const RETRY: Duration = Duration::from_secs(5);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Takes jobs from the hub until shutdown.
 pub struct IntakeTask {
@@ -50,7 +45,7 @@ impl IntakeTask {
             }
             let job = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                polled = self.client.next_job(&self.identity, POLL_WAIT, now_ms()) => polled,
+                polled = self.client.next_job(&self.identity, POLL_WAIT, unix_ms()) => polled,
             };
             let job = match job {
                 Ok(Some(job)) => job,
@@ -70,7 +65,7 @@ impl IntakeTask {
                 result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
             };
             let report = Body::JobResult(Box::new(JobReport { job_id, outcome }));
-            self.outbox.push(report, now_ms()).await?;
+            self.outbox.push(report, unix_ms()).await?;
         }
     }
 }

@@ -9,6 +9,7 @@
 //! buffers stay full and the window's difference is unaffected. Latency and jitter come from
 //! small round trips on an open connection before the transfers.
 
+use edge_hal::clock::unix_ms;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,12 +43,6 @@ pub enum MeasureError {
     Nothing(&'static str),
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Measures latency, then download, then upload against the hub.
 pub async fn bandwidth(
     hub: &HubClient,
@@ -73,7 +68,7 @@ pub async fn bandwidth(
         samples_down_mbps: down.samples,
         samples_up_mbps: up.samples,
         rtt_ms,
-        measured_at_ms: now_ms(),
+        measured_at_ms: unix_ms(),
     })
 }
 
@@ -319,7 +314,7 @@ pub fn judge(observations: Vec<IpObservation>, own: &[IpAddr]) -> IpReport {
         behind_nat: parsed.map(|ip| !own.contains(&ip)),
         public_ip,
         observations,
-        measured_at_ms: now_ms(),
+        measured_at_ms: unix_ms(),
     }
 }
 

@@ -151,9 +151,7 @@ impl Outbox {
     /// [`Outbox::push_blocking`] off the async runtime.
     pub async fn push(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.push_blocking(body, now_ms))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        crate::app::blocking(move || this.push_blocking(body, now_ms)).await
     }
 
     /// Takes a sequence number without queueing anything (for registration, which is sent

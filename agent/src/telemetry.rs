@@ -2,10 +2,11 @@
 //! IP, host) at start, when the public address or the GPU figures change, and periodically.
 //! Both only push into the report queue; delivery is [`crate::delivery`]'s business.
 
+use edge_hal::clock::unix_ms;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use edge_protocol::Body;
 use edge_protocol::report::{Bandwidth, Capability, Compute, Heartbeat, Host, IpReport};
@@ -22,12 +23,6 @@ use crate::state::{AgentState, VERSIONS};
 
 /// How long the first capability report waits for the GPU benchmark.
 const COMPUTE_WAIT: Duration = Duration::from_secs(600);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The heartbeat of `state` as of now.
 pub fn heartbeat(state: &AgentState) -> Heartbeat {
@@ -92,7 +87,7 @@ impl HeartbeatTask {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let body = Body::Heartbeat(heartbeat(&self.state));
-                    self.outbox.push(body, now_ms()).await?;
+                    self.outbox.push(body, unix_ms()).await?;
                 }
             }
         }
@@ -223,6 +218,6 @@ impl CapabilityReportTask {
             ip: Some(ip.clone()),
             host: host(&self.state.snapshot.borrow()),
         }));
-        self.outbox.push(body, now_ms()).await.map(|_| ())
+        self.outbox.push(body, unix_ms()).await.map(|_| ())
     }
 }

@@ -10,6 +10,13 @@ pub trait Clock: Send + Sync {
     fn wall(&self) -> SystemTime;
 }
 
+/// Wall-clock time now as Unix milliseconds (0 before 1970, which a box without an RTC can see).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The operating system's clocks.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

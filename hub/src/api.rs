@@ -1,10 +1,11 @@
 //! The hub's HTTP API: registration, report intake, IP echo, latency and bandwidth tests,
 //! metrics. Every error is a JSON [`ApiError`] with a status code that says whose fault it is.
 
+use edge_hal::clock::unix_ms;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -109,12 +110,6 @@ impl From<BytesRejection> for Refusal {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, Refusal> {
     serde_json::from_slice(body)
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, format!("body is not {what}: {e}")))
@@ -161,7 +156,7 @@ async fn register(
                 agent_version: agent_version.clone(),
                 seq: envelope.seq,
                 peer_ip: peer.ip().to_string(),
-                now_ms: now_ms(),
+                now_ms: unix_ms(),
             })
             .await
             .map_err(|e| match e {
@@ -174,7 +169,7 @@ async fn register(
             device_id: envelope.device_id,
             owner: registered.owner,
             last_seq: registered.last_seq,
-            server_time_ms: now_ms(),
+            server_time_ms: unix_ms(),
         }))
     }
     .await;
@@ -248,7 +243,7 @@ async fn reports(
     }
     let results = hub
         .store
-        .ingest(checked, peer.ip().to_string(), now_ms())
+        .ingest(checked, peer.ip().to_string(), unix_ms())
         .await
         .map_err(internal)?;
     for r in &results {
@@ -327,7 +322,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<HubInfo> {
     Json(HubInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         echo_urls: hub.echo_urls.clone(),
-        server_time_ms: now_ms(),
+        server_time_ms: unix_ms(),
     })
 }
 
@@ -379,7 +374,7 @@ async fn next_job(
     let Some(key) = key else {
         return Err(unauthorized(format!("device {device} is not registered")));
     };
-    let skew = time.abs_diff(now_ms());
+    let skew = time.abs_diff(unix_ms());
     if skew > poll::MAX_SKEW_MS {
         return Err(unauthorized(format!(
             "poll time is {skew} ms from the hub's clock (at most {} allowed); check the device clock",
@@ -414,7 +409,7 @@ async fn next_job(
     loop {
         if let Some(job) = hub
             .store
-            .take_job(device, now_ms())
+            .take_job(device, unix_ms())
             .await
             .map_err(internal)?
         {

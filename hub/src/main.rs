@@ -1,9 +1,9 @@
 //! `edge-hub`: parse the command line, run one command.
 
+use edge_hal::clock::unix_ms;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};
@@ -115,12 +115,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let dir = cli.dir;
     match cli.command {
@@ -163,12 +157,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let sha = edge_hal::hex::encode(
                 ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
             );
-            store::add_owner(&store::open(&db_path(&dir))?, &name, &sha, now_ms())?;
+            store::add_owner(&store::open(&db_path(&dir))?, &name, &sha, unix_ms())?;
             println!("{token}");
             Ok(())
         }
         Command::Devices => {
-            print!("{}", inspect::devices(&existing_db(&dir)?, now_ms())?);
+            print!("{}", inspect::devices(&existing_db(&dir)?, unix_ms())?);
             Ok(())
         }
         Command::Device { id } => match inspect::device(&existing_db(&dir)?, &id)? {
@@ -189,7 +183,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if inspect::device(&db_path(&dir), &device)?.is_none() {
                 return Err(format!("no device {device} is registered").into());
             }
-            store::add_job(&conn, &device, &job, now_ms())?;
+            store::add_job(&conn, &device, &job, unix_ms())?;
             println!("{}", job.id);
             Ok(())
         }

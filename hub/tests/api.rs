@@ -1,7 +1,7 @@
 //! The hub's API on a real TLS listener on 127.0.0.1: registration, report intake and every way
 //! a report is refused, with the hub still serving others afterwards.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use edge_hal::clock::unix_ms;
 
 use edge_hal::Identity;
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};
@@ -70,19 +70,13 @@ async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn envelope(identity: &Identity, seq: u64, body: Body) -> Envelope {
     Envelope {
         v: VERSION,
         device_id: identity.device_id().to_string(),
         seq,
         boot_id: "boot-1".into(),
-        sent_at_ms: now_ms(),
+        sent_at_ms: unix_ms(),
         body,
     }
 }
@@ -375,7 +369,7 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
         }
         request.send()
     };
-    let t = now_ms();
+    let t = unix_ms();
     let signed = edge_protocol::poll::sign(&me, t);
     let response = poll(signed.clone()).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);

@@ -55,6 +55,17 @@ impl HubDir {
     /// Serves on `listen` and `echo` (port 0 for any), optionally inside network namespace
     /// `netns`; returns once it listens.
     pub fn serve(&self, listen: &str, echo: &str, netns: Option<&str>) -> HubProcess {
+        self.serve_with(listen, echo, netns, &[])
+    }
+
+    /// As [`HubDir::serve`], with extra `serve` arguments (e.g. `--max-body-bytes`).
+    pub fn serve_with(
+        &self,
+        listen: &str,
+        echo: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> HubProcess {
         let hub = bin("edge-hub");
         let mut cmd = match netns {
             Some(ns) => {
@@ -68,6 +79,7 @@ impl HubDir {
             .arg(self.dir.path())
             .args(["serve", "--listen", listen, "--echo-listen", echo])
             .args(["--rate", "1000", "--burst", "1000"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -130,7 +130,7 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
 
 #[test]
 fn bad_config_exits_64_listing_every_problem() {
-    let sandbox = Sandbox::new("[network]\nhub = 1\n");
+    let sandbox = Sandbox::new("[telemetry]\nhub = 1\n");
     std::fs::create_dir(sandbox.dir.path().join("config.d")).expect("mkdir");
     std::fs::write(
         sandbox.dir.path().join("config.d/50-local.toml"),
@@ -141,7 +141,7 @@ fn bad_config_exits_64_listing_every_problem() {
     assert_eq!(code, 64, "{err}");
     for want in [
         "3 problems",
-        "config.toml: network: unknown key",
+        "config.toml: telemetry: unknown key",
         "50-local.toml: agent.sample_interval_secs: expected whole seconds",
         "50-local.toml: status.tcp: 192.0.2.1:80 is not a loopback address",
     ] {

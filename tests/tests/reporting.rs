@@ -355,3 +355,30 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
     assert_eq!(local["output_sha256"], done["receipt"]["output_sha256"]);
     stop(agent);
 }
+
+#[test]
+fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(30), || (outbox(&sandbox.state()).len() >= 6).then_some(()))
+        .expect("a backlog builds up with no hub");
+    // About two heartbeats per request fit: the agent's batch of 64 is refused until it shrinks.
+    let _server = hub.serve_with(
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+        None,
+        &["--max-body-bytes", "1500"],
+    );
+    assert!(drained(&sandbox, Duration::from_secs(60)), "the backlog drains in small batches");
+    stop(agent);
+    let heartbeats = hub.device(&id).expect("device")["reports"]["heartbeat"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(heartbeats >= 6, "{heartbeats} heartbeats arrived");
+}
