@@ -366,8 +366,10 @@ fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
     let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
     let (agent, _notify) = start(&sandbox);
     let id = device_id(&sandbox);
-    eventually(Duration::from_secs(30), || (outbox(&sandbox.state()).len() >= 6).then_some(()))
-        .expect("a backlog builds up with no hub");
+    eventually(Duration::from_secs(30), || {
+        (outbox(&sandbox.state()).len() >= 6).then_some(())
+    })
+    .expect("a backlog builds up with no hub");
     // About two heartbeats per request fit: the agent's batch of 64 is refused until it shrinks.
     let _server = hub.serve_with(
         &format!("127.0.0.1:{port}"),
@@ -375,7 +377,10 @@ fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
         None,
         &["--max-body-bytes", "1500"],
     );
-    assert!(drained(&sandbox, Duration::from_secs(60)), "the backlog drains in small batches");
+    assert!(
+        drained(&sandbox, Duration::from_secs(60)),
+        "the backlog drains in small batches"
+    );
     stop(agent);
     let heartbeats = hub.device(&id).expect("device")["reports"]["heartbeat"]
         .as_u64()
