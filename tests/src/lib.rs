@@ -79,17 +79,44 @@ impl Sandbox {
     }
 }
 
+/// A process a test started, killed if the test ends (or panics) without reaping it, so a failed
+/// test never leaves an agent behind holding the test runner's output open.
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 impl Sandbox {
     /// Starts the daemon with `notify` as its `NOTIFY_SOCKET`, extra environment `env`, and its
     /// logs discarded.
-    pub fn start(&self, notify: &NotifySocket, env: &[(&str, &str)]) -> Child {
+    pub fn start(&self, notify: &NotifySocket, env: &[(&str, &str)]) -> Running {
         let mut cmd = self.agent(&[]);
         cmd.env("NOTIFY_SOCKET", &notify.path)
             .stderr(std::process::Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("start edge-agent")
+        Running(cmd.spawn().expect("start edge-agent"))
     }
 }
 

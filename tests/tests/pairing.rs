@@ -1,26 +1,14 @@
 //! Pairing and the owner's control channel end to end: a real `edge-agent` listening on
 //! loopback and `edgectl` playing the phone app.
 
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use edge_tests::{NotifySocket, Sandbox, bin, wait_exit};
+use edge_tests::{NotifySocket, Running, Sandbox, bin, wait_exit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const START: Duration = Duration::from_secs(120);
-
-/// A running agent, killed if the test fails before stopping it.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// An agent listening for its owner on a free loopback port.
 struct Box {
@@ -41,7 +29,7 @@ impl Box {
 
     fn start(&self) -> Running {
         let mut notify = NotifySocket::bind_fresh(self.sandbox.dir.path());
-        let agent = Running(Some(self.sandbox.start(&notify, &[])));
+        let agent = self.sandbox.start(&notify, &[]);
         assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
         agent
     }
@@ -72,9 +60,8 @@ impl Box {
 }
 
 fn stop(mut agent: Running) {
-    let mut child = agent.0.take().expect("running");
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let status = wait_exit(&mut child, Duration::from_secs(30));
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_exit(&mut agent, Duration::from_secs(30));
     assert!(status.success(), "agent stopped with {status}");
 }
 

@@ -3,18 +3,17 @@
 //! through hub outages, `kill -9`, loss and delay.
 
 use std::collections::BTreeSet;
-use std::process::Child;
 use std::time::Duration;
 
 use edge_tests::hub::{DelayProxy, HubDir, eventually, outbox};
 use edge_tests::netns::{Link, unavailable};
-use edge_tests::{NotifySocket, Sandbox, wait_exit};
+use edge_tests::{NotifySocket, Running, Sandbox, wait_exit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const START: Duration = Duration::from_secs(120);
 
-fn start(sandbox: &Sandbox) -> (Child, NotifySocket) {
+fn start(sandbox: &Sandbox) -> (Running, NotifySocket) {
     let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
     let agent = sandbox.start(&notify, &[]);
     assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
@@ -38,7 +37,7 @@ fn device_id(sandbox: &Sandbox) -> String {
         .to_owned()
 }
 
-fn stop(mut agent: Child) {
+fn stop(mut agent: Running) {
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     assert!(wait_exit(&mut agent, Duration::from_secs(30)).success());
 }
@@ -232,7 +231,7 @@ fn reports_cross_a_lossy_link() {
         .env("NODEVICE_SELECT", "1")
         .env("NOTIFY_SOCKET", &notify.path)
         .stderr(std::process::Stdio::null());
-    let agent = cmd.spawn().expect("agent in the device namespace");
+    let agent = Running(cmd.spawn().expect("agent in the device namespace"));
     assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
     let id = device_id(&sandbox);
     let device = eventually(Duration::from_secs(90), || {
