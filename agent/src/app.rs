@@ -371,6 +371,7 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
             config_path: invocation.config_path.clone(),
             cwd: invocation.cwd.clone(),
             state_dir: config.state_dir.clone(),
+            mdns: config.pairing.mdns,
         };
         spawn_task(
             &tracker,

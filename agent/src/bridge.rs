@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::advertise::Advertiser;
 use crate::state::{AgentState, VERSIONS};
 
 /// A client that says nothing for this long is dropped.
@@ -167,6 +168,8 @@ pub struct BridgeTask {
     pub cwd: PathBuf,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// Announce the listener over mDNS (`_edge-agent._tcp`).
+    pub mdns: bool,
 }
 
 /// What the bridge shows in `/status`.
@@ -201,7 +204,25 @@ impl BridgeTask {
             .listener
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
+        let advertiser = match self.listener.local_addr() {
+            Ok(addr) if self.mdns => {
+                let id = self.identity.device_id().to_string();
+                match Advertiser::start(&id, addr, record.owner_key.is_none()) {
+                    Ok(Some(a)) => {
+                        tracing::info!(%addr, service = crate::advertise::SERVICE, "announcing over mDNS");
+                        Some(a)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS announcement failed; the app needs the address");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let this = Arc::new(Served {
+            advertiser: Mutex::new((advertiser, None)),
             task: self,
             shared: Mutex::new(Shared {
                 record,
@@ -238,6 +259,8 @@ impl BridgeTask {
 }
 
 struct Served {
+    /// The announcement and the window state it last announced.
+    advertiser: Mutex<(Option<Advertiser>, Option<bool>)>,
     task: BridgeTask,
     shared: Mutex<Shared>,
     status: BridgeStatus,
@@ -272,17 +295,29 @@ impl Served {
     }
 
     fn publish(&self, shared: &Shared) {
+        let window_open = shared
+            .pairing
+            .as_ref()
+            .is_some_and(|p| p.window().is_open());
         if let Ok(mut view) = self.status.lock() {
             *view = BridgeView {
                 listen: self.listen.clone(),
                 owned: shared.record.owner_key.is_some(),
-                window_open: shared
-                    .pairing
-                    .as_ref()
-                    .is_some_and(|p| p.window().is_open()),
+                window_open,
                 failures: shared.record.failures,
                 locked: shared.record.failures >= edge_mobile_bridge::pairing::LOCK_AT,
             };
+        }
+        if let Ok(mut guard) = self.advertiser.lock() {
+            let (advertiser, announced) = &mut *guard;
+            if let Some(a) = advertiser
+                && *announced != Some(window_open)
+            {
+                *announced = Some(window_open);
+                if let Err(e) = a.announce(window_open) {
+                    tracing::warn!(error = %e, "mDNS update failed");
+                }
+            }
         }
     }
 

@@ -143,6 +143,8 @@ pub struct Config {
 pub struct PairingConfig {
     /// TCP address for pairing and the control channel; `None`: no listener.
     pub listen: Option<SocketAddr>,
+    /// Announce the listener over mDNS (not for loopback listeners).
+    pub mdns: bool,
 }
 
 /// Reporting to the network: where, how often, and how the queue and measurements are bounded.
@@ -307,6 +309,8 @@ struct RawPairing {
     /// `address:port` for pairing and the owner's control channel over the LAN, e.g.
     /// `"0.0.0.0:7466"`; `""` disables it. Default: disabled.
     listen: Option<Value>,
+    /// Announce the listener as `_edge-agent._tcp` over mDNS. Default true.
+    mdns: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -727,7 +731,8 @@ impl Check<'_> {
         self.unknown("", raw.unknown, &SECTIONS);
         let gpu = self.gpu(raw.gpu);
         let network = self.network(raw.network, cwd);
-        self.unknown("pairing", raw.pairing.unknown, &["listen"]);
+        self.unknown("pairing", raw.pairing.unknown, &["listen", "mdns"]);
+        let mdns = self.boolean("pairing.mdns", raw.pairing.mdns, true);
         let listen = match self.string("pairing.listen", raw.pairing.listen) {
             None => Some(None),
             Some(s) if s.is_empty() => Some(None),
@@ -844,7 +849,10 @@ impl Check<'_> {
             },
             gpu: gpu?,
             network: network?,
-            pairing: PairingConfig { listen: listen? },
+            pairing: PairingConfig {
+                listen: listen?,
+                mdns: mdns?,
+            },
         })
     }
 

@@ -7,6 +7,7 @@
 //! `async fn run(self, shutdown: CancellationToken) -> Result<(), E>`, and all are wired in
 //! [`app`]. Later issues add network reporting (and with it job intake) and pairing on the same frame.
 
+pub mod advertise;
 pub mod app;
 pub mod bridge;
 pub mod capability;

@@ -7,6 +7,9 @@
 //! boxes are in `devices.json` beside it.
 
 mod devices;
+mod discover;
+
+use crate::discover::discover;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -44,6 +47,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Find boxes on the LAN (mDNS `_edge-agent._tcp`): id, address, whether they can be paired.
+    Discover {
+        /// How long to listen, seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+        /// One JSON object per box.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pair with a box whose pairing window is open.
     Pair {
         /// Where it listens (`[pairing] listen`).
@@ -191,6 +203,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             println!("paired with {} at {addr}", known.device_id);
             devices.remember(known);
             return devices.save().map_err(CtlError::Local);
+        }
+        Command::Discover { timeout, json } => {
+            return discover(Duration::from_secs(timeout), json).await;
         }
         Command::Devices => {
             for d in devices.all() {

@@ -16,8 +16,8 @@
 //! so the order is visible at the call site. Everything can be fuzzed (`fuzz/`) and tested in
 //! memory. The wire format and flows are written up in `docs/pairing.md`.
 //!
-//! **Limits.** mDNS advertisement and the BLE GATT transport (BlueZ through `bluer`) are not here
-//! yet; the agent side lives in `edge-agent` (`bridge`), the CLI in `edgectl`. `spake2` 0.4
+//! **Limits.** The BLE GATT transport (BlueZ through `bluer`) is not here yet; the agent side
+//! (with its mDNS announcement) lives in `edge-agent` (`bridge`, `advertise`), the CLI in `edgectl`. `spake2` 0.4
 //! and `ring` do not wipe their internal copies of the password, scalars and derived keys; this
 //! crate wipes its own. An `Error` sent in the clear during a handshake is unauthenticated (it can
 //! only make a client give up, which cutting the link does too).

@@ -108,7 +108,27 @@ impl Link {
             sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
+        link.settle();
         link
+    }
+
+    /// Waits (up to 5 s) until neither side has a tentative address: IPv6 duplicate address
+    /// detection runs for about a second after a link comes up, and a multicast responder started
+    /// before it ends may never use the link (seen with mdns-sd).
+    fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let tentative = [&self.hub_ns, &self.device_ns].iter().any(|ns| {
+                Command::new("ip")
+                    .args(["-n", ns, "addr", "show", "tentative"])
+                    .output()
+                    .is_ok_and(|o| !o.stdout.is_empty())
+            });
+            if !tentative {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The device side's interface (in `device_ns`).

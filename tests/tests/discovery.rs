@@ -1,0 +1,89 @@
+//! The owner's app finds the box over mDNS (`_edge-agent._tcp`), in network namespaces the test
+//! makes (multicast never leaves them): the box in one, `edgectl` in the other.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edge_tests::hub::eventually;
+use edge_tests::netns::{Link, unavailable};
+use edge_tests::{NotifySocket, Running, Sandbox, bin, wait_exit};
+
+fn in_ns(ns: &str, program: &std::path::Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+#[test]
+fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
+    if let Some(why) = unavailable(&["ip"]) {
+        eprintln!("SKIPPED the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair: {why}");
+        return;
+    }
+    let link = Link::new();
+    let listen = format!("{}:7466", link.device_ip);
+    let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{listen}\"\n"));
+    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+    let mut agent = Running(
+        in_ns(&link.device_ns, &bin("edge-agent"))
+            .arg("--config")
+            .arg(sandbox.config())
+            .env("NODEVICE_SELECT", "1")
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent in the device namespace"),
+    );
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(120)),
+        "{:?}",
+        notify.seen
+    );
+    let code = sandbox
+        .agent(&["pairing-code", "--json"])
+        .output()
+        .expect("code");
+    let code: serde_json::Value = serde_json::from_slice(&code.stdout).expect("JSON");
+    let id = code["device_id"].as_str().expect("id").to_owned();
+    let app = tempfile::tempdir().expect("tempdir");
+    let edgectl = |args: &[&str]| {
+        in_ns(&link.hub_ns, &bin("edgectl"))
+            .arg("--config-dir")
+            .arg(app.path())
+            .args(args)
+            .output()
+            .expect("edgectl")
+    };
+    let seen = |pairing: &str| {
+        eventually(Duration::from_secs(30), || {
+            let out = edgectl(&["discover", "--timeout", "3", "--json"]);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|b| b["device_id"] == id.as_str() && b["pairing"] == pairing)
+        })
+    };
+    let found = seen("open").expect("the box is announced with its window open");
+    assert!(
+        found["addresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == listen.as_str())),
+        "{found}"
+    );
+
+    let qr = code["qr_payload"].as_str().expect("qr");
+    let paired = edgectl(&["pair", "--addr", &listen, "--qr", qr]);
+    assert!(
+        paired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paired.stderr)
+    );
+    seen("closed").expect("after pairing the announcement says the window is closed");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(wait_exit(&mut agent, Duration::from_secs(30)).success());
+}
