@@ -16,6 +16,7 @@ use edge_protocol::api::{Batch, BatchReply, Verdict};
 use edge_protocol::envelope::VERSION;
 use edge_protocol::report::{Heartbeat, Register};
 use edge_protocol::{Body, Envelope, Signed};
+use edge_tests::cpu_secs;
 
 const DEVICES: usize = 2000;
 const ROUNDS: u64 = 15;
@@ -32,22 +33,6 @@ fn seal(identity: &Identity, seq: u64, body: Body) -> Signed {
         body,
     };
     Signed::seal(&envelope, identity)
-}
-
-/// CPU seconds a process has used so far (utime + stime).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 0, utime 11, stime 12.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

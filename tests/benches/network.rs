@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use edge_tests::hub::HubDir;
 use edge_tests::netns::{Link, unavailable};
-use edge_tests::{NotifySocket, Sandbox, bin};
+use edge_tests::{NotifySocket, Sandbox, bin, cpu_secs};
 
 const WARMUP_SECS: u64 = 1;
 const WINDOW_SECS: u64 = 5;
@@ -144,20 +144,6 @@ fn bandwidth_row(mbit: u32) {
         agent_bytes as f64 / 1e6,
         (ibytes_down + ibytes_up) as f64 / 1e6,
     );
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn start_agent(sandbox: &Sandbox, ns: Option<&str>) -> Child {

@@ -26,10 +26,7 @@ fn edgectl(dir: &std::path::Path, args: &[&str]) {
 }
 
 fn main() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = edge_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
     let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\n"));
     let mut notify = NotifySocket::bind(sandbox.dir.path());

@@ -18,10 +18,7 @@ struct Box {
 
 impl Box {
     fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = edge_tests::free_port();
         let addr = format!("127.0.0.1:{port}");
         let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\n"));
         Self { sandbox, addr }

@@ -155,10 +155,7 @@ fn reports_queued_while_the_hub_is_down_arrive_once_and_in_order() {
 fn kill_9_with_a_backlog_then_restart_loses_nothing_and_duplicates_nothing() {
     let hub = HubDir::init(&["127.0.0.1"]);
     // Take a free port for the hub, which is not up yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = edge_tests::free_port();
     let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
     let (mut agent, _notify) = start(&sandbox);
     let id = device_id(&sandbox);
@@ -358,10 +355,7 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
 #[test]
 fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
     let hub = HubDir::init(&["127.0.0.1"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = edge_tests::free_port();
     let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
     let (agent, _notify) = start(&sandbox);
     let id = device_id(&sandbox);
