@@ -10,6 +10,7 @@ use edge_gpu::executor::ExecError;
 use edge_gpu::worker::{Done, Hello, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::Instant;
 
 /// How long the worker may take to open the device.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,6 +62,22 @@ struct Running {
 pub struct GpuWorker {
     command: Vec<OsString>,
     running: Option<Running>,
+    /// Jobs sent and not yet answered.
+    in_flight: usize,
+}
+
+/// A job encoded for the worker.
+pub struct Prepared {
+    line: Vec<u8>,
+    /// How long the worker may take over it once it is the oldest job in flight.
+    pub limit: Duration,
+}
+
+impl Prepared {
+    /// Its size on the wire, bytes.
+    pub fn wire_len(&self) -> usize {
+        self.line.len()
+    }
 }
 
 impl GpuWorker {
@@ -69,6 +86,7 @@ impl GpuWorker {
         Self {
             command,
             running: None,
+            in_flight: 0,
         }
     }
 
@@ -150,38 +168,76 @@ impl GpuWorker {
         })
     }
 
-    /// Runs one job; returns what it produced and the adapter and driver it ran on.
-    pub async fn run(&mut self, request: &Request) -> Result<(Done, String, String), WorkerError> {
+    /// Encodes `request` for [`GpuWorker::send`].
+    pub fn prepare(request: &Request) -> Result<Prepared, WorkerError> {
         // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
         // for that at a conservative 100 MiB/s.
         let bytes: u64 = request.job.bindings.iter().map(|b| b.size).sum();
         let limit = Duration::from_millis(request.job.limits.max_runtime_ms)
             + KILL_SLACK
             + Duration::from_secs(bytes / (100 << 20));
-        let result = self.exchange(request, limit).await;
-        if !matches!(result, Ok(_) | Err(WorkerError::Refused { .. })) {
-            // Timeouts, kills, crashes and driver errors: the worker is gone or must go, so that
-            // the next job gets a fresh process and device (a lost device does not heal).
-            self.kill().await;
+        let mut line = serde_json::to_vec(request).map_err(|e| WorkerError::Crashed {
+            message: format!("cannot encode the job: {e}"),
+        })?;
+        line.push(b'\n');
+        Ok(Prepared { line, limit })
+    }
+
+    /// Sends a job, starting the worker if none is up. The worker runs jobs in the order sent and
+    /// answers each in turn ([`GpuWorker::answer`]); a job sent while another runs waits in the
+    /// pipe, so the worker starts it the moment the previous one is done.
+    pub async fn send(&mut self, job: &Prepared) -> Result<(), WorkerError> {
+        // A worker that died with jobs in flight is not replaced here: their answers must come
+        // from the process they were sent to (its end is read as a crash by `answer`).
+        let running = if self.in_flight == 0 {
+            self.start().await?
+        } else {
+            self.running.as_mut().ok_or_else(|| WorkerError::Crashed {
+                message: "the worker is gone".into(),
+            })?
+        };
+        running
+            .stdin
+            .write_all(&job.line)
+            .await
+            .map_err(|e| WorkerError::Crashed {
+                message: format!("cannot send the job: {e}"),
+            })?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The answer to the oldest job in flight, with the adapter and driver it ran on. Without an
+    /// answer by `deadline` the worker is killed. Timeouts, crashes and driver errors kill the
+    /// worker (a lost device does not heal; the next job gets a fresh process): every job still
+    /// in flight is then lost and must be sent again. Cancel-safe: dropping the future loses no
+    /// answer. `started` is when the job became the oldest in flight, `limit` its
+    /// [`Prepared::limit`].
+    pub async fn answer(
+        &mut self,
+        started: Instant,
+        limit: Duration,
+    ) -> Result<(Done, String, String), WorkerError> {
+        let result = self.read_answer(started + limit, limit).await;
+        match &result {
+            Ok(_) | Err(WorkerError::Refused { .. }) => self.in_flight -= 1,
+            Err(_) => self.kill().await,
         }
         result
     }
 
-    async fn exchange(
+    async fn read_answer(
         &mut self,
-        request: &Request,
+        deadline: Instant,
         limit: Duration,
     ) -> Result<(Done, String, String), WorkerError> {
-        let running = self.start().await?;
         let crashed = |message: String| WorkerError::Crashed { message };
-        let mut line = serde_json::to_vec(request).map_err(|e| crashed(e.to_string()))?;
-        line.push(b'\n');
-        running
-            .stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| crashed(format!("cannot send the job: {e}")))?;
-        let answer = tokio::time::timeout(limit, running.lines.next_line())
+        let running = self
+            .running
+            .as_mut()
+            .filter(|_| self.in_flight > 0)
+            .ok_or_else(|| crashed("no job is in flight".into()))?;
+        let answer = tokio::time::timeout_at(deadline, running.lines.next_line())
             .await
             .map_err(|_| WorkerError::Killed { limit })?
             .map_err(|e| crashed(e.to_string()))?
@@ -195,6 +251,7 @@ impl GpuWorker {
 
     /// Stops the worker at once.
     pub async fn kill(&mut self) {
+        self.in_flight = 0;
         if let Some(mut running) = self.running.take() {
             let _ = running.child.kill().await;
         }
@@ -202,6 +259,7 @@ impl GpuWorker {
 
     /// Lets an idle worker exit (its input closes), killing it if it does not within a second.
     pub async fn release(&mut self) {
+        self.in_flight = 0;
         if let Some(mut running) = self.running.take() {
             drop(running.stdin);
             if tokio::time::timeout(Duration::from_secs(1), running.child.wait())

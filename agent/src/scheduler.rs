@@ -4,23 +4,27 @@
 //! - Submissions are validated against the adapter's limits and the memory budget before they are
 //!   queued; a full queue refuses at once rather than growing.
 //! - Higher priority first, then arrival order. A job whose deadline has passed is not started.
-//! - One job runs at a time. A job that overruns its limit kills the worker; the next job starts a
-//!   fresh one. Cancelling the running job kills the worker too.
+//! - One job runs at a time. At full duty one more (small) job waits in the worker's pipe, so that
+//!   it starts the moment the running one ends; a job that arrives later with a higher priority runs
+//!   after it. A job that overruns its limit kills the worker; the next job starts a fresh one, and
+//!   a job that was waiting in the pipe is queued again. Cancelling the running job kills the
+//!   worker too; cancelling the waiting one answers at once (and kills the worker if it started).
 //! - Policy: after a job that ran `d`, the GPU rests `d·(1 - duty)/duty` (maximum duty cycle); jobs
 //!   start only within the allowed hours (UTC); above `pause_above_celsius` on any thermal zone no job
 //!   starts until every zone is below `resume_below_celsius` (hysteresis).
 //! - After `idle_release` without work the worker is released, so an idle agent holds no driver.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use edge_gpu::digest::Sha256;
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
 use edge_gpu::validate::{Problem, ShaderCache, check_cached};
-use edge_gpu::worker::Request;
+use edge_gpu::worker::{Done, Request};
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +35,10 @@ use crate::gpu_worker::{GpuWorker, WorkerError};
 
 /// How often a paused scheduler looks at the temperature and the clock again.
 const RECHECK: Duration = Duration::from_secs(5);
+/// How long a thermal reading stands.
+const THERMAL_EVERY: Duration = Duration::from_secs(1);
+/// The largest job sent to the worker while another runs: well inside a pipe's 64 KiB buffer.
+const AHEAD_MAX_BYTES: usize = 16 << 10;
 
 /// Why a job produced no receipt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,11 +234,37 @@ pub struct Scheduler {
     parts: SchedulerParts,
     worker: GpuWorker,
     queue: BinaryHeap<Queued>,
+    /// Jobs sent to the worker, oldest (running) first.
+    in_flight: VecDeque<InFlight>,
+    /// When the oldest job in flight became the oldest: its time limit counts from here.
+    head_since: Instant,
     seq: u64,
     shaders: ShaderCache,
     hot: bool,
+    /// The last thermal reading: when, and the hottest zone.
+    thermal_read: Option<(Instant, f64)>,
     rest_until: Instant,
     last_work: Instant,
+}
+
+/// A job sent to the worker.
+struct InFlight {
+    job: Job,
+    outputs: bool,
+    seq: u64,
+    kernel_sha256: Sha256,
+    limit: Duration,
+    /// `None` once cancelled: the submitter has had its answer.
+    reply: Option<Reply>,
+}
+
+/// What woke the scheduler.
+enum Event {
+    Shutdown,
+    Inbox(Option<Msg>),
+    Answer(Result<(Done, String, String), WorkerError>),
+    Wake,
+    Idle,
 }
 
 impl Scheduler {
@@ -245,9 +279,12 @@ impl Scheduler {
             parts,
             worker,
             queue: BinaryHeap::new(),
+            in_flight: VecDeque::new(),
+            head_since: now,
             seq: 0,
             shaders: ShaderCache::default(),
             hot: false,
+            thermal_read: None,
             rest_until: now,
             last_work: now,
         };
@@ -261,44 +298,69 @@ impl Scheduler {
     ) -> Result<(), std::convert::Infallible> {
         loop {
             self.expire();
-            // Start at once when nothing holds the next job back: a timer at "now" would still
-            // wait for the timer wheel's next millisecond tick.
-            if !self.queue.is_empty()
-                && Instant::now() >= self.rest_until
-                && self.policy_wait().is_none()
-            {
-                self.start_next(&shutdown).await;
-                if shutdown.is_cancelled() {
-                    break;
+            self.send_ready().await;
+            match self.next_event(&shutdown).await {
+                Event::Shutdown | Event::Inbox(None) => break,
+                Event::Inbox(Some(Msg::Submit {
+                    job,
+                    outputs,
+                    reply,
+                })) => self.submit(job, outputs, reply),
+                Event::Inbox(Some(Msg::Cancel { id, reply })) => {
+                    let found = self.cancel(&id).await;
+                    let _ = reply.send(found);
                 }
-                continue;
-            }
-            let wake = self.next_start();
-            let idle_at = self.last_work + self.parts.policy.idle_release;
-            let idle = self.queue.is_empty() && self.worker.is_running();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                msg = self.inbox.recv() => match msg {
-                    Some(msg) => handle(msg, &mut self.queue, &mut self.seq, &mut self.shaders, &self.parts),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => {
-                    // A wake-up may only be a recheck of a pause: start nothing while it holds.
-                    if self.policy_wait().is_none() && Instant::now() >= self.rest_until {
-                        self.start_next(&shutdown).await;
-                    }
-                }
-                () = tokio::time::sleep_until(idle_at), if idle => {
+                Event::Answer(answer) => self.finish(answer).await,
+                // A wake-up may only be a recheck of a pause: `send_ready` decides.
+                Event::Wake => {}
+                Event::Idle => {
                     self.worker.release().await;
                     self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
                 }
             }
         }
+        let in_flight = std::mem::take(&mut self.in_flight);
+        if !in_flight.is_empty() {
+            // The worker is mid-job: stop it.
+            self.worker.kill().await;
+        }
         self.worker.release().await;
+        for job in in_flight {
+            if let Some(reply) = job.reply {
+                self.parts.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Err(JobError::ShuttingDown));
+            }
+        }
         for queued in self.queue.drain() {
             let _ = queued.reply.send(Err(JobError::ShuttingDown));
         }
         Ok(())
+    }
+
+    async fn next_event(&mut self, shutdown: &CancellationToken) -> Event {
+        let wake = if self.in_flight.is_empty() {
+            self.next_start()
+        } else {
+            None
+        };
+        let idle_at = self.last_work + self.parts.policy.idle_release;
+        let idle = self.queue.is_empty() && self.in_flight.is_empty() && self.worker.is_running();
+        let limit = self.in_flight.front().map(|job| job.limit);
+        let Self {
+            inbox,
+            worker,
+            head_since,
+            ..
+        } = self;
+        tokio::select! {
+            () = shutdown.cancelled() => Event::Shutdown,
+            msg = inbox.recv() => Event::Inbox(msg),
+            answer = worker.answer(*head_since, limit.unwrap_or_default()), if limit.is_some() => {
+                Event::Answer(answer)
+            }
+            () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => Event::Wake,
+            () = tokio::time::sleep_until(idle_at), if idle => Event::Idle,
+        }
     }
 
     /// Answers queued jobs whose deadline has passed, so they neither wait nor hold queue places.
@@ -315,6 +377,10 @@ impl Scheduler {
             self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
             let _ = q.reply.send(Err(JobError::DeadlinePassed));
         }
+        self.count_queue();
+    }
+
+    fn count_queue(&self) {
         let depth = self.queue.len() as u64;
         self.parts
             .metrics
@@ -334,9 +400,15 @@ impl Scheduler {
         Some(self.rest_until.max(now))
     }
 
-    /// How long policy (heat, hours) holds jobs back from now; `None` when they may run.
-    fn policy_wait(&mut self) -> Option<Duration> {
-        let policy = &self.parts.policy;
+    /// The hottest zone, read at most once per [`THERMAL_EVERY`]: a box has dozens of zones, each
+    /// a file, and temperatures move over seconds, not per job.
+    fn hottest(&mut self) -> f64 {
+        let now = Instant::now();
+        if let Some((at, celsius)) = self.thermal_read
+            && now < at + THERMAL_EVERY
+        {
+            return celsius;
+        }
         // Fail closed: when the sensors cannot be read, a pause holds.
         let hottest = match self.parts.thermal.zones() {
             Ok(zones) => zones
@@ -349,6 +421,14 @@ impl Scheduler {
             }
             Err(_) => f64::NEG_INFINITY,
         };
+        self.thermal_read = Some((now, hottest));
+        hottest
+    }
+
+    /// How long policy (heat, hours) holds jobs back from now; `None` when they may run.
+    fn policy_wait(&mut self) -> Option<Duration> {
+        let hottest = self.hottest();
+        let policy = &self.parts.policy;
         if !self.hot && hottest >= policy.pause_above_celsius {
             tracing::warn!(celsius = hottest, "GPU paused: too hot");
             self.hot = true;
@@ -372,176 +452,250 @@ impl Scheduler {
         None
     }
 
-    /// Runs the best queued job, answering submissions and cancellations while it runs.
-    async fn start_next(&mut self, shutdown: &CancellationToken) {
-        let Some(Queued {
-            job,
-            outputs,
-            reply,
-            ..
-        }) = self.queue.pop()
-        else {
+    /// Whether another job may be sent to the worker now. One job runs; at full duty one more
+    /// waits in the worker's pipe so that it starts the moment the running one ends (the hand-off
+    /// between processes then overlaps GPU work). Below full duty the GPU rests between jobs, so
+    /// nothing is sent ahead.
+    fn may_send(&mut self) -> bool {
+        let depth = if self.parts.policy.max_duty >= 1.0 {
+            2
+        } else {
+            1
+        };
+        !self.queue.is_empty()
+            && self.in_flight.len() < depth
+            && Instant::now() >= self.rest_until
+            && self.policy_wait().is_none()
+    }
+
+    /// Sends the best queued jobs to the worker while policy lets them start.
+    async fn send_ready(&mut self) {
+        while self.may_send() {
+            let Some(Queued {
+                job,
+                outputs,
+                seq,
+                reply,
+            }) = self.queue.pop()
+            else {
+                return;
+            };
+            self.count_queue();
+            if is_late(&job, unix_ms(self.parts.clock.wall())) {
+                self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Err(JobError::DeadlinePassed));
+                continue;
+            }
+            let request = Request {
+                job,
+                budget: self.parts.policy.memory_budget,
+                outputs,
+            };
+            let prepared = GpuWorker::prepare(&request);
+            let Request { job, .. } = request;
+            let ahead = !self.in_flight.is_empty();
+            let sent = match prepared {
+                // A job sent ahead must fit the pipe's buffer, so that writing it never waits for
+                // the worker (which is busy, and may be writing a large answer to us).
+                Ok(prepared) if ahead && prepared.wire_len() > AHEAD_MAX_BYTES => {
+                    self.queue.push(Queued {
+                        job,
+                        outputs,
+                        seq,
+                        reply,
+                    });
+                    self.count_queue();
+                    return;
+                }
+                Ok(prepared) => self.worker.send(&prepared).await.map(|()| prepared.limit),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(limit) => {
+                    if !ahead {
+                        self.head_since = Instant::now();
+                    }
+                    self.in_flight.push_back(InFlight {
+                        kernel_sha256: Sha256::of(job.kernel.wgsl.as_bytes()),
+                        job,
+                        outputs,
+                        seq,
+                        limit,
+                        reply: Some(reply),
+                    });
+                    self.parts.metrics.worker_up.store(1, Ordering::Relaxed);
+                }
+                Err(_) if ahead => {
+                    // Its answer would come from a dead worker; the running job's answer says
+                    // what happened. This one waits for the next worker.
+                    self.queue.push(Queued {
+                        job,
+                        outputs,
+                        seq,
+                        reply,
+                    });
+                    self.count_queue();
+                    return;
+                }
+                Err(e) => {
+                    self.worker.kill().await;
+                    self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
+                    self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(job = %job.id, error = %e, "GPU job failed");
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest job in flight's answer and hands it to its submitter.
+    async fn finish(&mut self, answer: Result<(Done, String, String), WorkerError>) {
+        let Some(head) = self.in_flight.pop_front() else {
             return;
         };
         let metrics = self.parts.metrics.clone();
-        metrics
-            .queue_depth
-            .store(self.queue.len() as u64, Ordering::Relaxed);
-        if is_late(&job, unix_ms(self.parts.clock.wall())) {
-            metrics.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(Err(JobError::DeadlinePassed));
-            return;
-        }
-        let id = job.id.clone();
-        let kernel_sha256 = edge_gpu::digest::Sha256::of(job.kernel.wgsl.as_bytes());
-        let request = Request {
-            job,
-            budget: self.parts.policy.memory_budget,
-            outputs,
-        };
-        let started = Instant::now();
-        let outcome = {
-            let Self {
-                parts,
-                inbox,
-                queue,
-                seq,
-                shaders,
-                worker,
-                ..
-            } = self;
-            let run = worker.run(&request);
-            tokio::pin!(run);
-            loop {
-                tokio::select! {
-                    result = &mut run => break Some(result),
-                    () = shutdown.cancelled() => break None,
-                    Some(msg) = inbox.recv() => match msg {
-                        Msg::Cancel { id: target, reply } if target == id => {
-                            let _ = reply.send(true);
-                            break None;
-                        }
-                        other => handle(other, queue, seq, shaders, parts),
-                    },
-                }
-            }
-        };
-        metrics
-            .worker_up
-            .store(u64::from(self.worker.is_running()), Ordering::Relaxed);
         // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals.
-        let ran = match &outcome {
-            Some(Ok((done, _, _))) => Duration::from_micros(done.duration_us),
-            Some(Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. })) => Duration::ZERO,
-            _ => started.elapsed(),
+        let ran = match &answer {
+            Ok((done, _, _)) => Duration::from_micros(done.duration_us),
+            Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. }) => Duration::ZERO,
+            Err(_) => self.head_since.elapsed(),
         };
         metrics
             .busy_us
             .fetch_add(ran.as_micros() as u64, Ordering::Relaxed);
         self.last_work = Instant::now();
+        self.head_since = self.last_work;
         let duty = self.parts.policy.max_duty;
         if duty < 1.0 {
             self.rest_until = self.last_work + ran.mul_f64((1.0 - duty) / duty);
         }
-        let result = match outcome {
-            None => {
-                // Cancelled or shutting down while running: the worker is mid-job; stop it.
-                self.worker.kill().await;
-                metrics.worker_up.store(0, Ordering::Relaxed);
-                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                Err(if shutdown.is_cancelled() {
-                    JobError::ShuttingDown
-                } else {
-                    JobError::Cancelled
-                })
-            }
-            Some(Ok((done, _, _))) if done.job_id != id || done.kernel_sha256 != kernel_sha256 => {
+        let result = match answer {
+            Ok((done, _, _))
+                if done.job_id != head.job.id || done.kernel_sha256 != head.kernel_sha256 =>
+            {
                 // The worker runs untrusted shaders next to the driver: never sign an answer that
                 // is not about the job it was given.
-                self.worker.kill().await;
+                self.abandon_worker().await;
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
                 Err(JobError::Worker(WorkerError::Crashed {
                     message: format!(
-                        "the worker answered for job {:?} (kernel {}) when asked for {id:?} (kernel {kernel_sha256})",
-                        done.job_id, done.kernel_sha256
+                        "the worker answered for job {:?} (kernel {}) when asked for {:?} (kernel {})",
+                        done.job_id, done.kernel_sha256, head.job.id, head.kernel_sha256
                     ),
                 }))
             }
-            Some(Ok((done, adapter, driver))) => {
+            Ok((done, adapter, driver)) => {
                 metrics.done.fetch_add(1, Ordering::Relaxed);
-                let identity = self.parts.identity.clone();
-                let attested = done.attested(&adapter, &driver);
-                // Signing is quick but synchronous; keep it off the runtime's threads.
-                tokio::task::spawn_blocking(move || receipt::sign(&identity, attested))
-                    .await
-                    .map(|receipt| JobResult {
-                        receipt,
-                        outputs: done.outputs(),
-                    })
-                    .map_err(|e| {
-                        JobError::Worker(WorkerError::Crashed {
-                            message: format!("signing failed: {e}"),
-                        })
-                    })
+                if let Some(reply) = head.reply {
+                    // Signing takes tens of microseconds: done here, it costs less than a hand-off
+                    // to a blocking thread would (measured with the scheduler bench).
+                    let receipt =
+                        receipt::sign(&self.parts.identity, done.attested(&adapter, &driver));
+                    let outputs = done.outputs();
+                    let _ = reply.send(Ok(JobResult { receipt, outputs }));
+                }
+                return self.drop_cancelled_head().await;
             }
-            Some(Err(e)) => {
+            Err(e) => {
+                if !matches!(e, WorkerError::Refused { .. }) {
+                    // The worker is gone (`answer` killed it): what was sent ahead runs again.
+                    self.requeue_in_flight();
+                }
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(job = %id, error = %e, "GPU job failed");
+                tracing::warn!(job = %head.job.id, error = %e, "GPU job failed");
                 Err(e.into())
             }
         };
-        let _ = reply.send(result);
+        if let Some(reply) = head.reply {
+            let _ = reply.send(result);
+        }
+        self.drop_cancelled_head().await;
     }
-}
 
-/// Queues or refuses a submission; cancels a queued job.
-fn handle(
-    msg: Msg,
-    queue: &mut BinaryHeap<Queued>,
-    seq: &mut u64,
-    shaders: &mut ShaderCache,
-    parts: &SchedulerParts,
-) {
-    match msg {
-        Msg::Submit {
-            job,
-            outputs,
-            reply,
-        } => match admit(parts, queue.len(), &job, shaders) {
-            Ok(()) => {
-                *seq += 1;
-                queue.push(Queued {
-                    job,
-                    outputs,
-                    seq: *seq,
+    /// A job cancelled while it waited in the worker's pipe may have started by now: stop it.
+    async fn drop_cancelled_head(&mut self) {
+        if self
+            .in_flight
+            .front()
+            .is_some_and(|job| job.reply.is_none())
+        {
+            self.abandon_worker().await;
+        }
+        self.parts
+            .metrics
+            .worker_up
+            .store(u64::from(self.worker.is_running()), Ordering::Relaxed);
+    }
+
+    /// Kills the worker; jobs that were sent ahead (and not cancelled) go back to the queue.
+    async fn abandon_worker(&mut self) {
+        self.worker.kill().await;
+        self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
+        self.requeue_in_flight();
+    }
+
+    fn requeue_in_flight(&mut self) {
+        for job in std::mem::take(&mut self.in_flight) {
+            if let Some(reply) = job.reply {
+                self.queue.push(Queued {
+                    job: job.job,
+                    outputs: job.outputs,
+                    seq: job.seq,
                     reply,
                 });
-                parts
-                    .metrics
-                    .queue_depth
-                    .store(queue.len() as u64, Ordering::Relaxed);
+            }
+        }
+        self.count_queue();
+    }
+
+    /// Queues or refuses a submission.
+    fn submit(&mut self, job: Job, outputs: bool, reply: Reply) {
+        match admit(&self.parts, self.queue.len(), &job, &mut self.shaders) {
+            Ok(()) => {
+                self.seq += 1;
+                self.queue.push(Queued {
+                    job,
+                    outputs,
+                    seq: self.seq,
+                    reply,
+                });
+                self.count_queue();
             }
             Err(e) => {
-                parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(Err(e));
             }
-        },
-        Msg::Cancel { id, reply } => {
-            let before = queue.len();
-            let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(queue)
-                .into_iter()
-                .partition(|q| q.job.id == id);
-            *queue = kept.into_iter().collect();
-            for q in cancelled {
-                parts.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                let _ = q.reply.send(Err(JobError::Cancelled));
-            }
-            parts
-                .metrics
-                .queue_depth
-                .store(queue.len() as u64, Ordering::Relaxed);
-            let _ = reply.send(queue.len() < before);
         }
+    }
+
+    /// Cancels a queued job, a job waiting in the worker's pipe, or the running one (which kills
+    /// the worker: a dispatch cannot be stopped otherwise). False if there is no such job.
+    async fn cancel(&mut self, id: &str) -> bool {
+        let metrics = self.parts.metrics.clone();
+        let answer = |reply: Reply| {
+            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(JobError::Cancelled));
+        };
+        let before = self.queue.len();
+        let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|q| q.job.id == id);
+        self.queue = kept.into_iter().collect();
+        self.count_queue();
+        cancelled.into_iter().for_each(|q| answer(q.reply));
+        let mut found = self.queue.len() < before;
+        let running = self.in_flight.front().is_some_and(|job| job.job.id == id);
+        for job in self.in_flight.iter_mut().filter(|job| job.job.id == id) {
+            if let Some(reply) = job.reply.take() {
+                answer(reply);
+                found = true;
+            }
+        }
+        if running {
+            let _ = self.in_flight.pop_front();
+            self.abandon_worker().await;
+        }
+        found
     }
 }
 

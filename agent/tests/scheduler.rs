@@ -294,3 +294,58 @@ fn allowed_hours_wrap_past_midnight() {
     assert_eq!(wait_for_hours((9, 17), at(12, 0)), None);
     let _: SystemTime = at(0, 0);
 }
+
+#[tokio::test]
+async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
+    let Some(rig) = rig(policy()) else { return };
+    let h = rig.handle.clone();
+    let runaway = tokio::spawn(async move { h.run(kernels::runaway(500)).await });
+    // Submitted while the runaway runs: sent ahead into the worker's pipe, which dies with it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let h = rig.handle.clone();
+    let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        rig.metrics.queue_depth.load(Ordering::SeqCst),
+        0,
+        "sent to the worker, not queued"
+    );
+    let ahead = ahead.await.expect("join").expect("runs on the next worker");
+    receipt::verify(&ahead.receipt).expect("verifies");
+    assert_eq!(ahead.receipt.body.what.job_id, "ahead");
+    let err = runaway.await.expect("join").expect_err("overruns");
+    assert!(
+        matches!(
+            err,
+            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(rig.metrics.failed.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_job_waiting_in_the_pipe_can_be_cancelled_and_the_next_one_still_runs() {
+    let Some(rig) = rig(policy()) else { return };
+    let h = rig.handle.clone();
+    let runaway = tokio::spawn(async move { h.run(kernels::runaway(800)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let h = rig.handle.clone();
+    let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
+    let h = rig.handle.clone();
+    let third = tokio::spawn(async move { h.run(small("third", 0)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        rig.metrics.queue_depth.load(Ordering::SeqCst),
+        1,
+        "one sent ahead, one queued"
+    );
+    assert!(rig.handle.cancel("ahead").await, "found in flight");
+    assert_eq!(ahead.await.expect("join").err(), Some(JobError::Cancelled));
+    assert!(runaway.await.expect("join").is_err(), "overruns");
+    let third = third.await.expect("join").expect("runs");
+    assert_eq!(third.receipt.body.what.job_id, "third");
+    assert_eq!(rig.metrics.cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
+}

@@ -118,10 +118,7 @@ impl Executor {
                 };
                 for Request { job, reply } in rx {
                     let result = gpu.run(&job);
-                    let replace = matches!(
-                        result,
-                        Err(ExecError::Driver { .. } | ExecError::Timeout { .. })
-                    ) || gpu.lost.load(Ordering::SeqCst);
+                    let replace = gpu.is_broken_by(&result);
                     // Answer first: opening a new device takes time the caller should not wait.
                     let _ = reply.send(result);
                     if replace {
@@ -170,8 +167,9 @@ impl Drop for Executor {
     }
 }
 
-/// The device and what is cached on it. Owned by the executor thread alone.
-struct Gpu {
+/// A device and what is cached on it, owned by one thread: the [`Executor`]'s, or a caller that
+/// runs jobs on its own thread (the GPU worker process, which saves a thread hand-off per job).
+pub struct Gpu {
     adapter: Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -184,7 +182,8 @@ struct Gpu {
 }
 
 impl Gpu {
-    fn open() -> Result<Self, ExecError> {
+    /// Opens the best Vulkan adapter.
+    pub fn open() -> Result<Self, ExecError> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = wgpu::Backends::VULKAN;
         let instance = wgpu::Instance::new(desc);
@@ -237,8 +236,21 @@ impl Gpu {
         })
     }
 
+    /// The adapter jobs run on.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// Whether `result` (of [`Gpu::run`]) left the device unusable: then [`Gpu::replace`] it.
+    pub fn is_broken_by(&self, result: &Result<JobOutput, ExecError>) -> bool {
+        matches!(
+            result,
+            Err(ExecError::Driver { .. } | ExecError::Timeout { .. })
+        ) || self.lost.load(Ordering::SeqCst)
+    }
+
     /// A fresh device after a failure; the old one is kept, never destroyed.
-    fn replace(mut self) -> Self {
+    pub fn replace(mut self) -> Self {
         match Gpu::open() {
             Ok(mut fresh) => {
                 fresh.abandoned = std::mem::take(&mut self.abandoned);
@@ -251,7 +263,8 @@ impl Gpu {
         }
     }
 
-    fn run(&mut self, valid: &ValidJob) -> Result<JobOutput, ExecError> {
+    /// Runs `valid` and reads its outputs back, failing it at its time limit.
+    pub fn run(&mut self, valid: &ValidJob) -> Result<JobOutput, ExecError> {
         let job = &valid.job;
         let device = &self.device;
         let driver = |message: String| ExecError::Driver { message };

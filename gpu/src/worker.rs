@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256;
-use crate::executor::{ExecError, Executor};
+use crate::executor::{ExecError, Gpu};
 use crate::job::{BlobStore, Job};
 use crate::validate::{Problem, ShaderCache, validate_cached};
 
@@ -130,8 +130,10 @@ pub fn serve(
     mut output: impl Write,
     blobs: &BlobStore,
 ) -> std::io::Result<()> {
-    let executor = match Executor::start() {
-        Ok(executor) => executor,
+    // The device lives on this thread: no hand-off to an executor thread per job, and a job's
+    // time limit holds all the same (the wait for it is bounded).
+    let mut gpu = match Gpu::open() {
+        Ok(gpu) => gpu,
         Err(e) => {
             return send(
                 &mut output,
@@ -141,7 +143,7 @@ pub fn serve(
             );
         }
     };
-    let adapter = executor.adapter().clone();
+    let adapter = gpu.adapter();
     send(
         &mut output,
         &Hello::Ready {
@@ -151,68 +153,76 @@ pub fn serve(
     )?;
     let mut shaders = ShaderCache::default();
     for line in input.lines() {
-        let request = serde_json::from_str::<Request>(&line?);
-        let response = match request {
-            Err(e) => Response::Refused {
-                problems: vec![format!("request: {e}")],
-            },
-            Ok(Request {
-                job,
-                budget,
-                outputs,
-            }) => match validate_cached(job, &adapter.limits, budget, blobs, &mut shaders) {
-                Err(refused) => Response::Refused {
-                    problems: refused.problems.iter().map(Problem::to_string).collect(),
-                },
-                Ok(mut valid) => {
-                    // Keep what the answer needs, and hand the inputs over rather than copy them.
-                    let job_id = std::mem::take(&mut valid.job.id);
-                    let (kernel_sha256, input_sha256) = (valid.kernel_sha256, valid.input_sha256());
-                    valid.job.bindings.iter_mut().for_each(|b| b.input = None);
-                    valid.job.id.clone_from(&job_id);
-                    match executor.run(valid) {
-                        Ok(out) => Response::Done(Done {
-                            job_id,
-                            kernel_sha256,
-                            input_sha256,
-                            output_sha256: out.output_sha256(),
-                            outputs_base64: if outputs {
-                                out.outputs
-                                    .iter()
-                                    .map(|(_, b)| {
-                                        base64::engine::general_purpose::STANDARD.encode(b)
-                                    })
-                                    .collect()
-                            } else {
-                                Vec::new()
-                            },
-                            started_at_unix_ms: out
-                                .started_at
-                                .duration_since(SystemTime::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64),
-                            duration_us: out.duration.as_micros() as u64,
-                            kernel_us: out.kernel_time.map(|t| t.as_micros() as u64),
-                            cached_pipeline: out.cached_pipeline,
-                        }),
-                        Err(error) => Response::Failed { error },
-                    }
-                }
-            },
-        };
-        let overran = matches!(
-            response,
-            Response::Failed {
-                error: ExecError::Timeout { .. }
-            }
-        );
+        let (response, broken) = answer(&mut gpu, &line?, blobs, &mut shaders);
         send(&mut output, &response)?;
-        if overran {
-            // The runaway dispatch cannot be stopped; the executor must not be torn down.
-            std::mem::forget(executor);
+        if let Response::Failed {
+            error: ExecError::Timeout { .. },
+        } = response
+        {
+            // The runaway dispatch cannot be stopped; the device must not be torn down.
+            std::mem::forget(gpu);
             return Ok(());
+        }
+        if broken {
+            gpu = gpu.replace();
         }
     }
     Ok(())
+}
+
+/// Validates and runs one request line; says too whether the device must be replaced.
+fn answer(
+    gpu: &mut Gpu,
+    line: &str,
+    blobs: &BlobStore,
+    shaders: &mut ShaderCache,
+) -> (Response, bool) {
+    let Request {
+        job,
+        budget,
+        outputs,
+    } = match serde_json::from_str(line) {
+        Ok(request) => request,
+        Err(e) => {
+            let problems = vec![format!("request: {e}")];
+            return (Response::Refused { problems }, false);
+        }
+    };
+    let mut valid = match validate_cached(job, &gpu.adapter().limits, budget, blobs, shaders) {
+        Ok(valid) => valid,
+        Err(refused) => {
+            let problems = refused.problems.iter().map(Problem::to_string).collect();
+            return (Response::Refused { problems }, false);
+        }
+    };
+    // Keep what the answer needs, and hand the inputs over rather than copy them.
+    let (kernel_sha256, input_sha256) = (valid.kernel_sha256, valid.input_sha256());
+    valid.job.bindings.iter_mut().for_each(|b| b.input = None);
+    let result = gpu.run(&valid);
+    let broken = gpu.is_broken_by(&result);
+    let response = match result {
+        Ok(out) => Response::Done(Done {
+            job_id: valid.job.id,
+            kernel_sha256,
+            input_sha256,
+            output_sha256: out.output_sha256(),
+            outputs_base64: if outputs {
+                let base64 = &base64::engine::general_purpose::STANDARD;
+                out.outputs.iter().map(|(_, b)| base64.encode(b)).collect()
+            } else {
+                Vec::new()
+            },
+            started_at_unix_ms: out
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            duration_us: out.duration.as_micros() as u64,
+            kernel_us: out.kernel_time.map(|t| t.as_micros() as u64),
+            cached_pipeline: out.cached_pipeline,
+        }),
+        Err(error) => Response::Failed { error },
+    };
+    (response, broken)
 }
 
 /// Writes one message as a JSON line and flushes it.

@@ -6,11 +6,11 @@
 //! end with one key. An existing file that others can read, that is truncated or that is not a key
 //! is refused, never replaced: replacing it would silently change the device's identity.
 //!
-//! The secret bytes live in [`Zeroizing`] buffers and are wiped when dropped. `ring`'s parsed key
-//! pair and its freshly generated PKCS#8 document do not wipe themselves (a known limit of ring's
-//! API): the key pair is rebuilt for each signature and dropped at once, and a new document is
-//! copied out of at once, so those unwiped copies are short-lived stack values. Signing is rare
-//! (reports, receipts), so rebuilding per signature costs little.
+//! The secret bytes read from or written to disk live in [`Zeroizing`] buffers and are wiped when
+//! dropped. `ring`'s parsed key pair does not wipe itself (a known limit of ring's API): it is kept
+//! for the identity's lifetime, which is the process's, because every GPU job's receipt and every
+//! report is signed and parsing the document again per signature doubled the cost of a signature
+//! (93 us -> see docs/benchmarks.md). A freshly generated PKCS#8 document is copied out of at once.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -183,7 +183,10 @@ impl Serialize for DeviceId {
 /// The device's identity key pair.
 pub struct Identity {
     uri: KeyUri,
+    /// The document, kept only where the fakes hand keys around.
+    #[cfg(feature = "fake")]
     pub(crate) pkcs8: Zeroizing<Vec<u8>>,
+    pair: Ed25519KeyPair,
     public_key: [u8; 32],
     device_id: DeviceId,
 }
@@ -214,7 +217,9 @@ impl Identity {
         public_key.copy_from_slice(pair.public_key().as_ref());
         Ok(Self {
             uri,
+            #[cfg(feature = "fake")]
             pkcs8,
+            pair,
             device_id: DeviceId::from_public_key(&public_key),
             public_key,
         })
@@ -243,10 +248,8 @@ impl Identity {
 
     /// Signs `message` (Ed25519, deterministic).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        let pair = Ed25519KeyPair::from_pkcs8(&self.pkcs8)
-            .expect("the PKCS#8 document was validated when the identity was opened");
         let mut signature = [0; 64];
-        signature.copy_from_slice(pair.sign(message).as_ref());
+        signature.copy_from_slice(self.pair.sign(message).as_ref());
         signature
     }
 }
