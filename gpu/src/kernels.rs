@@ -2,7 +2,7 @@
 //! anyone's job; the capability benchmark and verification challenges are made of them.
 //!
 //! - [`fma_peak`]: FP32 peak, vkpeak-style: 16 independent vec4 FMA chains per invocation.
-//! - [`sgemm`]: f32 C = A·B, register-blocked (8x16 or 8x8 outputs per invocation), vec4 loads,
+//! - [`sgemm`]: f32 C = A·B, register-blocked (up to 32x32 outputs per invocation), vec4 loads,
 //!   k unrolled, no workgroup memory; a shared-memory tiled kernel is kept for comparison
 //!   ([`SgemmKernel`]).
 //! - [`copy`]: device memory bandwidth: vec4 copy of one buffer into another.
@@ -196,9 +196,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
 "#;
 
 /// WGSL for an SGEMM without workgroup memory or barriers: each invocation of an 8x8 workgroup
-/// owns `rows` rows x `cols4` vec4 columns of C in registers and streams A (vec4 along k, its four
-/// lanes unrolled) and B (vec4 along n) from memory. On lavapipe this beats shared-memory tiling by 3-4x: workgroup
-/// barriers are coroutine switches there, and its CPU caches serve the reuse.
+/// owns `rows` rows x `cols4` vec4 columns of C in local variables and streams A (vec4 along k, its
+/// four lanes unrolled) and B (vec4 along n) from memory. On lavapipe this beats shared-memory
+/// tiling by 3-4x: workgroup barriers are coroutine switches there, and its CPU caches serve the
+/// reuse.
+///
+/// What it costs on lavapipe, and so how it is shaped: every storage-buffer load, even one whose
+/// address is the same in all lanes, is a loop over the 8 SIMD lanes with a bounds check per
+/// component, far dearer than an FMA. Per step of four k an invocation makes `rows + 4 * cols4`
+/// vec4 loads for `4 * rows * cols4` vec4 FMAs, so large blocks win (32x32: 16 FMAs per load) even
+/// though their accumulators live on the stack. Within a step the loads of B come first, then for
+/// each row its A load and that row's FMAs, each accumulator's four in a row: the order written
+/// matters (measured; the loads are branches, which the compiler does not move), and this one
+/// keeps the fewest values alive between loads.
 fn sgemm_registers_wgsl(rows: u32, cols4: u32, lanes: Lanes) -> String {
     let mut w = String::from(
         "struct Dims { m: u32, n: u32, k: u32, pad: u32 }
@@ -213,8 +223,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n4 = dims.n / 4u;
 ",
     );
-    // lavapipe runs 8 neighbouring invocations in x as one SIMD instruction: what varies along x
-    // is gathered, what does not is loaded once and broadcast.
+    // lavapipe runs 8 neighbouring invocations in x as one SIMD instruction.
     let (row_id, col_id) = match lanes {
         Lanes::Columns => ("gid.y", "gid.x"),
         Lanes::Rows => ("gid.x", "gid.y"),
@@ -226,17 +235,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     w += "    for (var l = 0u; l < k4; l++) {\n";
+    for kk in 0..4 {
+        for c in 0..cols4 {
+            w += &format!("        let b{kk}_{c} = b[(l * 4u + {kk}u) * n4 + col + {c}u];\n");
+        }
+    }
     for r in 0..rows {
         w += &format!("        let a{r} = a[(row + {r}u) * k4 + l];\n");
-    }
-    // k unrolled by the four lanes of each A vec4: constant swizzles, no dynamic indexing.
-    for (kk, lane) in ["x", "y", "z", "w"].iter().enumerate() {
-        w += &format!("        let bi{kk} = (l * 4u + {kk}u) * n4 + col;\n");
         for c in 0..cols4 {
-            w += &format!("        let b{kk}_{c} = b[bi{kk} + {c}u];\n");
-        }
-        for r in 0..rows {
-            for c in 0..cols4 {
+            // k unrolled by the four lanes of the A vec4: constant swizzles, no dynamic indexing.
+            for (kk, lane) in ["x", "y", "z", "w"].iter().enumerate() {
                 w += &format!(
                     "        c{r}_{c} = fma(vec4<f32>(a{r}.{lane}), b{kk}_{c}, c{r}_{c});\n"
                 );
@@ -280,7 +288,17 @@ pub enum Lanes {
 
 /// The kernels [`sgemm`] picks from, fastest first as measured on lavapipe (docs/benchmarks.md):
 /// the first whose tiling divides the matrix is used.
-pub const SGEMM_PREFERENCE: [SgemmKernel; 2] = [
+pub const SGEMM_PREFERENCE: [SgemmKernel; 4] = [
+    SgemmKernel::Registers {
+        rows: 32,
+        cols4: 8,
+        lanes: Lanes::Columns,
+    },
+    SgemmKernel::Registers {
+        rows: 16,
+        cols4: 8,
+        lanes: Lanes::Rows,
+    },
     SgemmKernel::Registers {
         rows: 8,
         cols4: 4,
@@ -514,4 +532,31 @@ pub fn runaway(max_runtime_ms: u64) -> Job {
         [65_535, 65_535, 1],
         max_runtime_ms,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgemm_picks_the_largest_block_that_tiles_the_matrix() {
+        let pick = |m: u32, n: u32| {
+            let a = vec![0.0; (m * 16) as usize];
+            let b = vec![0.0; (16 * n) as usize];
+            sgemm(m, n, 16, &a, &b).expect("job").id
+        };
+        assert_eq!(pick(512, 512), "builtin.sgemm_32x32.512x512x16");
+        assert_eq!(pick(128, 512), "builtin.sgemm_16x32_by_row.128x512x16");
+        assert_eq!(pick(64, 128), "builtin.sgemm_8x16_by_row.64x128x16");
+        assert_eq!(pick(192, 320), "builtin.sgemm_8x8_by_row.192x320x16");
+    }
+
+    #[test]
+    fn register_kernels_refuse_sizes_they_do_not_tile() {
+        let kernel = SGEMM_PREFERENCE[0];
+        let a = vec![0.0; 128 * 16];
+        let b = vec![0.0; 16 * 256];
+        assert!(sgemm_with(kernel, 128, 256, 16, &a, &b).is_err());
+        assert!(sgemm_with(kernel, 256, 256, 16, &vec![0.0; 256 * 16], &b).is_ok());
+    }
 }

@@ -88,31 +88,36 @@ fn fma_peak_matches_the_cpu_reference() {
     }
 }
 
+/// Largest difference between `got` and the CPU reference for C = A·B.
+fn worst_difference(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 #[test]
 fn every_sgemm_kernel_matches_the_cpu_and_passes_freivalds() {
     let Some(ex) = executor() else { return };
-    let (m, n, k) = (128, 256, 80);
+    let (m, n, k) = (256, 256, 80);
     let a = kernels::random_f32s(m * k, 11);
     let b = kernels::random_f32s(k * n, 12);
     let want = kernels::sgemm_reference(m, n, k, &a, &b);
     let mut c = Vec::new();
-    let by_columns = kernels::SgemmKernel::Registers {
-        rows: 4,
-        cols4: 2,
-        lanes: kernels::Lanes::Columns,
-    };
-    for kernel in [kernels::SgemmKernel::Tiled, by_columns]
-        .into_iter()
-        .chain(kernels::SGEMM_PREFERENCE)
+    let registers = |rows, cols4, lanes| kernels::SgemmKernel::Registers { rows, cols4, lanes };
+    for kernel in [
+        kernels::SgemmKernel::Tiled,
+        registers(4, 2, kernels::Lanes::Columns),
+        registers(32, 8, kernels::Lanes::Rows),
+    ]
+    .into_iter()
+    .chain(kernels::SGEMM_PREFERENCE)
     {
         let job = kernels::sgemm_with(kernel, m as u32, n as u32, k as u32, &a, &b).expect("job");
         let (_, out) = run(&ex, job);
         c = f32s(&out.outputs[0].1);
-        let worst = c
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let worst = worst_difference(&c, &want);
         assert!(
             worst < 1e-4,
             "{kernel:?}: largest difference from the CPU: {worst}"
@@ -123,6 +128,27 @@ fn every_sgemm_kernel_matches_the_cpu_and_passes_freivalds() {
     let mut tampered = c.clone();
     tampered[5 * n + 9] += 1e-2;
     assert!(freivalds::check((m, n, k), &a, &b, &tampered, 10, 99).is_err());
+}
+
+#[test]
+fn sgemm_falls_back_to_a_smaller_block_where_the_largest_does_not_tile() {
+    let Some(ex) = executor() else { return };
+    // m = 192 tiles only the 8-row blocks, n = 320 only the 8-column ones (8x8 per invocation).
+    let (m, n, k) = (192, 320, 48);
+    let a = kernels::random_f32s(m * k, 21);
+    let b = kernels::random_f32s(k * n, 22);
+    let job = kernels::sgemm(m as u32, n as u32, k as u32, &a, &b).expect("job");
+    assert!(
+        job.id.starts_with("builtin.sgemm_8x8_by_row."),
+        "{}",
+        job.id
+    );
+    let (_, out) = run(&ex, job);
+    let worst = worst_difference(
+        &f32s(&out.outputs[0].1),
+        &kernels::sgemm_reference(m, n, k, &a, &b),
+    );
+    assert!(worst < 1e-4, "largest difference from the CPU: {worst}");
 }
 
 #[test]
