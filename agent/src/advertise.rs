@@ -5,9 +5,17 @@
 //! Only where the pairing listener is reachable: on the listener's interface when it is bound to
 //! one address, on every interface but loopback when it is bound to all; never for a loopback
 //! listener (nobody on the LAN could connect to it).
+//!
+//! Links that change after the start: the responder (mdns-sd 0.21) never announces a service with
+//! a fixed address on an interface that was not yet up when it was registered, so the bridge
+//! watches the links ([`links`], [`LinkWatch`]) and starts the announcement afresh once they have
+//! changed and settled.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use edge_hal::Interface;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
 /// The DNS-SD service type.
@@ -24,6 +32,7 @@ pub struct Advertiser {
     device_id: String,
     listen: SocketAddr,
     fullname: String,
+    withdrawn: bool,
 }
 
 impl Advertiser {
@@ -48,6 +57,7 @@ impl Advertiser {
             device_id: device_id.to_owned(),
             listen,
             fullname: String::new(),
+            withdrawn: false,
         };
         advertiser.announce(window_open)?;
         Ok(Some(advertiser))
@@ -84,9 +94,146 @@ impl Advertiser {
     }
 }
 
+impl Advertiser {
+    /// Withdraws the announcement (goodbye packets) and stops the responder, waiting up to a
+    /// second for each, so a new announcement that follows is not undone by this one's goodbye.
+    /// Blocks.
+    pub fn stop(mut self) {
+        self.withdraw(Duration::from_secs(1));
+    }
+
+    fn withdraw(&mut self, wait: Duration) {
+        if std::mem::replace(&mut self.withdrawn, true) {
+            return;
+        }
+        if let Ok(done) = self.daemon.unregister(&self.fullname)
+            && !wait.is_zero()
+        {
+            let _ = done.recv_timeout(wait);
+        }
+        if let Ok(done) = self.daemon.shutdown()
+            && !wait.is_zero()
+        {
+            let _ = done.recv_timeout(wait);
+        }
+    }
+}
+
 impl Drop for Advertiser {
     fn drop(&mut self) {
-        let _ = self.daemon.unregister(&self.fullname);
-        let _ = self.daemon.shutdown();
+        self.withdraw(Duration::ZERO);
+    }
+}
+
+/// What an announcement depends on: for each interface it is made on (the listener's, or every
+/// one but loopback for a wildcard listener), its operational state and addresses.
+pub type Links = BTreeMap<String, (String, BTreeSet<IpAddr>)>;
+
+/// The links that matter to an announcement of `listen`.
+pub fn links(interfaces: &[Interface], listen: SocketAddr) -> Links {
+    interfaces
+        .iter()
+        .filter(|i| {
+            let loopback = i.addresses.iter().any(|a| a.ip.is_loopback()) || i.name == "lo";
+            if listen.ip().is_unspecified() {
+                !loopback
+            } else {
+                i.addresses.iter().any(|a| a.ip == listen.ip())
+            }
+        })
+        .map(|i| {
+            let ips = i.addresses.iter().map(|a| a.ip).collect();
+            (i.name.clone(), (i.oper_state.clone(), ips))
+        })
+        .collect()
+}
+
+/// Says when to start the announcement afresh: when the links differ from those it was started
+/// with and have stayed the same over two looks, so that a link still coming up (carrier, DHCP,
+/// IPv6 duplicate address detection) is not caught half-way.
+#[derive(Debug, Clone)]
+pub struct LinkWatch {
+    started_with: Links,
+    last: Links,
+}
+
+impl LinkWatch {
+    /// A watch over an announcement started with `links`.
+    pub fn new(links: Links) -> Self {
+        Self {
+            started_with: links.clone(),
+            last: links,
+        }
+    }
+
+    /// Takes one look; true when the announcement should be started again (with `now`).
+    pub fn observe(&mut self, now: Links) -> bool {
+        let settled = now == self.last;
+        self.last = now;
+        if settled && self.last != self.started_with {
+            self.started_with = self.last.clone();
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edge_hal::net::{Address, Counters};
+
+    fn interface(name: &str, state: &str, ips: &[&str]) -> Interface {
+        Interface {
+            name: name.into(),
+            mac: None,
+            addresses: ips
+                .iter()
+                .map(|ip| Address {
+                    ip: ip.parse().expect("ip"),
+                    prefix: 24,
+                })
+                .collect(),
+            oper_state: state.into(),
+            speed_mbps: None,
+            counters: Counters::default(),
+        }
+    }
+
+    fn host(wlan: Interface) -> Vec<Interface> {
+        vec![
+            interface("eth0", "up", &["192.0.2.7", "fe80::1"]),
+            interface("lo", "unknown", &["127.0.0.1", "::1"]),
+            wlan,
+        ]
+    }
+
+    #[test]
+    fn a_wildcard_listener_depends_on_every_link_but_loopback_a_bound_one_on_its_own() {
+        let list = host(interface("wlan0", "up", &["198.51.100.4"]));
+        let any = links(&list, "0.0.0.0:7466".parse().expect("addr"));
+        assert_eq!(any.keys().collect::<Vec<_>>(), ["eth0", "wlan0"]);
+        let one = links(&list, "198.51.100.4:7466".parse().expect("addr"));
+        assert_eq!(one.keys().collect::<Vec<_>>(), ["wlan0"]);
+        assert!(links(&list, "203.0.113.1:7466".parse().expect("addr")).is_empty());
+    }
+
+    #[test]
+    fn a_link_that_comes_up_restarts_the_announcement_once_it_has_settled() {
+        let listen: SocketAddr = "0.0.0.0:7466".parse().expect("addr");
+        let down = links(&host(interface("wlan0", "down", &[])), listen);
+        let mut watch = LinkWatch::new(down.clone());
+        assert!(!watch.observe(down.clone()), "nothing changed");
+        let carrier = links(&host(interface("wlan0", "up", &["fe80::2"])), listen);
+        assert!(!watch.observe(carrier.clone()), "changed, not settled yet");
+        let dhcp = links(
+            &host(interface("wlan0", "up", &["fe80::2", "198.51.100.4"])),
+            listen,
+        );
+        assert!(!watch.observe(dhcp.clone()), "still changing");
+        assert!(watch.observe(dhcp.clone()), "settled: restart");
+        assert!(!watch.observe(dhcp.clone()), "once");
+        assert!(!watch.observe(down.clone()));
+        assert!(watch.observe(down), "and again when it goes away");
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use edge_hal::{GpuStatus, Hal, Identity, KeyError};
+use edge_hal::{Button, GpuStatus, Hal, Identity, KeyError, Wait};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -349,11 +349,27 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
     }
     if let Some((files, code, listener, status)) = bridge {
         let (button, pressed) = mpsc::channel(1);
+        // Two sources open the pairing window: the button's input device, if configured, and
+        // SIGUSR1 (`systemctl kill -s USR1 edge-agent`) always.
+        if let Some(wanted) = &config.pairing.button {
+            let (buttons, device, key) = (hal.buttons.clone(), wanted.device.clone(), wanted.key);
+            match blocking(move || buttons.open(&device, key)).await {
+                Ok(opened) => {
+                    tracing::info!(device = %wanted.device.display(), key, "pairing button ready");
+                    let (device, stop) = (wanted.device.clone(), shutdown.clone());
+                    let button = button.clone();
+                    tracker.spawn_blocking(move || forward_button(opened, &device, &button, &stop));
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "pairing button unavailable; SIGUSR1 still opens the pairing window"
+                ),
+            }
+        }
         let mut sigusr1 =
             signal(SignalKind::user_defined1()).map_err(|e| task_error("signals", e))?;
         let stop = shutdown.clone();
         tracker.spawn(async move {
-            // SIGUSR1 is the pairing button until hal has one.
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -411,6 +427,34 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
     }
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+/// Sends each press of `button` to `pressed` until shutdown, the bridge is gone, or the device
+/// ends. Runs on a blocking thread; the wait's timeout bounds how late it sees shutdown.
+fn forward_button(
+    mut button: Box<dyn Button>,
+    device: &Path,
+    pressed: &mpsc::Sender<()>,
+    stop: &CancellationToken,
+) {
+    let device = device.display();
+    while !stop.is_cancelled() && !pressed.is_closed() {
+        match button.wait(std::time::Duration::from_millis(250)) {
+            Ok(Wait::Pressed) => {
+                tracing::info!(%device, "pairing button pressed");
+                let _ = pressed.try_send(());
+            }
+            Ok(Wait::TimedOut) => {}
+            Ok(Wait::Ended) => {
+                tracing::warn!(%device, "pairing button input ended; SIGUSR1 still opens the pairing window");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pairing button failed; SIGUSR1 still opens the pairing window");
+                return;
+            }
+        }
+    }
 }
 
 /// What the network tasks share.
@@ -525,6 +569,26 @@ fn task_error(task: &'static str, e: impl Display) -> AgentError {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn button_presses_reach_the_bridge_until_the_device_ends() {
+        let buttons = edge_hal::fake::FakeButtons::default();
+        let button =
+            edge_hal::Buttons::open(&buttons, Path::new("/dev/input/event2"), 218).expect("open");
+        let (tx, mut rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let thread = tokio::task::spawn_blocking(move || {
+            forward_button(button, Path::new("/dev/input/event2"), &tx, &stop);
+        });
+        assert_eq!(buttons.press(), 1);
+        assert_eq!(rx.recv().await, Some(()));
+        buttons.unplug();
+        tokio::time::timeout(std::time::Duration::from_secs(5), thread)
+            .await
+            .expect("the thread ends with the device")
+            .expect("no panic");
+        assert_eq!(rx.recv().await, None, "and drops its sender");
+    }
 
     #[test]
     fn a_state_dir_others_can_write_is_refused_naming_it() {

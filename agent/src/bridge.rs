@@ -5,8 +5,8 @@
 //! State, in the state directory: `setup-code` (the per-device setup secret, 0600, made on first
 //! start; the label's QR code and manual code come from it) and `pairing.json` (the owner's public
 //! key and the persistent failure count, 0600, written durably before any reply that depends on
-//! them). The pairing window opens at start while the box has no owner, and again on SIGUSR1 (the
-//! pairing button); it closes after 15 minutes, 20 failures, or a pairing. At 100 failures over the
+//! them). The pairing window opens at start while the box has no owner, and again on the pairing
+//! button (`[pairing] button`, or SIGUSR1); it closes after 15 minutes, 20 failures, or a pairing. At 100 failures over the
 //! box's life pairing is locked until a factory reset (`edge-agent factory-reset`, or the owner's
 //! app).
 
@@ -27,11 +27,14 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::advertise::Advertiser;
+use crate::advertise::{self, AdvertiseError, Advertiser, LinkWatch};
 use crate::state::{AgentState, VERSIONS};
 
 /// A client that says nothing for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// How often the links under the mDNS announcement are looked at.
+const LINK_CHECK: Duration = Duration::from_secs(2);
 
 /// Errors of the bridge's storage.
 #[derive(Debug, thiserror::Error)]
@@ -204,22 +207,24 @@ impl BridgeTask {
             .listener
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        let advertiser = match self.listener.local_addr() {
-            Ok(addr) if self.mdns => {
+        // The announcement, and a watch on the links it depends on (see `advertise`).
+        let (advertiser, mut links) = match self.listener.local_addr() {
+            Ok(addr) if self.mdns && !addr.ip().is_loopback() => {
+                let interfaces = self.hal.interfaces.clone();
                 let id = self.identity.device_id().to_string();
-                match Advertiser::start(&id, addr, record.owner_key.is_none()) {
-                    Ok(Some(a)) => {
-                        tracing::info!(%addr, service = crate::advertise::SERVICE, "announcing over mDNS");
-                        Some(a)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mDNS announcement failed; the app needs the address");
-                        None
-                    }
-                }
+                let window_open = record.owner_key.is_none();
+                let (now, started) = crate::app::blocking(move || {
+                    let now = interfaces.list().unwrap_or_default();
+                    (now, Advertiser::start(&id, addr, window_open))
+                })
+                .await;
+                let watch = LinkWatch::new(advertise::links(&now, addr));
+                (
+                    announced(started, addr, "announcing over mDNS"),
+                    Some((addr, watch)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         let this = Arc::new(Served {
             advertiser: Mutex::new((advertiser, None)),
@@ -234,11 +239,18 @@ impl BridgeTask {
         });
         this.open_window("start");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut look = tokio::time::interval(LINK_CHECK);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 Some(()) = button.recv() => this.open_window("pairing button"),
                 _ = tick.tick() => this.tick(),
+                _ = look.tick(), if links.is_some() => {
+                    if let Some((addr, watch)) = links.as_mut() {
+                        this.check_links(*addr, watch).await;
+                    }
+                }
                 accepted = this.task.listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
@@ -289,9 +301,64 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// The announcement `started`, logged.
+fn announced(
+    started: Result<Option<Advertiser>, AdvertiseError>,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> Option<Advertiser> {
+    match started {
+        Ok(Some(a)) => {
+            tracing::info!(%addr, service = advertise::SERVICE, "{what}");
+            Some(a)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "mDNS announcement failed; the app needs the address");
+            None
+        }
+    }
+}
+
 impl Served {
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the announcement afresh once the links under it have changed and settled: the
+    /// responder does not take up a link that came up after it started (Wi-Fi set up through
+    /// the app, a cable plugged in late).
+    async fn check_links(&self, addr: std::net::SocketAddr, watch: &mut LinkWatch) {
+        let interfaces = self.task.hal.interfaces.clone();
+        let now = match crate::app::blocking(move || interfaces.list()).await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the links under the mDNS announcement");
+                return;
+            }
+        };
+        if !watch.observe(advertise::links(&now, addr)) {
+            return;
+        }
+        let old = self.advertiser.lock().ok().and_then(|mut a| a.0.take());
+        let window_open = self.status.lock().is_ok_and(|v| v.window_open);
+        let id = self.task.identity.device_id().to_string();
+        let started = crate::app::blocking(move || {
+            if let Some(old) = old {
+                old.stop();
+            }
+            Advertiser::start(&id, addr, window_open)
+        })
+        .await;
+        let started = announced(
+            started,
+            addr,
+            "network links changed: announcing over mDNS afresh",
+        );
+        if let Ok(mut guard) = self.advertiser.lock() {
+            // A window change meanwhile is announced on the next tick.
+            *guard = (started, Some(window_open));
+        }
     }
 
     fn publish(&self, shared: &Shared) {

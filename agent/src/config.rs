@@ -145,6 +145,17 @@ pub struct PairingConfig {
     pub listen: Option<SocketAddr>,
     /// Announce the listener over mDNS (not for loopback listeners).
     pub mdns: bool,
+    /// The pairing button's input device; `None`: SIGUSR1 only.
+    pub button: Option<ButtonConfig>,
+}
+
+/// The pairing button: a key on a Linux input device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ButtonConfig {
+    /// The evdev device, e.g. `/dev/input/by-path/platform-gpio-keys-event`.
+    pub device: PathBuf,
+    /// The key code its press sends (`EV_KEY`), 1 to `KEY_MAX`.
+    pub key: u16,
 }
 
 /// Reporting to the network: where, how often, and how the queue and measurements are bounded.
@@ -311,6 +322,12 @@ struct RawPairing {
     listen: Option<Value>,
     /// Announce the listener as `_edge-agent._tcp` over mDNS. Default true.
     mdns: Option<Value>,
+    /// The pairing button's evdev device, e.g. `"/dev/input/by-path/platform-gpio-keys-event"`;
+    /// `""` disables it. Needs `listen`. Default: none (SIGUSR1 only).
+    button: Option<Value>,
+    /// The key code of the button (`EV_KEY`, 1 to 767, e.g. 218 for `KEY_CONNECT`). Required
+    /// with `button`.
+    button_key: Option<Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
@@ -731,22 +748,7 @@ impl Check<'_> {
         self.unknown("", raw.unknown, &SECTIONS);
         let gpu = self.gpu(raw.gpu);
         let network = self.network(raw.network, cwd);
-        self.unknown("pairing", raw.pairing.unknown, &["listen", "mdns"]);
-        let mdns = self.boolean("pairing.mdns", raw.pairing.mdns, true);
-        let listen = match self.string("pairing.listen", raw.pairing.listen) {
-            None => Some(None),
-            Some(s) if s.is_empty() => Some(None),
-            Some(s) => match s.parse::<SocketAddr>() {
-                Ok(addr) => Some(Some(addr)),
-                Err(_) => {
-                    self.fail(
-                        "pairing.listen",
-                        format!("{s:?} is not address:port, e.g. \"0.0.0.0:7466\""),
-                    );
-                    None
-                }
-            },
-        };
+        let pairing = self.pairing(raw.pairing, cwd);
         let RawAgent {
             state_dir,
             identity_key,
@@ -849,10 +851,82 @@ impl Check<'_> {
             },
             gpu: gpu?,
             network: network?,
-            pairing: PairingConfig {
-                listen: listen?,
-                mdns: mdns?,
+            pairing: pairing?,
+        })
+    }
+
+    fn pairing(&mut self, raw: RawPairing, cwd: &Path) -> Option<PairingConfig> {
+        self.unknown(
+            "pairing",
+            raw.unknown,
+            &["listen", "mdns", "button", "button_key"],
+        );
+        let mdns = self.boolean("pairing.mdns", raw.mdns, true);
+        let listen = match self.string("pairing.listen", raw.listen) {
+            None => Some(None),
+            Some(s) if s.is_empty() => Some(None),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    self.fail(
+                        "pairing.listen",
+                        format!("{s:?} is not address:port, e.g. \"0.0.0.0:7466\""),
+                    );
+                    None
+                }
             },
+        };
+        let device = match self.string("pairing.button", raw.button) {
+            None => Some(None),
+            Some(s) if s.is_empty() => Some(None),
+            Some(s) => self.path("pairing.button", &s, cwd).map(Some),
+        };
+        let max = edge_hal::button::KEY_MAX;
+        let key = match raw.button_key {
+            None => Some(None),
+            Some(Value::Integer(n)) => match u16::try_from(n) {
+                Ok(code) if (1..=max).contains(&code) => Some(Some(code)),
+                _ => {
+                    self.fail(
+                        "pairing.button_key",
+                        format!("{n} is not a key code; expected 1 to {max} (KEY_MAX)"),
+                    );
+                    None
+                }
+            },
+            Some(other) => {
+                self.fail(
+                    "pairing.button_key",
+                    format!(
+                        "expected a key code (an integer), found {}",
+                        describe(&other)
+                    ),
+                );
+                None
+            }
+        };
+        let button = match (device?, key?) {
+            (None, _) => None,
+            (Some(_), None) => {
+                self.fail(
+                    "pairing.button_key",
+                    "required with pairing.button: the key code the button sends, e.g. 218 (KEY_CONNECT); `evtest` shows it",
+                );
+                return None;
+            }
+            (Some(device), Some(key)) => Some(ButtonConfig { device, key }),
+        };
+        if button.is_some() && listen == Some(None) {
+            self.fail(
+                "pairing.button",
+                "needs pairing.listen: the button opens the pairing window of that listener",
+            );
+            return None;
+        }
+        Some(PairingConfig {
+            listen: listen?,
+            mdns: mdns?,
+            button,
         })
     }
 
@@ -1315,6 +1389,60 @@ mod tests {
             (
                 "gpu.memory_budget_mib = 1.5",
                 "gpu.memory_budget_mib: expected whole MiB, found float 1.5",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text}: {got:?}");
+            assert!(
+                got[0].starts_with(want),
+                "{text}:\n got {:?}\nwant {want:?}",
+                got[0]
+            );
+        }
+    }
+
+    #[test]
+    fn the_pairing_button_is_a_device_and_a_key_code_beside_a_listener() {
+        let c = from_str(
+            "[pairing]\nlisten = \"0.0.0.0:7466\"\nbutton = \"/dev/input/event2\"\nbutton_key = 218\n",
+            Path::new("/"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.pairing.button,
+            Some(ButtonConfig {
+                device: PathBuf::from("/dev/input/event2"),
+                key: 218
+            })
+        );
+        assert_eq!(
+            from_str("", Path::new("/"))
+                .expect("defaults")
+                .pairing
+                .button,
+            None
+        );
+        let cases = [
+            (
+                "pairing.listen = \"0.0.0.0:1\"\npairing.button = \"/dev/input/event2\"",
+                "pairing.button_key: required with pairing.button",
+            ),
+            (
+                "pairing.listen = \"0.0.0.0:1\"\npairing.button = \"/e\"\npairing.button_key = 0",
+                "pairing.button_key: 0 is not a key code; expected 1 to 767",
+            ),
+            (
+                "pairing.listen = \"0.0.0.0:1\"\npairing.button = \"/e\"\npairing.button_key = \"KEY_CONNECT\"",
+                "pairing.button_key: expected a key code (an integer), found string",
+            ),
+            (
+                "pairing.button = \"/e\"\npairing.button_key = 218",
+                "pairing.button: needs pairing.listen",
+            ),
+            (
+                "pairing.listen = \"0.0.0.0:1\"\npairing.button = 3\npairing.button_key = 218",
+                "pairing.button: expected a string, found integer 3",
             ),
         ];
         for (text, want) in cases {

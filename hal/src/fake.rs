@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::Hal;
+use crate::button::{Button, ButtonError, Buttons, Wait};
 use crate::clock::Clock;
 use crate::gpu::{GpuProbe, GpuStatus};
 use crate::keys::{Identity, KeyError, KeyStore, KeyUri};
@@ -297,6 +298,7 @@ impl Hal {
             gpu: Arc::new(FakeGpu::default()),
             wifi: Arc::new(FakeWifi::default()),
             power: Arc::new(FakePower::default()),
+            buttons: Arc::new(FakeButtons::default()),
         }
     }
 }
@@ -309,5 +311,63 @@ impl crate::power::Power for FakePower {
     fn reboot(&self) -> Result<(), crate::power::PowerError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Buttons the test presses: every button opened reports each [`FakeButtons::press`].
+#[derive(Debug, Default)]
+pub struct FakeButtons {
+    opened: Mutex<Vec<(PathBuf, u16, std::sync::mpsc::Sender<()>)>>,
+    /// `open` fails as for a missing device.
+    pub missing: std::sync::atomic::AtomicBool,
+}
+
+impl FakeButtons {
+    /// Presses every open button; how many were still waited on.
+    pub fn press(&self) -> usize {
+        let mut opened = lock(&self.opened);
+        opened.retain(|(.., tx)| tx.send(()).is_ok());
+        opened.len()
+    }
+
+    /// Ends every open button's input, as when the device goes away.
+    pub fn unplug(&self) {
+        lock(&self.opened).clear();
+    }
+
+    /// The device and key of each open button.
+    pub fn opened(&self) -> Vec<(PathBuf, u16)> {
+        lock(&self.opened)
+            .iter()
+            .map(|(path, key, _)| (path.clone(), *key))
+            .collect()
+    }
+}
+
+impl Buttons for FakeButtons {
+    fn open(&self, device: &Path, key: u16) -> Result<Box<dyn Button>, ButtonError> {
+        if self.missing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ButtonError::Open {
+                path: device.to_owned(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        lock(&self.opened).push((device.to_owned(), key, tx));
+        Ok(Box::new(FakeButton(rx)))
+    }
+}
+
+/// A button opened by [`FakeButtons`].
+#[derive(Debug)]
+pub struct FakeButton(std::sync::mpsc::Receiver<()>);
+
+impl Button for FakeButton {
+    fn wait(&mut self, timeout: Duration) -> Result<Wait, ButtonError> {
+        match self.0.recv_timeout(timeout) {
+            Ok(()) => Ok(Wait::Pressed),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(Wait::TimedOut),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(Wait::Ended),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every piece of hardware or OS state the agent reads or sets goes through one trait here, with a
 //! real Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, wgpu/Vulkan, files on disk,
-//! `nmcli`/`wpa_cli`) and, behind the `fake` feature, an in-memory fake in [`fake`] for other
+//! `nmcli`/`wpa_cli`, evdev input devices) and, behind the `fake` feature, an in-memory fake in [`fake`] for other
 //! crates' policy tests.
 //! The agent is handed a [`Hal`] and never reaches for the OS itself.
 //!
@@ -10,6 +10,7 @@
 //! Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1); Wi-Fi through `nmcli` or
 //! `wpa_cli`, personal (PSK/SAE) networks only.
 
+pub mod button;
 pub mod clock;
 pub mod durable;
 pub mod gpu;
@@ -29,6 +30,7 @@ pub mod fake;
 
 use std::sync::Arc;
 
+pub use button::{Button, ButtonError, Buttons, EvdevButton, EvdevButtons, Wait};
 pub use clock::{Clock, SystemClock};
 pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe, WgpuProbe};
 pub use keys::{DeviceId, FileKeyStore, Identity, KeyError, KeyStore, KeyUri};
@@ -65,11 +67,13 @@ pub struct Hal {
     pub wifi: Arc<dyn Wifi>,
     /// Reboot.
     pub power: Arc<dyn Power>,
+    /// Input devices: the pairing button.
+    pub buttons: Arc<dyn Buttons>,
 }
 
 impl Hal {
-    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU, and
-    /// NetworkManager or wpa_supplicant for Wi-Fi, whichever is installed.
+    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU,
+    /// NetworkManager or wpa_supplicant for Wi-Fi, whichever is installed, and evdev for buttons.
     pub fn linux() -> Self {
         Self {
             system: Arc::new(LinuxSystem::default()),
@@ -81,6 +85,7 @@ impl Hal {
             gpu: Arc::new(WgpuProbe::default()),
             wifi: Arc::new(LinuxWifi::default()),
             power: Arc::new(SystemdPower::default()),
+            buttons: Arc::new(EvdevButtons),
         }
     }
 }

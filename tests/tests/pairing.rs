@@ -293,3 +293,90 @@ fn wrong_codes_close_the_window_count_across_restarts_and_lock_at_100() {
     ));
     stop(agent);
 }
+
+/// One `struct input_event` as the kernel writes it (time left zero): two `long`s of `timeval`,
+/// then type, code and value in native byte order.
+fn input_event(kind: u16, code: u16, value: i32) -> Vec<u8> {
+    let mut record = vec![0u8; 2 * std::mem::size_of::<usize>()];
+    record.extend_from_slice(&kind.to_ne_bytes());
+    record.extend_from_slice(&code.to_ne_bytes());
+    record.extend_from_slice(&value.to_ne_bytes());
+    record
+}
+
+#[test]
+fn the_pairing_button_opens_a_window_that_failures_closed() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    const EV_KEY: u16 = 1;
+    const KEY_CONNECT: u16 = 218;
+    // A FIFO stands in for the button's input device.
+    let input = tempfile::tempdir().expect("tempdir");
+    let fifo = input.path().join("gpio-keys-event");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let addr = format!("127.0.0.1:{}", edge_tests::free_port());
+    let device = Box {
+        sandbox: Sandbox::new(&format!(
+            "[pairing]\nlisten = \"{addr}\"\nbutton = \"{}\"\nbutton_key = {KEY_CONNECT}\n",
+            fifo.display()
+        )),
+        addr,
+    };
+    let wrong = wrong_code_for(&device);
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    let agent = device.start();
+    // The agent opened the read end before READY, so this neither blocks nor fails.
+    let mut button = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(&fifo)
+        .expect("the agent reads the button's device");
+
+    let attacker = tempfile::tempdir().expect("tempdir");
+    for _ in 0..20 {
+        refused(
+            &edgectl(
+                attacker.path(),
+                &[
+                    "--device",
+                    &id,
+                    "pair",
+                    "--addr",
+                    &device.addr,
+                    "--code",
+                    &wrong,
+                ],
+            ),
+            "refused",
+        );
+    }
+    assert_eq!(device.pairing()["window_open"], false);
+
+    // Not presses: a release, an auto-repeat, another key, another event type with the code.
+    let noise = [
+        input_event(EV_KEY, KEY_CONNECT, 0),
+        input_event(EV_KEY, KEY_CONNECT, 2),
+        input_event(EV_KEY, KEY_CONNECT + 1, 1),
+        input_event(4, 4, i32::from(KEY_CONNECT)),
+        input_event(0, 0, 0),
+    ]
+    .concat();
+    button.write_all(&noise).expect("write");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(device.pairing()["window_open"], false, "no press yet");
+
+    button
+        .write_all(&input_event(EV_KEY, KEY_CONNECT, 1))
+        .expect("press");
+    let opened = edge_tests::hub::eventually(Duration::from_secs(10), || {
+        (device.pairing()["window_open"] == true).then_some(())
+    });
+    assert!(opened.is_some(), "{}", device.pairing());
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    stop(agent);
+}
