@@ -4,7 +4,8 @@
 #  - qemu-user (qemu-aarch64-static) and its binfmt_misc handler, so that an aarch64 test can
 #    spawn the aarch64 agent binary as a child process;
 #  - arm64 multiarch runtime libraries: libc6:arm64 (the loader qemu runs), libvulkan1:arm64 and
-#    mesa-vulkan-drivers:arm64 (lavapipe), so GPU tests run for aarch64 too;
+#    mesa-vulkan-drivers:arm64 (lavapipe), so GPU tests run for aarch64 too; libdbus-1-dev:arm64,
+#    which the Bluetooth LE transport (bluer) links;
 #  - the Rust target from rust-toolchain.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     $SUDO dpkg --add-architecture arm64
     APT_UPDATED=""
 fi
-ensure_apt libc6:arm64 libvulkan1:arm64 mesa-vulkan-drivers:arm64
+ensure_apt libc6:arm64 libvulkan1:arm64 mesa-vulkan-drivers:arm64 libdbus-1-dev:arm64
 ensure_rust
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 

@@ -388,6 +388,7 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
             cwd: invocation.cwd.clone(),
             state_dir: config.state_dir.clone(),
             mdns: config.pairing.mdns,
+            ble: config.pairing.ble,
         };
         spawn_task(
             &tracker,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use edge_hal::wifi::Passphrase;
 use edge_hal::{Hal, Identity};
-use edge_mobile_bridge::lan::{LanError, LanLink};
+use edge_mobile_bridge::ble::BleServer;
+use edge_mobile_bridge::lan::LanLink;
+use edge_mobile_bridge::link::{Link, TransportError};
 use edge_mobile_bridge::message::{
     ErrorCode, Message, Request, Response, StatusReport, WifiNetwork,
 };
@@ -24,7 +26,7 @@ use edge_mobile_bridge::pairing::{ConnId, DevicePairing, DeviceStep, PairingErro
 use edge_mobile_bridge::session::{DeviceHandshake, SecureChannel};
 use edge_mobile_bridge::setup_code::{DeviceFingerprint, QrPayload, SetupCode};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::advertise::{self, AdvertiseError, Advertiser, LinkWatch};
@@ -32,6 +34,9 @@ use crate::state::{AgentState, VERSIONS};
 
 /// A client that says nothing for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
+
+/// How long to wait before trying Bluetooth LE again where BlueZ was not there.
+const BLE_RETRY: Duration = Duration::from_secs(60);
 
 /// How often the links under the mDNS announcement are looked at.
 const LINK_CHECK: Duration = Duration::from_secs(2);
@@ -173,6 +178,8 @@ pub struct BridgeTask {
     pub state_dir: PathBuf,
     /// Announce the listener over mDNS (`_edge-agent._tcp`).
     pub mdns: bool,
+    /// Serve pairing and the control channel over Bluetooth LE too.
+    pub ble: bool,
 }
 
 /// What the bridge shows in `/status`.
@@ -188,6 +195,8 @@ pub struct BridgeView {
     pub failures: u32,
     /// Whether pairing is locked until a factory reset.
     pub locked: bool,
+    /// The Bluetooth adapter pairing is served on, while it is.
+    pub ble: Option<String>,
 }
 
 /// Shared with `/status`.
@@ -238,6 +247,9 @@ impl BridgeTask {
             listen,
         });
         this.open_window("start");
+        if this.task.ble {
+            tokio::spawn(this.clone().serve_ble(shutdown.clone()));
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut look = tokio::time::interval(LINK_CHECK);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,16 +266,10 @@ impl BridgeTask {
                 accepted = this.task.listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let served = this.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            result = served.connection(stream) => if let Err(e) = result {
-                                tracing::debug!(%peer, error = %e, "owner link ended");
-                            },
-                        }
-                    });
+                    match LanLink::new(stream) {
+                        Ok(link) => this.spawn_link(link, peer.to_string(), &shutdown),
+                        Err(e) => tracing::debug!(%peer, error = %e, "owner link refused"),
+                    }
                 }
             }
         }
@@ -283,7 +289,7 @@ struct Served {
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
     #[error(transparent)]
-    Lan(#[from] LanError),
+    Transport(#[from] TransportError),
     #[error(transparent)]
     Store(#[from] BridgeError),
     #[error("the peer said nothing for {0:?}")]
@@ -373,6 +379,7 @@ impl Served {
                 window_open,
                 failures: shared.record.failures,
                 locked: shared.record.failures >= edge_mobile_bridge::pairing::LOCK_AT,
+                ble: view.ble.take(),
             };
         }
         if let Ok(mut guard) = self.advertiser.lock() {
@@ -424,8 +431,72 @@ impl Served {
         Ok(())
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream) -> Result<(), LinkError> {
-        let mut link = LanLink::new(stream)?;
+    /// Serves one app's link until it ends or the agent shuts down.
+    fn spawn_link<L: Link + 'static>(
+        self: &Arc<Self>,
+        link: L,
+        peer: String,
+        shutdown: &CancellationToken,
+    ) {
+        let served = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                result = served.connection(link) => if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "owner link ended");
+                },
+            }
+        });
+    }
+
+    /// Serves pairing and the control channel over Bluetooth LE as well, for as long as BlueZ
+    /// is there: where it is not (yet), says so and tries again every [`BLE_RETRY`].
+    async fn serve_ble(self: Arc<Self>, shutdown: CancellationToken) {
+        let id = self.task.identity.device_id().to_string();
+        let name = format!("edge-{}", &id[..id.len().min(12)]);
+        loop {
+            match BleServer::start(&name).await {
+                Ok(mut server) => {
+                    let adapter = server.adapter().to_owned();
+                    tracing::info!(%adapter, %name, "serving pairing over Bluetooth LE");
+                    self.set_ble(Some(adapter));
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            accepted = server.accept() => match accepted {
+                                Ok((address, link)) => {
+                                    self.spawn_link(link, format!("ble:{address}"), &shutdown);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "Bluetooth LE service failed; starting it again");
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                    self.set_ble(None);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Bluetooth LE unavailable; pairing is served on the LAN only (trying again in {} s)",
+                    BLE_RETRY.as_secs()
+                ),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(BLE_RETRY) => {}
+            }
+        }
+    }
+
+    fn set_ble(&self, adapter: Option<String>) {
+        if let Ok(mut view) = self.status.lock() {
+            view.ble = adapter;
+        }
+    }
+
+    async fn connection<L: Link>(self: Arc<Self>, mut link: L) -> Result<(), LinkError> {
         let Some(first) = recv(&mut link).await? else {
             return Ok(());
         };
@@ -436,7 +507,7 @@ impl Served {
         }
     }
 
-    async fn pairing(&self, mut link: LanLink<TcpStream>, first: Vec<u8>) -> Result<(), LinkError> {
+    async fn pairing<L: Link>(&self, mut link: L, first: Vec<u8>) -> Result<(), LinkError> {
         let conn = {
             let mut shared = self.lock();
             shared.next_conn += 1;
@@ -498,11 +569,7 @@ impl Served {
         result
     }
 
-    async fn owner_session(
-        &self,
-        mut link: LanLink<TcpStream>,
-        hello: &[u8],
-    ) -> Result<(), LinkError> {
+    async fn owner_session<L: Link>(&self, mut link: L, hello: &[u8]) -> Result<(), LinkError> {
         let owner = self.owner_key();
         let accepted =
             DeviceHandshake::accept(Instant::now(), hello, &self.task.identity, owner.as_ref());
@@ -540,9 +607,9 @@ impl Served {
     }
 
     /// The owner's requests, until the link closes or the owner changes.
-    async fn control(
+    async fn control<L: Link>(
         &self,
-        mut link: LanLink<TcpStream>,
+        mut link: L,
         mut channel: SecureChannel,
         owner: [u8; 32],
     ) -> Result<(), LinkError> {
@@ -746,7 +813,7 @@ fn wifi_error(e: edge_hal::wifi::WifiError) -> Response {
     }
 }
 
-async fn recv(link: &mut LanLink<TcpStream>) -> Result<Option<Vec<u8>>, LinkError> {
+async fn recv<L: Link>(link: &mut L) -> Result<Option<Vec<u8>>, LinkError> {
     match tokio::time::timeout(IDLE, link.recv()).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(LinkError::Idle(IDLE)),

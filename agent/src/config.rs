@@ -145,6 +145,8 @@ pub struct PairingConfig {
     pub listen: Option<SocketAddr>,
     /// Announce the listener over mDNS (not for loopback listeners).
     pub mdns: bool,
+    /// Serve pairing over Bluetooth LE too.
+    pub ble: bool,
     /// The pairing button's input device; `None`: SIGUSR1 only.
     pub button: Option<ButtonConfig>,
 }
@@ -322,6 +324,9 @@ struct RawPairing {
     listen: Option<Value>,
     /// Announce the listener as `_edge-agent._tcp` over mDNS. Default true.
     mdns: Option<Value>,
+    /// Serve pairing and the control channel over Bluetooth LE too (BlueZ). Needs `listen`.
+    /// Default false.
+    ble: Option<Value>,
     /// The pairing button's evdev device, e.g. `"/dev/input/by-path/platform-gpio-keys-event"`;
     /// `""` disables it. Needs `listen`. Default: none (SIGUSR1 only).
     button: Option<Value>,
@@ -859,9 +864,10 @@ impl Check<'_> {
         self.unknown(
             "pairing",
             raw.unknown,
-            &["listen", "mdns", "button", "button_key"],
+            &["listen", "mdns", "ble", "button", "button_key"],
         );
         let mdns = self.boolean("pairing.mdns", raw.mdns, true);
+        let ble = self.boolean("pairing.ble", raw.ble, false);
         let listen = match self.string("pairing.listen", raw.listen) {
             None => Some(None),
             Some(s) if s.is_empty() => Some(None),
@@ -923,9 +929,17 @@ impl Check<'_> {
             );
             return None;
         }
+        if ble == Some(true) && listen == Some(None) {
+            self.fail(
+                "pairing.ble",
+                "needs pairing.listen: Bluetooth LE is served by the same bridge as the LAN",
+            );
+            return None;
+        }
         Some(PairingConfig {
             listen: listen?,
             mdns: mdns?,
+            ble: ble?,
             button,
         })
     }

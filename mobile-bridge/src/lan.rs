@@ -5,19 +5,9 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::frame::{
-    Fragmenter, FrameError, LAN_MAX_FRAME, MAX_MESSAGE, Reassembler, StreamDecoder, stream_encode,
+    Fragmenter, LAN_MAX_FRAME, MAX_MESSAGE, Reassembler, StreamDecoder, stream_encode,
 };
-
-/// Errors of the LAN transport.
-#[derive(Debug, thiserror::Error)]
-pub enum LanError {
-    /// The stream failed.
-    #[error("connection: {0}")]
-    Io(#[from] std::io::Error),
-    /// The peer sent something that is not a frame stream; the connection cannot go on.
-    #[error("bad frame from the peer: {0}")]
-    Frame(#[from] FrameError),
-}
+use crate::link::{Link, TransportError};
 
 /// Messages in and out over one stream.
 pub struct LanLink<S> {
@@ -29,7 +19,7 @@ pub struct LanLink<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
     /// Wraps a connected stream.
-    pub fn new(stream: S) -> Result<Self, LanError> {
+    pub fn new(stream: S) -> Result<Self, TransportError> {
         Ok(Self {
             stream,
             decoder: StreamDecoder::default(),
@@ -39,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
     }
 
     /// Sends one whole message.
-    pub async fn send(&mut self, message: &[u8]) -> Result<(), LanError> {
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
         let mut out = Vec::with_capacity(message.len() + 64);
         for frame in self.fragmenter.fragment(message)? {
             out.extend(stream_encode(&frame)?);
@@ -50,7 +40,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
     }
 
     /// The next whole message; `None` when the peer closed the stream between messages.
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, LanError> {
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         let mut buf = [0u8; 4096];
         loop {
             while let Some(frame) = self.decoder.next_frame()? {
@@ -61,7 +51,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
             let n = self.stream.read(&mut buf).await?;
             if n == 0 {
                 if self.reassembler.in_progress() {
-                    return Err(LanError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    return Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 return Ok(None);
             }
@@ -72,6 +62,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
     /// The stream, e.g. to read its peer address.
     pub fn get_ref(&self) -> &S {
         &self.stream
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Link for LanLink<S> {
+    async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
+        LanLink::send(self, message).await
+    }
+
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        LanLink::recv(self).await
     }
 }
 
@@ -98,6 +98,6 @@ mod tests {
         let (mut raw, b) = tokio::io::duplex(64);
         let mut b = LanLink::new(b).expect("link");
         raw.write_all(&[0xff, 0xff, 1, 2, 3]).await.expect("write");
-        assert!(matches!(b.recv().await, Err(LanError::Frame(_))));
+        assert!(matches!(b.recv().await, Err(TransportError::Frame(_))));
     }
 }

@@ -7,8 +7,10 @@
 //! confirmation, the device's identity proof, and the pairing window's limits (15 min, one
 //! session, 60 s per handshake, 20 failures, a persistent counter that locks at 100).
 //! [`session`]: the ChaCha20-Poly1305 record layer and the mutually authenticated handshake for
-//! later sessions. [`client`]: the client side as an app embeds it. `lan` (feature `lan`): the
-//! TCP transport, a thin tokio adapter over the frames.
+//! later sessions. [`client`]: the client side as an app embeds it. Transports (thin tokio
+//! adapters over the frames): `link` and `packet` (feature `transport`): the `Link` trait and
+//! messages over packet sockets; `lan` (feature `lan`): TCP; `ble` (feature `ble`): the GATT
+//! service through BlueZ.
 //!
 //! **Design.** No I/O, no threads, no clocks: callers pass whole messages in and get messages and
 //! effects out, and pass the time as an [`std::time::Instant`]. Effects that must happen before
@@ -16,17 +18,24 @@
 //! so the order is visible at the call site. Everything can be fuzzed (`fuzz/`) and tested in
 //! memory. The wire format and flows are written up in `docs/pairing.md`.
 //!
-//! **Limits.** The BLE GATT transport (BlueZ through `bluer`) is not here yet; the agent side
-//! (with its mDNS announcement) lives in `edge-agent` (`bridge`, `advertise`), the CLI in `edgectl`. `spake2` 0.4
+//! **Limits.** The BLE GATT service is tested only up to BlueZ (no Bluetooth on the build machine);
+//! the agent side (with its mDNS announcement) lives in `edge-agent` (`bridge`, `advertise`), the
+//! CLI in `edgectl`. `spake2` 0.4
 //! and `ring` do not wipe their internal copies of the password, scalars and derived keys; this
 //! crate wipes its own. An `Error` sent in the clear during a handshake is unauthenticated (it can
 //! only make a client give up, which cutting the link does too).
 
+#[cfg(feature = "ble")]
+pub mod ble;
 pub mod client;
 pub mod frame;
 #[cfg(feature = "lan")]
 pub mod lan;
+#[cfg(feature = "transport")]
+pub mod link;
 pub mod message;
+#[cfg(feature = "transport")]
+pub mod packet;
 pub mod pairing;
 pub mod session;
 pub mod setup_code;

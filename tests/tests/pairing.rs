@@ -25,8 +25,12 @@ impl Box {
     }
 
     fn start(&self) -> Running {
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, env: &[(&str, &str)]) -> Running {
         let mut notify = NotifySocket::bind_fresh(self.sandbox.dir.path());
-        let agent = self.sandbox.start(&notify, &[]);
+        let agent = self.sandbox.start(&notify, env);
         assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
         agent
     }
@@ -378,5 +382,31 @@ fn the_pairing_button_opens_a_window_that_failures_closed() {
         owner.path(),
         &["pair", "--addr", &device.addr, "--qr", &device.qr()],
     ));
+    stop(agent);
+}
+
+#[test]
+fn bluetooth_le_without_bluez_is_a_warning_and_the_lan_still_pairs() {
+    let addr = format!("127.0.0.1:{}", edge_tests::free_port());
+    let device = Box {
+        sandbox: Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\nble = true\n")),
+        addr,
+    };
+    // No system bus here (and none at this address anywhere): BlueZ cannot be reached.
+    let agent = device.start_with(&[(
+        "DBUS_SYSTEM_BUS_ADDRESS",
+        "unix:path=/nonexistent/system_bus_socket",
+    )]);
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    let logs = ok(&edgectl(owner.path(), &["logs"]));
+    assert!(
+        logs.contains("Bluetooth LE unavailable; pairing is served on the LAN only"),
+        "{logs}"
+    );
+    assert_eq!(device.pairing()["ble"], serde_json::Value::Null);
     stop(agent);
 }
