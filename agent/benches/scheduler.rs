@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 /// CPU time of process `pid`, all its threads, from the scheduler's nanosecond counters.
 fn cpu(pid: u32) -> Duration {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
     let ns: u64 = tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
@@ -33,7 +35,9 @@ fn cpu(pid: u32) -> Duration {
 /// This process's children (the GPU worker).
 fn children() -> Vec<u32> {
     let me = std::process::id();
-    let tasks = std::fs::read_dir(format!("/proc/{me}/task")).into_iter().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{me}/task"))
+        .into_iter()
+        .flatten();
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
@@ -184,9 +188,23 @@ fn main() {
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler.run(shutdown.clone()));
         let tiny = kernels::hash_chain(3, 16, 256).expect("job");
-        compare(&mut gpu, &handle, &tiny, "hash_chain, 256 items x 16 rounds", 300).await;
+        compare(
+            &mut gpu,
+            &handle,
+            &tiny,
+            "hash_chain, 256 items x 16 rounds",
+            300,
+        )
+        .await;
         let small = kernels::hash_chain(3, 256, 1 << 16).expect("job");
-        compare(&mut gpu, &handle, &small, "hash_chain, 65536 items x 256 rounds", 40).await;
+        compare(
+            &mut gpu,
+            &handle,
+            &small,
+            "hash_chain, 65536 items x 256 rounds",
+            40,
+        )
+        .await;
         shutdown.cancel();
     });
     println!(
