@@ -739,11 +739,20 @@ impl Served {
                         .join("; ")
                 })?;
             edge_hal::durable::write(&crate::config::owner_file(&dir), text.as_bytes(), 0o600)
-                .map_err(|e| format!("cannot save: {e}"))
+                .map_err(|e| format!("cannot save: {e}"))?;
+            // The settings as they now stand, with the owner's file on top.
+            crate::config::load(path.as_deref(), &cwd).map_err(|e| e.to_string())
         })
         .await;
         match result {
-            Ok(Ok(())) => Response::Ok,
+            Ok(Ok(config)) => {
+                // GPU settings hold from the next job; the network ones at the next start.
+                self.task
+                    .state
+                    .scheduler
+                    .set_policy(crate::scheduler::Policy::from(&config.gpu));
+                Response::Ok
+            }
             Ok(Err(message)) => Response::Error {
                 code: ErrorCode::InvalidConfig,
                 message,

@@ -27,7 +27,7 @@ use edge_gpu::validate::{Problem, ShaderCache, check_cached};
 use edge_gpu::worker::{Done, Request};
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,33 @@ pub struct Policy {
     pub idle_release: Duration,
 }
 
+/// The owner's part of the policy, as `/status` shows it (the names of the config keys).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PolicyView {
+    /// GPU memory per job, MiB.
+    pub memory_budget_mib: u64,
+    /// Largest share of time the GPU may be busy, percent.
+    pub max_duty_percent: f64,
+    /// Jobs start only in these hours UTC, `[start, end)`; `null`: always.
+    pub allowed_hours_utc: Option<[u8; 2]>,
+    /// Pause at or above this.
+    pub pause_above_celsius: f64,
+    /// Resume below this.
+    pub resume_below_celsius: f64,
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        Self {
+            memory_budget_mib: p.memory_budget >> 20,
+            max_duty_percent: (p.max_duty * 1000.0).round() / 10.0,
+            allowed_hours_utc: p.allowed_hours_utc.map(|(a, b)| [a, b]),
+            pause_above_celsius: p.pause_above_celsius,
+            resume_below_celsius: p.resume_below_celsius,
+        }
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct GpuMetrics {
@@ -143,9 +170,21 @@ enum Msg {
 #[derive(Clone, Debug)]
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Msg>,
+    policy: Arc<watch::Sender<Policy>>,
 }
 
 impl SchedulerHandle {
+    /// The policy in force.
+    pub fn policy(&self) -> Policy {
+        self.policy.borrow().clone()
+    }
+
+    /// Replaces the policy (the owner changed a setting): it holds from the next job on; the
+    /// running job finishes under the old one.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.send_replace(policy);
+    }
+
     /// Submits `job` and waits for its receipt and outputs.
     pub async fn run(&self, job: Job) -> Result<JobResult, JobError> {
         self.submit(job, true).await
@@ -231,6 +270,8 @@ pub struct SchedulerParts {
 /// The scheduler task.
 pub struct Scheduler {
     inbox: mpsc::Receiver<Msg>,
+    /// The owner's policy as it changes ([`SchedulerHandle::set_policy`]).
+    policy: watch::Receiver<Policy>,
     parts: SchedulerParts,
     worker: GpuWorker,
     queue: BinaryHeap<Queued>,
@@ -273,9 +314,11 @@ impl Scheduler {
         // Submissions beyond the queue bound are refused by the task; the channel only needs to
         // absorb bursts between two turns of its loop.
         let (tx, inbox) = mpsc::channel(parts.policy.queue_capacity.max(1));
+        let (policy, policy_rx) = watch::channel(parts.policy.clone());
         let now = Instant::now();
         let scheduler = Self {
             inbox,
+            policy: policy_rx,
             parts,
             worker,
             queue: BinaryHeap::new(),
@@ -288,7 +331,13 @@ impl Scheduler {
             rest_until: now,
             last_work: now,
         };
-        (scheduler, SchedulerHandle { tx })
+        (
+            scheduler,
+            SchedulerHandle {
+                tx,
+                policy: Arc::new(policy),
+            },
+        )
     }
 
     /// Schedules until `shutdown`; queued jobs are then answered `ShuttingDown`.
@@ -297,6 +346,11 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> Result<(), std::convert::Infallible> {
         loop {
+            let latest = self.policy.borrow_and_update().clone();
+            if latest != self.parts.policy {
+                tracing::info!(policy = ?latest, "GPU policy changed");
+                self.parts.policy = latest;
+            }
             self.expire();
             self.send_ready().await;
             match self.next_event(&shutdown).await {
@@ -350,11 +404,14 @@ impl Scheduler {
             inbox,
             worker,
             head_since,
+            policy,
             ..
         } = self;
         tokio::select! {
             () = shutdown.cancelled() => Event::Shutdown,
             msg = inbox.recv() => Event::Inbox(msg),
+            // A new policy may let a held-back job start (or hold the next one back).
+            Ok(()) = policy.changed() => Event::Wake,
             answer = worker.answer(*head_since, limit.unwrap_or_default()), if limit.is_some() => {
                 Event::Answer(answer)
             }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::bridge::{BridgeStatus, BridgeView};
 use crate::delivery::{NetworkStatus, NetworkView};
 use crate::outbox::{Outbox, OutboxCounts};
-use crate::scheduler::{GpuMetrics, SchedulerHandle};
+use crate::scheduler::{GpuMetrics, PolicyView, SchedulerHandle};
 use crate::snapshot::HardwareSnapshot;
 
 /// Build facts shown in `/status` and `/metrics`.
@@ -117,6 +117,8 @@ pub struct StatusReport<'a> {
     pub gpu: &'a GpuStatus,
     /// Measured GPU capability (`null` until measured, or without a GPU).
     pub capability: Option<Compute>,
+    /// The GPU policy in force (the owner's changes hold from the next job).
+    pub gpu_policy: PolicyView,
     /// Reporting to the network (`null` without a hub in the config).
     pub network: Option<NetworkReport>,
     /// Pairing and the owner (`null` without `[pairing] listen`).
@@ -140,6 +142,7 @@ impl AgentState {
             hardware: self.snapshot.borrow().clone(),
             gpu: &self.gpu,
             capability: self.capability.borrow().clone(),
+            gpu_policy: PolicyView::from(&self.scheduler.policy()),
             network: self.network.as_ref().map(|n| NetworkReport {
                 view: n.status.lock().map(|v| v.clone()).unwrap_or_default(),
                 queue: n.outbox.counts(),

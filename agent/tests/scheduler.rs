@@ -349,3 +349,26 @@ async fn a_job_waiting_in_the_pipe_can_be_cancelled_and_the_next_one_still_runs(
     assert_eq!(rig.metrics.cancelled.load(Ordering::SeqCst), 1);
     assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_new_policy_holds_from_the_next_job_and_wakes_a_held_back_queue() {
+    let Some(rig) = rig(policy()) else { return };
+    // The fake clock stands at 00:00 UTC: a window of 12-13 h holds jobs back.
+    let mut closed = policy();
+    closed.allowed_hours_utc = Some((12, 13));
+    rig.handle.set_policy(closed.clone());
+    assert_eq!(rig.handle.policy(), closed);
+    let h = rig.handle.clone();
+    let held = tokio::spawn(async move { h.run(small("held", 0)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "outside the allowed hours");
+    assert_eq!(rig.metrics.paused.load(Ordering::SeqCst), 2);
+    // The owner opens the window: the queued job starts without waiting for a recheck.
+    rig.handle.set_policy(policy());
+    let done = tokio::time::timeout(Duration::from_secs(3), held)
+        .await
+        .expect("started on the change, not at the next minute's recheck")
+        .expect("join")
+        .expect("runs");
+    assert_eq!(done.receipt.body.what.job_id, "held");
+}

@@ -142,11 +142,19 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
     .expect("copy");
     refused(&edgectl(stranger.path(), &["status"]), "NotOwner");
 
-    // Settings are validated like the config file; only owner keys; saved for the next start.
+    // Settings are validated like the config file; only owner keys; saved, and the GPU ones hold
+    // at once (from the next job).
+    let policy = |device: &Box| {
+        let out = device.sandbox.agent(&["status"]).output().expect("status");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        status["gpu_policy"].clone()
+    };
+    assert_eq!(policy(&device)["max_duty_percent"], 100.0);
     ok(&edgectl(
         owner.path(),
         &["config", "set", "gpu.max_duty_percent", "50"],
     ));
+    assert_eq!(policy(&device)["max_duty_percent"], 50.0);
     refused(
         &edgectl(
             owner.path(),
