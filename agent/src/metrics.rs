@@ -167,6 +167,12 @@ pub fn render(state: &AgentState) -> String {
         |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     e.family("edge_gpu_queue_depth", "gauge", "GPU jobs waiting.")
         .sample("edge_gpu_queue_depth", &[], load(&g.queue_depth));
+    e.family(
+        "edge_gpu_jobs_in_flight",
+        "gauge",
+        "GPU jobs sent to the worker (running or next).",
+    )
+    .sample("edge_gpu_jobs_in_flight", &[], load(&g.in_flight));
     e.family("edge_gpu_jobs_total", "counter", "GPU jobs by outcome.");
     for (outcome, counter) in [
         ("done", &g.done),

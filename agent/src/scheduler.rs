@@ -126,6 +126,8 @@ impl From<&Policy> for PolicyView {
 pub struct GpuMetrics {
     /// Jobs waiting.
     pub queue_depth: AtomicU64,
+    /// Jobs sent to the worker: the running one and any waiting in its pipe.
+    pub in_flight: AtomicU64,
     /// Jobs that produced a receipt.
     pub done: AtomicU64,
     /// Jobs that failed on the GPU or in the worker.
@@ -437,12 +439,13 @@ impl Scheduler {
         self.count_queue();
     }
 
+    /// Updates the queue and in-flight gauges.
     fn count_queue(&self) {
+        let metrics = &self.parts.metrics;
         let depth = self.queue.len() as u64;
-        self.parts
-            .metrics
-            .queue_depth
-            .store(depth, Ordering::Relaxed);
+        metrics.queue_depth.store(depth, Ordering::Relaxed);
+        let sent = self.in_flight.len() as u64;
+        metrics.in_flight.store(sent, Ordering::Relaxed);
     }
 
     /// When the next job may start: `None` with an empty queue.
@@ -580,6 +583,7 @@ impl Scheduler {
                         limit,
                         reply: Some(reply),
                     });
+                    self.count_queue();
                     self.parts.metrics.worker_up.store(1, Ordering::Relaxed);
                 }
                 Err(_) if ahead => {
@@ -610,6 +614,7 @@ impl Scheduler {
         let Some(head) = self.in_flight.pop_front() else {
             return;
         };
+        self.count_queue();
         let metrics = self.parts.metrics.clone();
         // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals.
         let ran = match &answer {
@@ -752,6 +757,7 @@ impl Scheduler {
             let _ = self.in_flight.pop_front();
             self.abandon_worker().await;
         }
+        self.count_queue();
         found
     }
 }

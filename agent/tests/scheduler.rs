@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edge_agent::gpu_worker::{GpuWorker, WorkerError};
@@ -295,21 +295,28 @@ fn allowed_hours_wrap_past_midnight() {
     let _: SystemTime = at(0, 0);
 }
 
+/// Waits (bounded) until `gauge` reads `want`: the scheduler's state, not a guess at its timing
+/// (under qemu-user a worker takes seconds to start).
+async fn until(gauge: &AtomicU64, want: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while gauge.load(Ordering::SeqCst) != want {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
     let Some(rig) = rig(policy()) else { return };
+    rig.handle.run(small("warm", 0)).await.expect("worker up");
     let h = rig.handle.clone();
-    let runaway = tokio::spawn(async move { h.run(kernels::runaway(500)).await });
+    let runaway = tokio::spawn(async move { h.run(kernels::runaway(3000)).await });
+    until(&rig.metrics.in_flight, 1, "the runaway sent").await;
     // Submitted while the runaway runs: sent ahead into the worker's pipe, which dies with it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let h = rig.handle.clone();
     let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        rig.metrics.queue_depth.load(Ordering::SeqCst),
-        0,
-        "sent to the worker, not queued"
-    );
+    until(&rig.metrics.in_flight, 2, "the next job sent ahead").await;
+    assert!(!runaway.is_finished(), "the runaway still runs");
     let ahead = ahead.await.expect("join").expect("runs on the next worker");
     receipt::verify(&ahead.receipt).expect("verifies");
     assert_eq!(ahead.receipt.body.what.job_id, "ahead");
@@ -322,32 +329,30 @@ async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
         "{err:?}"
     );
     assert_eq!(rig.metrics.failed.load(Ordering::SeqCst), 1);
-    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn a_job_waiting_in_the_pipe_can_be_cancelled_and_the_next_one_still_runs() {
     let Some(rig) = rig(policy()) else { return };
+    rig.handle.run(small("warm", 0)).await.expect("worker up");
     let h = rig.handle.clone();
-    let runaway = tokio::spawn(async move { h.run(kernels::runaway(800)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runaway = tokio::spawn(async move { h.run(kernels::runaway(3000)).await });
+    until(&rig.metrics.in_flight, 1, "the runaway sent").await;
     let h = rig.handle.clone();
     let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
+    until(&rig.metrics.in_flight, 2, "the next job sent ahead").await;
     let h = rig.handle.clone();
     let third = tokio::spawn(async move { h.run(small("third", 0)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        rig.metrics.queue_depth.load(Ordering::SeqCst),
-        1,
-        "one sent ahead, one queued"
-    );
+    until(&rig.metrics.queue_depth, 1, "the third queued").await;
+    assert!(!runaway.is_finished(), "the runaway still runs");
     assert!(rig.handle.cancel("ahead").await, "found in flight");
     assert_eq!(ahead.await.expect("join").err(), Some(JobError::Cancelled));
     assert!(runaway.await.expect("join").is_err(), "overruns");
     let third = third.await.expect("join").expect("runs");
     assert_eq!(third.receipt.body.what.job_id, "third");
     assert_eq!(rig.metrics.cancelled.load(Ordering::SeqCst), 1);
-    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -365,7 +370,7 @@ async fn a_new_policy_holds_from_the_next_job_and_wakes_a_held_back_queue() {
     assert_eq!(rig.metrics.paused.load(Ordering::SeqCst), 2);
     // The owner opens the window: the queued job starts without waiting for a recheck.
     rig.handle.set_policy(policy());
-    let done = tokio::time::timeout(Duration::from_secs(3), held)
+    let done = tokio::time::timeout(Duration::from_secs(30), held)
         .await
         .expect("started on the change, not at the next minute's recheck")
         .expect("join")
