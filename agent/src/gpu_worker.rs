@@ -221,9 +221,19 @@ impl GpuWorker {
         let result = self.read_answer(started + limit, limit).await;
         match &result {
             Ok(_) | Err(WorkerError::Refused { .. }) => self.in_flight -= 1,
-            Err(_) => self.kill().await,
+            // No await here: the caller may drop this future as soon as it yields, and the
+            // answer must not be lost half-way through stopping the worker.
+            Err(_) => self.abandon(),
         }
         result
+    }
+
+    /// Stops the worker without waiting for it to exit (tokio reaps it).
+    fn abandon(&mut self) {
+        self.in_flight = 0;
+        if let Some(mut running) = self.running.take() {
+            let _ = running.child.start_kill();
+        }
     }
 
     async fn read_answer(
