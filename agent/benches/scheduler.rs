@@ -1,8 +1,10 @@
 //! What the scheduler costs: small-job throughput through the whole path (queue, admission,
 //! worker process, JSON lines, receipt signing) next to a bare wgpu submit-and-read-back loop of
-//! the same job on one thread, in the same run. The three paths run in interleaved rounds, so
-//! that a change in the machine's load hits all of them alike. Prints figures; asserts nothing
-//! about time. CPU time per job is printed beside it, for this process and for the worker (on
+//! the same job on one thread, in the same run. The scheduler runs small jobs that wait together
+//! in one submission ([`Gpu::run_batch`]), so a bare loop that batches as much is printed too:
+//! against it, the scheduler's own cost shows. The paths run in interleaved rounds, so that a
+//! change in the machine's load hits all of them alike. Prints figures; asserts nothing about
+//! time. CPU time per job is printed beside it, for this process and for the worker (on
 //! lavapipe the GPU is these same two cores, so CPU the scheduler spends is taken from the GPU).
 //!
 //!     cargo bench -p edge-agent --bench scheduler
@@ -12,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use edge_agent::gpu_worker::GpuWorker;
 use edge_agent::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerHandle, SchedulerParts};
-use edge_gpu::executor::Gpu;
+use edge_gpu::executor::{Gpu, MAX_BATCH};
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::kernels;
-use edge_gpu::validate::validate;
+use edge_gpu::validate::{ValidJob, validate};
 use edge_hal::{Identity, SysfsThermal, SystemClock};
 use tokio_util::sync::CancellationToken;
 
@@ -89,10 +91,11 @@ async fn compare(gpu: &mut Gpu, handle: &SchedulerHandle, job: &Job, what: &str,
     gpu.run(&valid).expect("warm-up");
     handle.run(job.clone()).await.expect("warm-up");
 
-    let mut totals = [Duration::ZERO; 3];
+    let mut totals = [Duration::ZERO; 4];
     // CPU per path: [this process, the worker].
-    let mut cpus = [[Duration::ZERO; 2]; 3];
-    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpus = [[Duration::ZERO; 2]; 4];
+    let mut ratios: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let batch: Vec<&ValidJob> = std::iter::repeat_n(&valid, MAX_BATCH).collect();
     let mut count = |path: usize, before: [Duration; 2]| {
         let after = cpu_now();
         for side in 0..2 {
@@ -108,16 +111,30 @@ async fn compare(gpu: &mut Gpu, handle: &SchedulerHandle, job: &Job, what: &str,
         let bare = start.elapsed();
         count(0, before);
         let before = cpu_now();
+        let start = Instant::now();
+        for _ in 0..jobs / MAX_BATCH {
+            for result in gpu.run_batch(&batch) {
+                result.expect("run");
+            }
+        }
+        gpu.run_batch(&batch[..jobs % MAX_BATCH])
+            .into_iter()
+            .for_each(|result| drop(result.expect("run")));
+        let batched = start.elapsed();
+        count(3, before);
+        let before = cpu_now();
         let sequential = one_at_a_time(handle, job, jobs).await;
         count(1, before);
         let before = cpu_now();
         let pipelined = all_at_once(handle, job, jobs).await;
         count(2, before);
-        for (total, d) in totals.iter_mut().zip([bare, sequential, pipelined]) {
+        for (total, d) in totals[..3].iter_mut().zip([bare, sequential, pipelined]) {
             *total += d;
         }
+        totals[3] += batched;
         ratios[0].push(sequential.as_secs_f64() / bare.as_secs_f64());
         ratios[1].push(pipelined.as_secs_f64() / bare.as_secs_f64());
+        ratios[2].push(pipelined.as_secs_f64() / batched.as_secs_f64());
     }
 
     let n = ROUNDS * jobs;
@@ -130,6 +147,7 @@ async fn compare(gpu: &mut Gpu, handle: &SchedulerHandle, job: &Job, what: &str,
         "bare wgpu submit + read-back (one thread)",
         "scheduler, one at a time",
         "scheduler, all submitted at once",
+        "bare wgpu, 16 jobs per submission",
     ];
     let per_job = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     for ((name, d), [here, worker]) in names.iter().zip(totals).zip(cpus) {
@@ -149,6 +167,10 @@ async fn compare(gpu: &mut Gpu, handle: &SchedulerHandle, job: &Job, what: &str,
         "scheduler cost vs bare (median of rounds): {:+.0}% one at a time, {:+.0}% all at once",
         median(&mut ratios[0]),
         median(&mut ratios[1])
+    );
+    println!(
+        "all at once vs the bare loop batched as much: {:+.0}%",
+        median(&mut ratios[2])
     );
 }
 

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use edge_gpu::executor::ExecError;
-use edge_gpu::worker::{Done, Hello, Request, Response};
+use edge_gpu::worker::{Done, Hello, Response, Submitted, request_line};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
@@ -42,6 +42,13 @@ pub enum WorkerError {
         /// How long it had.
         limit: Duration,
     },
+    /// The job's batch failed as a whole (the worker could not tell which job caused it); it
+    /// should run again alone.
+    #[error("its batch failed as a whole: {reason}")]
+    Unsettled {
+        /// What happened to the batch.
+        reason: String,
+    },
     /// The worker died or spoke nonsense.
     #[error("the GPU worker failed: {message}")]
     Crashed {
@@ -68,7 +75,7 @@ pub struct GpuWorker {
 
 /// A job encoded for the worker.
 pub struct Prepared {
-    line: Vec<u8>,
+    json: Vec<u8>,
     /// How long the worker may take over it once it is the oldest job in flight.
     pub limit: Duration,
 }
@@ -76,7 +83,7 @@ pub struct Prepared {
 impl Prepared {
     /// Its size on the wire, bytes.
     pub fn wire_len(&self) -> usize {
-        self.line.len()
+        self.json.len()
     }
 }
 
@@ -168,25 +175,25 @@ impl GpuWorker {
         })
     }
 
-    /// Encodes `request` for [`GpuWorker::send`].
-    pub fn prepare(request: &Request) -> Result<Prepared, WorkerError> {
+    /// Encodes `job` for [`GpuWorker::send`].
+    pub fn prepare(job: &Submitted) -> Result<Prepared, WorkerError> {
         // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
         // for that at a conservative 100 MiB/s.
-        let bytes: u64 = request.job.bindings.iter().map(|b| b.size).sum();
-        let limit = Duration::from_millis(request.job.limits.max_runtime_ms)
+        let bytes: u64 = job.job.bindings.iter().map(|b| b.size).sum();
+        let limit = Duration::from_millis(job.job.limits.max_runtime_ms)
             + KILL_SLACK
             + Duration::from_secs(bytes / (100 << 20));
-        let mut line = serde_json::to_vec(request).map_err(|e| WorkerError::Crashed {
+        let json = serde_json::to_vec(job).map_err(|e| WorkerError::Crashed {
             message: format!("cannot encode the job: {e}"),
         })?;
-        line.push(b'\n');
-        Ok(Prepared { line, limit })
+        Ok(Prepared { json, limit })
     }
 
-    /// Sends a job, starting the worker if none is up. The worker runs jobs in the order sent and
-    /// answers each in turn ([`GpuWorker::answer`]); a job sent while another runs waits in the
-    /// pipe, so the worker starts it the moment the previous one is done.
-    pub async fn send(&mut self, job: &Prepared) -> Result<(), WorkerError> {
+    /// Sends a batch of jobs, run in one GPU submission, starting the worker if none is up. The
+    /// worker runs batches in the order sent and answers each job in turn
+    /// ([`GpuWorker::answer`]); a batch sent while another runs waits in the pipe, so the worker
+    /// starts it the moment the previous one is done. `budget` is the GPU memory budget per job.
+    pub async fn send(&mut self, batch: &[&Prepared], budget: u64) -> Result<(), WorkerError> {
         // A worker that died with jobs in flight is not replaced here: their answers must come
         // from the process they were sent to (its end is read as a crash by `answer`).
         let running = if self.in_flight == 0 {
@@ -196,23 +203,25 @@ impl GpuWorker {
                 message: "the worker is gone".into(),
             })?
         };
+        let line = request_line(budget, batch.iter().map(|job| job.json.as_slice()));
         running
             .stdin
-            .write_all(&job.line)
+            .write_all(&line)
             .await
             .map_err(|e| WorkerError::Crashed {
                 message: format!("cannot send the job: {e}"),
             })?;
-        self.in_flight += 1;
+        self.in_flight += batch.len();
         Ok(())
     }
 
     /// The answer to the oldest job in flight, with the adapter and driver it ran on. Without an
-    /// answer by `deadline` the worker is killed. Timeouts, crashes and driver errors kill the
-    /// worker (a lost device does not heal; the next job gets a fresh process): every job still
-    /// in flight is then lost and must be sent again. Cancel-safe: dropping the future loses no
-    /// answer. `started` is when the job became the oldest in flight, `limit` its
-    /// [`Prepared::limit`].
+    /// answer by `deadline` the worker is killed. Timeouts, crashes, driver errors and a batch
+    /// that failed as a whole kill the worker (a lost device does not heal; the next job gets a
+    /// fresh process): every job still in flight is then lost and must be sent again.
+    /// Cancel-safe: dropping the future loses no answer. `started` is when the job became the
+    /// oldest in flight, `limit` how long it may take from then (for the first job of a batch,
+    /// the sum of its jobs' [`Prepared::limit`]s).
     pub async fn answer(
         &mut self,
         started: Instant,
@@ -256,6 +265,7 @@ impl GpuWorker {
             Response::Done(done) => Ok((done, running.adapter.clone(), running.driver.clone())),
             Response::Refused { problems } => Err(WorkerError::Refused { problems }),
             Response::Failed { error } => Err(WorkerError::Exec(error)),
+            Response::Unsettled { reason } => Err(WorkerError::Unsettled { reason }),
         }
     }
 

@@ -21,24 +21,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use edge_gpu::digest::Sha256;
+use edge_gpu::executor::MAX_BATCH;
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::{Problem, ShaderCache, check_cached};
-use edge_gpu::worker::{Done, Request};
+use edge_gpu::validate::{Problem, ShaderCache, check_cached, gpu_bytes};
+use edge_gpu::worker::{Done, Submitted};
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gpu_worker::{GpuWorker, WorkerError};
+use crate::gpu_worker::{GpuWorker, Prepared, WorkerError};
 
 /// How often a paused scheduler looks at the temperature and the clock again.
 const RECHECK: Duration = Duration::from_secs(5);
 /// How long a thermal reading stands.
 const THERMAL_EVERY: Duration = Duration::from_secs(1);
-/// The largest job sent to the worker while another runs: well inside a pipe's 64 KiB buffer.
+/// The largest job sent to the worker while another runs, and the largest that shares a batch.
 const AHEAD_MAX_BYTES: usize = 16 << 10;
+/// The most a batch of small jobs takes on the wire: well inside a pipe's 64 KiB buffer, which
+/// holds at most one batch waiting.
+const BATCH_MAX_BYTES: usize = 32 << 10;
 
 /// Why a job produced no receipt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +232,8 @@ struct Queued {
     outputs: bool,
     seq: u64,
     reply: Reply,
+    /// Runs alone, never in a batch: its last batch failed as a whole.
+    solo: bool,
 }
 
 impl PartialEq for Queued {
@@ -279,6 +285,8 @@ pub struct Scheduler {
     queue: BinaryHeap<Queued>,
     /// Jobs sent to the worker, oldest (running) first.
     in_flight: VecDeque<InFlight>,
+    /// Batches sent so far.
+    batches: u64,
     /// When the oldest job in flight became the oldest: its time limit counts from here.
     head_since: Instant,
     seq: u64,
@@ -296,9 +304,25 @@ struct InFlight {
     outputs: bool,
     seq: u64,
     kernel_sha256: Sha256,
+    /// How long its answer may take once it is the oldest in flight.
     limit: Duration,
+    /// The batch it was sent in (numbered in sending order).
+    batch: u64,
     /// `None` once cancelled: the submitter has had its answer.
     reply: Option<Reply>,
+}
+
+impl InFlight {
+    /// Back to the queue, unless cancelled.
+    fn requeue(self, solo: bool) -> Option<Queued> {
+        Some(Queued {
+            job: self.job,
+            outputs: self.outputs,
+            seq: self.seq,
+            reply: self.reply?,
+            solo,
+        })
+    }
 }
 
 /// What woke the scheduler.
@@ -325,6 +349,7 @@ impl Scheduler {
             worker,
             queue: BinaryHeap::new(),
             in_flight: VecDeque::new(),
+            batches: 0,
             head_since: now,
             seq: 0,
             shaders: ShaderCache::default(),
@@ -512,101 +537,161 @@ impl Scheduler {
         None
     }
 
-    /// Whether another job may be sent to the worker now. One job runs; at full duty one more
+    /// Whether another batch may be sent to the worker now. One batch runs; at full duty one more
     /// waits in the worker's pipe so that it starts the moment the running one ends (the hand-off
-    /// between processes then overlaps GPU work). Below full duty the GPU rests between jobs, so
-    /// nothing is sent ahead.
+    /// between processes then overlaps GPU work). Below full duty the GPU rests between batches,
+    /// so nothing is sent ahead.
     fn may_send(&mut self) -> bool {
         let depth = if self.parts.policy.max_duty >= 1.0 {
             2
         } else {
             1
         };
+        let batches = match (self.in_flight.front(), self.in_flight.back()) {
+            (Some(first), Some(last)) => last.batch - first.batch + 1,
+            _ => 0,
+        };
         !self.queue.is_empty()
-            && self.in_flight.len() < depth
+            && batches < depth
             && Instant::now() >= self.rest_until
             && self.policy_wait().is_none()
     }
 
-    /// Sends the best queued jobs to the worker while policy lets them start.
+    /// Sends the best queued jobs to the worker, in batches, while policy lets them start.
     async fn send_ready(&mut self) {
         while self.may_send() {
-            let Some(Queued {
-                job,
-                outputs,
-                seq,
-                reply,
-            }) = self.queue.pop()
-            else {
-                return;
-            };
-            self.count_queue();
-            if is_late(&job, unix_ms(self.parts.clock.wall())) {
-                self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(Err(JobError::DeadlinePassed));
-                continue;
-            }
-            let request = Request {
-                job,
-                budget: self.parts.policy.memory_budget,
-                outputs,
-            };
-            let prepared = GpuWorker::prepare(&request);
-            let Request { job, .. } = request;
             let ahead = !self.in_flight.is_empty();
-            let sent = match prepared {
-                // A job sent ahead must fit the pipe's buffer, so that writing it never waits for
-                // the worker (which is busy, and may be writing a large answer to us).
-                Ok(prepared) if ahead && prepared.wire_len() > AHEAD_MAX_BYTES => {
-                    self.queue.push(Queued {
-                        job,
-                        outputs,
-                        seq,
-                        reply,
-                    });
-                    self.count_queue();
-                    return;
-                }
-                Ok(prepared) => self.worker.send(&prepared).await.map(|()| prepared.limit),
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(limit) => {
+            let batch = self.gather(ahead);
+            if batch.is_empty() {
+                return;
+            }
+            let prepared: Vec<&Prepared> = batch.iter().map(|(_, p)| p).collect();
+            match self
+                .worker
+                .send(&prepared, self.parts.policy.memory_budget)
+                .await
+            {
+                Ok(()) => {
                     if !ahead {
                         self.head_since = Instant::now();
                     }
-                    self.in_flight.push_back(InFlight {
-                        kernel_sha256: Sha256::of(job.kernel.wgsl.as_bytes()),
-                        job,
-                        outputs,
-                        seq,
-                        limit,
-                        reply: Some(reply),
-                    });
+                    self.batches += 1;
+                    // The first answer comes when the whole batch is done.
+                    let total = prepared
+                        .iter()
+                        .map(|p| p.limit)
+                        .fold(Duration::ZERO, Duration::saturating_add);
+                    for (i, (queued, prepared)) in batch.into_iter().enumerate() {
+                        self.in_flight.push_back(InFlight {
+                            kernel_sha256: Sha256::of(queued.job.kernel.wgsl.as_bytes()),
+                            job: queued.job,
+                            outputs: queued.outputs,
+                            seq: queued.seq,
+                            limit: if i == 0 { total } else { prepared.limit },
+                            batch: self.batches,
+                            reply: Some(queued.reply),
+                        });
+                    }
                     self.count_queue();
                     self.parts.metrics.worker_up.store(1, Ordering::Relaxed);
                 }
                 Err(_) if ahead => {
-                    // Its answer would come from a dead worker; the running job's answer says
-                    // what happened. This one waits for the next worker.
-                    self.queue.push(Queued {
-                        job,
-                        outputs,
-                        seq,
-                        reply,
-                    });
-                    self.count_queue();
+                    // Their answers would come from a dead worker; the running job's answer says
+                    // what happened. These wait for the next worker.
+                    batch
+                        .into_iter()
+                        .for_each(|(queued, _)| self.requeue(queued));
                     return;
                 }
                 Err(e) => {
                     self.worker.kill().await;
                     self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
-                    self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(job = %job.id, error = %e, "GPU job failed");
-                    let _ = reply.send(Err(e.into()));
+                    for (queued, _) in batch {
+                        self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(job = %queued.job.id, error = %e, "GPU job failed");
+                        let _ = queued.reply.send(Err(e.clone().into()));
+                    }
                 }
             }
         }
+    }
+
+    /// Takes the next batch off the queue, best job first: small jobs (at most
+    /// [`AHEAD_MAX_BYTES`] each on the wire) go together, up to [`MAX_BATCH`] of them, within
+    /// [`BATCH_MAX_BYTES`] and the memory budget together; a larger job goes alone. Sent `ahead`
+    /// of a running batch, it must fit the pipe's buffer, so that writing it never waits for the
+    /// worker (which is busy, and may be writing a large answer to us): a large job then waits.
+    fn gather(&mut self, ahead: bool) -> Vec<(Queued, Prepared)> {
+        let mut batch: Vec<(Queued, Prepared)> = Vec::new();
+        let (mut bytes, mut gpu) = (0, 0);
+        while batch.len() < MAX_BATCH {
+            let batchable = batch
+                .first()
+                .is_none_or(|(q, p)| !q.solo && p.wire_len() <= AHEAD_MAX_BYTES);
+            if !batchable
+                || self
+                    .queue
+                    .peek()
+                    .is_some_and(|q| !batch.is_empty() && q.solo)
+            {
+                break;
+            }
+            let Some(queued) = self.queue.pop() else {
+                break;
+            };
+            if is_late(&queued.job, unix_ms(self.parts.clock.wall())) {
+                self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                let _ = queued.reply.send(Err(JobError::DeadlinePassed));
+                continue;
+            }
+            let Queued {
+                job,
+                outputs,
+                seq,
+                reply,
+                solo,
+            } = queued;
+            let submitted = Submitted { job, outputs };
+            let prepared = GpuWorker::prepare(&submitted);
+            let queued = Queued {
+                job: submitted.job,
+                outputs,
+                seq,
+                reply,
+                solo,
+            };
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = queued.reply.send(Err(e.into()));
+                    continue;
+                }
+            };
+            let job_gpu = gpu_bytes(&queued.job);
+            let fits = if batch.is_empty() {
+                !ahead || prepared.wire_len() <= AHEAD_MAX_BYTES
+            } else {
+                prepared.wire_len() <= AHEAD_MAX_BYTES
+                    && bytes + prepared.wire_len() <= BATCH_MAX_BYTES
+                    && gpu + job_gpu <= self.parts.policy.memory_budget
+            };
+            if !fits {
+                self.requeue(queued);
+                break;
+            }
+            bytes += prepared.wire_len();
+            gpu += job_gpu;
+            batch.push((queued, prepared));
+        }
+        self.count_queue();
+        batch
+    }
+
+    /// Puts a job back on the queue.
+    fn requeue(&mut self, queued: Queued) {
+        self.queue.push(queued);
+        self.count_queue();
     }
 
     /// Takes the oldest job in flight's answer and hands it to its submitter.
@@ -616,9 +701,12 @@ impl Scheduler {
         };
         self.count_queue();
         let metrics = self.parts.metrics.clone();
-        // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals.
+        // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals;
+        // each job of a batch counts its share of the submission.
         let ran = match &answer {
-            Ok((done, _, _)) => Duration::from_micros(done.duration_us),
+            Ok((done, _, _)) => {
+                Duration::from_micros(done.duration_us / u64::from(done.batch.max(1)))
+            }
             Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. }) => Duration::ZERO,
             Err(_) => self.head_since.elapsed(),
         };
@@ -656,12 +744,23 @@ impl Scheduler {
                     let outputs = done.outputs();
                     let _ = reply.send(Ok(JobResult { receipt, outputs }));
                 }
-                return self.drop_cancelled_head().await;
+                return self.drop_cancelled_head(head.batch).await;
+            }
+            Err(WorkerError::Unsettled { reason }) => {
+                // Its batch failed as a whole, and the worker is gone (`answer` killed it): each
+                // job of the batch runs again alone, so that only the one to blame fails.
+                tracing::warn!(job = %head.job.id, %reason, "GPU batch failed; its jobs run again alone");
+                let batch = head.batch;
+                if let Some(queued) = head.requeue(true) {
+                    self.requeue(queued);
+                }
+                self.requeue_in_flight(Some(batch));
+                return self.drop_cancelled_head(batch).await;
             }
             Err(e) => {
                 if !matches!(e, WorkerError::Refused { .. }) {
                     // The worker is gone (`answer` killed it): what was sent ahead runs again.
-                    self.requeue_in_flight();
+                    self.requeue_in_flight(None);
                 }
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(job = %head.job.id, error = %e, "GPU job failed");
@@ -671,15 +770,16 @@ impl Scheduler {
         if let Some(reply) = head.reply {
             let _ = reply.send(result);
         }
-        self.drop_cancelled_head().await;
+        self.drop_cancelled_head(head.batch).await;
     }
 
-    /// A job cancelled while it waited in the worker's pipe may have started by now: stop it.
-    async fn drop_cancelled_head(&mut self) {
+    /// A job cancelled while it waited in the worker's pipe may have started by now: stop it. One
+    /// of the batch that just finished has run already; its answer is read and dropped.
+    async fn drop_cancelled_head(&mut self, finished: u64) {
         if self
             .in_flight
             .front()
-            .is_some_and(|job| job.reply.is_none())
+            .is_some_and(|job| job.reply.is_none() && job.batch != finished)
         {
             self.abandon_worker().await;
         }
@@ -693,18 +793,16 @@ impl Scheduler {
     async fn abandon_worker(&mut self) {
         self.worker.kill().await;
         self.parts.metrics.worker_up.store(0, Ordering::Relaxed);
-        self.requeue_in_flight();
+        self.requeue_in_flight(None);
     }
 
-    fn requeue_in_flight(&mut self) {
+    /// Puts every job in flight (not cancelled) back on the queue; those of batch `solo` are to
+    /// run alone.
+    fn requeue_in_flight(&mut self, solo: Option<u64>) {
         for job in std::mem::take(&mut self.in_flight) {
-            if let Some(reply) = job.reply {
-                self.queue.push(Queued {
-                    job: job.job,
-                    outputs: job.outputs,
-                    seq: job.seq,
-                    reply,
-                });
+            let alone = Some(job.batch) == solo;
+            if let Some(queued) = job.requeue(alone) {
+                self.queue.push(queued);
             }
         }
         self.count_queue();
@@ -715,13 +813,13 @@ impl Scheduler {
         match admit(&self.parts, self.queue.len(), &job, &mut self.shaders) {
             Ok(()) => {
                 self.seq += 1;
-                self.queue.push(Queued {
+                self.requeue(Queued {
                     job,
                     outputs,
                     seq: self.seq,
                     reply,
+                    solo: false,
                 });
-                self.count_queue();
             }
             Err(e) => {
                 self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);

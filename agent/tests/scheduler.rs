@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use edge_agent::gpu_worker::{GpuWorker, WorkerError};
 use edge_agent::scheduler::{
-    GpuMetrics, JobError, Policy, Scheduler, SchedulerHandle, SchedulerParts,
+    GpuMetrics, JobError, JobResult, Policy, Scheduler, SchedulerHandle, SchedulerParts,
 };
 use edge_gpu::executor::ExecError;
 use edge_gpu::job::{BlobStore, Job};
@@ -103,6 +103,37 @@ fn small(id: &str, priority: i32) -> Job {
     job
 }
 
+/// A job too large to share a batch (its WGSL carries a long comment), which runs for some
+/// milliseconds: jobs like it start one after another, each at its own time.
+fn alone(id: &str, priority: i32) -> Job {
+    let mut job = kernels::hash_chain(7, 100_000, 64).expect("job");
+    job.kernel.wgsl = format!("// {}\n{}", "x".repeat(20 << 10), job.kernel.wgsl);
+    job.id = id.to_owned();
+    job.priority = priority;
+    job
+}
+
+/// Submits `jobs` while the GPU is paused for heat, then cools it down: the queued jobs are then
+/// sent together. Returns their tasks, in submission order.
+async fn queued_while_hot(
+    rig: &Rig,
+    jobs: Vec<Job>,
+) -> Vec<tokio::task::JoinHandle<Result<JobResult, JobError>>> {
+    rig.thermal.set_all(90.0);
+    let count = jobs.len() as u64;
+    let tasks = jobs
+        .into_iter()
+        .map(|job| {
+            let h = rig.handle.clone();
+            tokio::spawn(async move { h.run(job).await })
+        })
+        .collect();
+    until(&rig.metrics.queue_depth, count, "every job queued").await;
+    assert_eq!(rig.metrics.in_flight.load(Ordering::SeqCst), 0, "paused");
+    rig.thermal.set_all(40.0);
+    tasks
+}
+
 #[tokio::test]
 async fn a_job_runs_on_the_worker_and_its_receipt_verifies() {
     let Some(rig) = rig(policy()) else { return };
@@ -124,7 +155,7 @@ async fn heat_pauses_with_hysteresis_and_a_full_queue_refuses_at_once() {
         .zip([0, 9, 5, 0])
         .map(|(id, p)| {
             let h = rig.handle.clone();
-            let job = small(id, p);
+            let job = alone(id, p);
             tokio::spawn(async move { h.run(job).await })
         })
         .collect();
@@ -303,6 +334,51 @@ async fn until(gauge: &AtomicU64, want: u64, what: &str) {
         assert!(tokio::time::Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn small_jobs_queued_together_share_one_submission_and_their_receipts_say_so() {
+    let Some(rig) = rig(policy()) else { return };
+    let jobs = (0..4).map(|i| small(&format!("s{i}"), 0)).collect();
+    for task in queued_while_hot(&rig, jobs).await {
+        let r = task.await.expect("join").expect("runs");
+        receipt::verify(&r.receipt).expect("verifies");
+        assert_eq!(r.receipt.body.what.batch, Some(4), "{:?}", r.receipt);
+        assert_eq!(
+            kernels::u32s(&r.outputs[0]),
+            kernels::hash_chain_reference(7, 10, 64)
+        );
+    }
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_batch_that_overruns_runs_its_jobs_again_alone_and_only_the_runaway_fails() {
+    let Some(rig) = rig(policy()) else { return };
+    let mut jobs = vec![kernels::runaway(300)];
+    for i in 0..3 {
+        let mut job = small(&format!("s{i}"), 0);
+        // The batch's limit is the sum of its jobs' limits: keep the wait for the runaway short.
+        job.limits.max_runtime_ms = 500;
+        jobs.push(job);
+    }
+    let mut tasks = queued_while_hot(&rig, jobs).await.into_iter();
+    let runaway = tasks.next().expect("runaway").await.expect("join");
+    let err = runaway.expect_err("overruns");
+    assert!(
+        matches!(
+            err,
+            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
+        ),
+        "{err:?}"
+    );
+    for task in tasks {
+        let r = task.await.expect("join").expect("runs again, alone");
+        receipt::verify(&r.receipt).expect("verifies");
+        assert_eq!(r.receipt.body.what.batch, None, "ran alone");
+    }
+    assert_eq!(rig.metrics.failed.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -24,6 +24,9 @@ use crate::validate::ValidJob;
 /// Compiled pipelines kept before the cache starts over.
 const PIPELINE_CACHE_ENTRIES: usize = 64;
 
+/// Most jobs [`Gpu::run_batch`] runs in one submission.
+pub const MAX_BATCH: usize = 16;
+
 /// Why a job did not produce outputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -265,34 +268,154 @@ impl Gpu {
 
     /// Runs `valid` and reads its outputs back, failing it at its time limit.
     pub fn run(&mut self, valid: &ValidJob) -> Result<JobOutput, ExecError> {
-        let job = &valid.job;
-        let device = &self.device;
-        let driver = |message: String| ExecError::Driver { message };
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.run_batch(&[valid])
+            .pop()
+            .unwrap_or(Err(ExecError::Stopped))
+    }
 
-        let key = (valid.kernel_sha256, job.kernel.entry_point.clone());
-        let cached_pipeline = self.pipelines.contains_key(&key);
-        if !cached_pipeline {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    /// Runs `jobs` in one submission, each in its own compute pass, and reads every output back
+    /// after one wait: for many small jobs, the submission and the wait are most of the cost.
+    /// Results come in job order. What cannot be told apart in one submission fails every job of
+    /// it: a driver error or out-of-memory (wgpu's error scopes do not say which pass), and a
+    /// timeout, where the limit is the sum of the jobs' limits. Run them one by one to find the
+    /// culprit. At most [`MAX_BATCH`] jobs (more are failed without running).
+    pub fn run_batch(&mut self, jobs: &[&ValidJob]) -> Vec<Result<JobOutput, ExecError>> {
+        let all = |e: ExecError| jobs.iter().map(|_| Err(e.clone())).collect();
+        if jobs.len() > MAX_BATCH {
+            return all(ExecError::Driver {
+                message: format!("{} jobs in one batch; at most {MAX_BATCH}", jobs.len()),
+            });
+        }
+        match self.submit_batch(jobs) {
+            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+            Err(e) => all(e),
+        }
+    }
+
+    fn submit_batch(&mut self, jobs: &[&ValidJob]) -> Result<Vec<JobOutput>, ExecError> {
+        let driver = |message: String| ExecError::Driver { message };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+
+        let keys: Vec<_> = jobs
+            .iter()
+            .map(|v| (v.kernel_sha256, v.job.kernel.entry_point.clone()))
+            .collect();
+        let cached: Vec<bool> = keys
+            .iter()
+            .map(|k| self.pipelines.contains_key(k))
+            .collect();
+        if self.pipelines.len() + jobs.len() > PIPELINE_CACHE_ENTRIES {
+            self.pipelines.clear();
+        }
+        for (valid, key) in jobs.iter().zip(&keys) {
+            if !self.pipelines.contains_key(key) {
+                let pipeline = self.pipeline(&valid.job);
+                self.pipelines.insert(key.clone(), pipeline);
+            }
+        }
+
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut readbacks = Vec::with_capacity(jobs.len());
+        for (index, (valid, key)) in jobs.iter().zip(&keys).enumerate() {
+            readbacks.push(self.encode(valid, &self.pipelines[key], &mut encoder, index as u32));
+        }
+        if let Some(t) = &self.timestamps {
+            let queries = 2 * jobs.len() as u32;
+            encoder.resolve_query_set(&t.queries, 0..queries, &t.resolve, 0);
+            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, None);
+        }
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            scope_pop_quiet(scope);
+            return Err(driver(format!("out of GPU memory: {e}")));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            keys.iter().for_each(|key| drop(self.pipelines.remove(key)));
+            return Err(driver(e.to_string()));
+        }
+
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let index = self.queue.submit([encoder.finish()]);
+        for (_, staging) in readbacks.iter().flatten() {
+            staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        }
+        if let Some(t) = &self.timestamps {
+            t.read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        }
+        let limit = jobs
+            .iter()
+            .map(|v| Duration::from_millis(v.job.limits.max_runtime_ms))
+            .fold(Duration::ZERO, Duration::saturating_add);
+        match self.device.poll(wgpu::PollType::Wait {
+            submission_index: Some(index),
+            timeout: Some(limit),
+        }) {
+            Ok(_) => {}
+            Err(wgpu::PollError::Timeout) => return Err(ExecError::Timeout { limit }),
+            Err(e) => return Err(driver(e.to_string())),
+        }
+        let duration = start.elapsed();
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(driver("the device was lost while the job ran".into()));
+        }
+        let kernel_times = self.kernel_times(jobs.len());
+        let mut done = Vec::with_capacity(jobs.len());
+        for ((readback, kernel_time), cached_pipeline) in
+            readbacks.into_iter().zip(kernel_times).zip(cached)
+        {
+            let mut outputs = Vec::with_capacity(readback.len());
+            for (binding, staging) in readback {
+                let bytes = staging
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| driver(format!("cannot read back @binding({binding}): {e}")))?
+                    .to_vec();
+                staging.unmap();
+                outputs.push((binding, bytes));
+            }
+            done.push(JobOutput {
+                outputs,
+                started_at,
+                duration,
+                kernel_time,
+                cached_pipeline,
+            });
+        }
+        Ok(done)
+    }
+
+    /// Compiles `job`'s kernel.
+    fn pipeline(&self, job: &crate::job::Job) -> wgpu::ComputePipeline {
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&job.id),
                 source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(&job.kernel.wgsl)),
             });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        self.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&job.id),
                 layout: None,
                 module: &module,
                 entry_point: Some(&job.kernel.entry_point),
                 compilation_options: Default::default(),
                 cache: None,
-            });
-            if self.pipelines.len() >= PIPELINE_CACHE_ENTRIES {
-                self.pipelines.clear();
-            }
-            self.pipelines.insert(key.clone(), pipeline);
-        }
-        let pipeline = &self.pipelines[&key];
+            })
+    }
 
+    /// Creates `valid`'s buffers and records its pass (timed with queries `2 * index` and
+    /// `2 * index + 1`) and the copies of its outputs; returns the read-back buffers by binding.
+    fn encode(
+        &self,
+        valid: &ValidJob,
+        pipeline: &wgpu::ComputePipeline,
+        encoder: &mut wgpu::CommandEncoder,
+        index: u32,
+    ) -> Vec<(u32, wgpu::Buffer)> {
+        let (job, device) = (&valid.job, &self.device);
         let buffers: Vec<wgpu::Buffer> = job
             .bindings
             .iter()
@@ -337,32 +460,14 @@ impl Gpu {
                 entries: &entries,
             })
         });
-        let readback: Vec<(u32, &wgpu::Buffer, wgpu::Buffer)> = job
-            .bindings
-            .iter()
-            .zip(&buffers)
-            .filter(|(b, _)| b.kind == BindingKind::StorageReadWrite)
-            .map(|(b, buffer)| {
-                let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size: b.size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                (b.binding, buffer, staging)
-            })
-            .collect();
-
-        let mut encoder =
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
                 timestamp_writes: self.timestamps.as_ref().map(|t| {
                     wgpu::ComputePassTimestampWrites {
                         query_set: &t.queries,
-                        beginning_of_pass_write_index: Some(0),
-                        end_of_pass_write_index: Some(1),
+                        beginning_of_pass_write_index: Some(2 * index),
+                        end_of_pass_write_index: Some(2 * index + 1),
                     }
                 }),
             });
@@ -373,75 +478,48 @@ impl Gpu {
             let [x, y, z] = job.dispatch;
             pass.dispatch_workgroups(x, y, z);
         }
-        for (_, buffer, staging) in &readback {
-            encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, None);
-        }
-        if let Some(t) = &self.timestamps {
-            encoder.resolve_query_set(&t.queries, 0..2, &t.resolve, 0);
-            encoder.copy_buffer_to_buffer(&t.resolve, 0, &t.read, 0, None);
-        }
-        if let Some(e) = pollster::block_on(oom.pop()) {
-            scope_pop_quiet(scope);
-            return Err(driver(format!("out of GPU memory: {e}")));
-        }
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            self.pipelines.remove(&key);
-            return Err(driver(e.to_string()));
-        }
+        job.bindings
+            .iter()
+            .zip(&buffers)
+            .filter(|(b, _)| b.kind == BindingKind::StorageReadWrite)
+            .map(|(b, buffer)| {
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: b.size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, None);
+                (b.binding, staging)
+            })
+            .collect()
+    }
 
-        let started_at = SystemTime::now();
-        let start = Instant::now();
-        let index = self.queue.submit([encoder.finish()]);
-        for (_, _, staging) in &readback {
-            staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
-        }
-        if let Some(t) = &self.timestamps {
-            t.read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
-        }
-        let limit = Duration::from_millis(job.limits.max_runtime_ms);
-        match device.poll(wgpu::PollType::Wait {
-            submission_index: Some(index),
-            timeout: Some(limit),
-        }) {
-            Ok(_) => {}
-            Err(wgpu::PollError::Timeout) => return Err(ExecError::Timeout { limit }),
-            Err(e) => return Err(driver(e.to_string())),
-        }
-        let duration = start.elapsed();
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(driver("the device was lost while the job ran".into()));
-        }
-        let kernel_time = self.timestamps.as_ref().and_then(|t| {
-            let ticks = t.read.slice(..).get_mapped_range().ok().map(|v| {
+    /// Each of the first `jobs` passes' time, from the mapped timestamps (all `None` without them).
+    fn kernel_times(&self, jobs: usize) -> Vec<Option<Duration>> {
+        let Some(t) = &self.timestamps else {
+            return vec![None; jobs];
+        };
+        let period_ns = f64::from(self.queue.get_timestamp_period());
+        let times = match t.read.slice(..).get_mapped_range() {
+            Ok(v) => {
                 let word =
                     |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-                word(1).saturating_sub(word(0))
-            });
-            t.read.unmap();
-            let period_ns = f64::from(self.queue.get_timestamp_period());
-            ticks.map(|ticks| Duration::from_nanos((ticks as f64 * period_ns) as u64))
-        });
-        let mut outputs = Vec::with_capacity(readback.len());
-        for (binding, _, staging) in readback {
-            let bytes = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| driver(format!("cannot read back @binding({binding}): {e}")))?
-                .to_vec();
-            staging.unmap();
-            outputs.push((binding, bytes));
-        }
-        Ok(JobOutput {
-            outputs,
-            started_at,
-            duration,
-            kernel_time,
-            cached_pipeline,
-        })
+                (0..jobs)
+                    .map(|j| {
+                        let ticks = word(2 * j + 1).saturating_sub(word(2 * j));
+                        Some(Duration::from_nanos((ticks as f64 * period_ns) as u64))
+                    })
+                    .collect()
+            }
+            Err(_) => vec![None; jobs],
+        };
+        t.read.unmap();
+        times
     }
 }
 
-/// Two timestamps around the compute pass, resolved and read back with the outputs.
+/// Two timestamps around each compute pass of a batch, resolved and read back with the outputs.
 struct Timestamps {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
@@ -450,12 +528,13 @@ struct Timestamps {
 
 impl Timestamps {
     fn new(device: &wgpu::Device) -> Self {
-        let size = 2 * u64::from(wgpu::QUERY_SIZE);
+        let count = 2 * MAX_BATCH as u32;
+        let size = u64::from(count) * u64::from(wgpu::QUERY_SIZE);
         Self {
             queries: device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("pass time"),
+                label: Some("pass times"),
                 ty: wgpu::QueryType::Timestamp,
-                count: 2,
+                count,
             }),
             resolve: device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,

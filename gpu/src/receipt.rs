@@ -98,6 +98,10 @@ pub struct Attested {
     pub duration_us: u64,
     /// The compute pass alone (GPU timestamps), microseconds; `null` where the adapter has none.
     pub kernel_us: Option<u64>,
+    /// How many jobs shared the submission, when more than one: small jobs run in batches, and
+    /// `started_at_unix_ms` and `duration_us` are then the whole submission's. Absent: alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
 }
 
 impl Attested {
@@ -116,6 +120,7 @@ impl Attested {
                 .map_or(0, |d| d.as_millis() as u64),
             duration_us: output.duration.as_micros() as u64,
             kernel_us: output.kernel_time.map(|t| t.as_micros() as u64),
+            batch: None,
         }
     }
 }
@@ -174,6 +179,7 @@ mod tests {
                 started_at_unix_ms: 1_795_660_000_000,
                 duration_us: 1234,
                 kernel_us: Some(1000),
+                batch: None,
             },
         )
     }
@@ -202,5 +208,16 @@ mod tests {
         let mut r = receipt(&id);
         r.body.what.duration_us += 1;
         assert!(verify(&r).is_err());
+
+        // Whether the job shared its submission is signed too.
+        let mut r = receipt(&id);
+        r.body.what.batch = Some(8);
+        assert!(verify(&r).is_err());
+        let mut what = receipt(&id).body.what;
+        what.batch = Some(8);
+        let batched = sign(&id, what);
+        let json = serde_json::to_string(&batched).expect("json");
+        assert!(json.contains(r#""batch":8"#), "{json}");
+        verify(&serde_json::from_str(&json).expect("parse")).expect("verifies");
     }
 }

@@ -296,7 +296,7 @@ pub fn check_cached(
 }
 
 /// GPU memory a job needs: its buffers plus read-back copies of its outputs.
-fn gpu_bytes(job: &Job) -> u64 {
+pub fn gpu_bytes(job: &Job) -> u64 {
     job.bindings
         .iter()
         .map(|b| match b.kind {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_gpu::executor::{ExecError, Executor, JobOutput};
+use edge_gpu::executor::{ExecError, Executor, Gpu, JobOutput, MAX_BATCH};
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::kernels::{self, f32s, u32s};
 use edge_gpu::validate::{ValidJob, validate};
@@ -176,6 +176,114 @@ fn pipelines_are_cached_by_kernel_and_receipts_verify() {
         edge_gpu::digest::Sha256::of(&second.outputs[0].1)
     );
     assert_eq!(r.body.what.adapter, ex.adapter().name);
+}
+
+#[test]
+fn a_batch_runs_in_one_submission_and_matches_jobs_run_alone() {
+    if executor().is_none() {
+        return;
+    }
+    let mut gpu = Gpu::open().expect("lavapipe opens");
+    let store = BlobStore {
+        dir: "/nonexistent".into(),
+    };
+    let limits = gpu.adapter().limits.clone();
+    let jobs: Vec<ValidJob> = [
+        kernels::hash_chain(1, 10, 64).expect("job"),
+        kernels::copy(4096, Some(&[7u8; 4096])).expect("job"),
+        kernels::hash_chain(2, 33, 1000).expect("job"),
+    ]
+    .into_iter()
+    .map(|job| validate(job, &limits, 1 << 30, &store).expect("valid"))
+    .collect();
+    let batch: Vec<&ValidJob> = jobs.iter().collect();
+    let together = gpu.run_batch(&batch);
+    assert_eq!(together.len(), 3);
+    for (valid, batched) in jobs.iter().zip(together) {
+        let batched = batched.expect("runs in the batch");
+        let alone = gpu.run(valid).expect("runs alone");
+        assert_eq!(batched.outputs, alone.outputs, "{}", valid.job.id);
+        if alone.kernel_time.is_some() {
+            assert!(batched.kernel_time.is_some(), "each pass is timed");
+        }
+    }
+    assert_eq!(
+        u32s(&gpu.run_batch(&batch)[2].as_ref().expect("runs").outputs[0].1),
+        kernels::hash_chain_reference(2, 33, 1000)
+    );
+
+    let too_many: Vec<&ValidJob> = std::iter::repeat_n(&jobs[0], MAX_BATCH + 1).collect();
+    let refused = gpu.run_batch(&too_many);
+    assert_eq!(refused.len(), MAX_BATCH + 1);
+    assert!(
+        refused
+            .iter()
+            .all(|r| matches!(r, Err(ExecError::Driver { .. })))
+    );
+}
+
+#[test]
+fn the_worker_answers_every_job_of_a_batch_in_order() {
+    use edge_gpu::worker::{Response, Submitted, request_line, serve};
+    if executor().is_none() {
+        return;
+    }
+    let encode = |job: Job| serde_json::to_vec(&Submitted { job, outputs: true }).expect("json");
+    let mut bad = kernels::hash_chain(3, 10, 64).expect("job");
+    bad.id = "bad".into();
+    bad.dispatch = [0, 1, 1];
+    let jobs = [
+        encode(kernels::hash_chain(3, 10, 64).expect("job")),
+        encode(bad),
+        encode(kernels::copy(256, None).expect("job")),
+    ];
+    let mut input = request_line(1 << 30, jobs.iter().map(Vec::as_slice));
+    // A job alone after the batch.
+    input.extend(request_line(1 << 30, [jobs[0].as_slice()]));
+    let mut output = Vec::new();
+    let store = BlobStore {
+        dir: "/nonexistent".into(),
+    };
+    serve(input.as_slice(), &mut output, &store).expect("serves");
+    let lines: Vec<&str> = std::str::from_utf8(&output)
+        .expect("utf-8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 5, "hello and four answers: {lines:?}");
+    let answers: Vec<Response> = lines[1..]
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("answer"))
+        .collect();
+    let Response::Done(first) = &answers[0] else {
+        panic!("{:?}", answers[0])
+    };
+    assert_eq!(first.job_id, "builtin.hash_chain.00000003.10.64");
+    assert_eq!(first.batch, 2);
+    assert_eq!(
+        u32s(&first.outputs()[0]),
+        kernels::hash_chain_reference(3, 10, 64)
+    );
+    let Response::Refused { problems } = &answers[1] else {
+        panic!("{:?}", answers[1])
+    };
+    assert!(
+        problems.iter().any(|p| p.starts_with("dispatch")),
+        "{problems:?}"
+    );
+    let Response::Done(copy) = &answers[2] else {
+        panic!("{:?}", answers[2])
+    };
+    assert_eq!((copy.job_id.as_str(), copy.batch), ("builtin.copy.256", 2));
+    let Response::Done(alone) = &answers[3] else {
+        panic!("{:?}", answers[3])
+    };
+    assert_eq!(alone.batch, 1);
+    assert_eq!(
+        alone.attested("a", "d").batch,
+        None,
+        "alone: no batch in the receipt"
+    );
+    assert_eq!(first.attested("a", "d").batch, Some(2));
 }
 
 const MARK: &str = "CHILD-RESULT ";
