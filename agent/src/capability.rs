@@ -150,7 +150,12 @@ pub async fn measure(
     let mut trips = Vec::new();
     let mut shared = Vec::new();
     for _ in 0..33 {
-        let what = scheduler.run_for_receipt(tiny.clone()).await?.receipt.body.what;
+        let what = scheduler
+            .run_for_receipt(tiny.clone())
+            .await?
+            .receipt
+            .body
+            .what;
         match what.batch {
             None => trips.push(what.duration_us as f64),
             Some(jobs) => shared.push(what.duration_us as f64 / f64::from(jobs)),

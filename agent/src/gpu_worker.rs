@@ -7,8 +7,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use edge_gpu::executor::ExecError;
-use edge_gpu::worker::{Done, Hello, Response, Submitted, request_line};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use edge_gpu::worker::{
+    Answer, Done, Hello, Response, Submitted, request_line, take_answer, take_line,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
 
@@ -60,9 +62,33 @@ pub enum WorkerError {
 struct Running {
     child: Child,
     stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
+    stdout: ChildStdout,
+    /// Bytes read from the worker and not yet taken as a message.
+    read: Vec<u8>,
     adapter: String,
     driver: String,
+}
+
+impl Running {
+    /// Reads more of the worker's output; false at its end. Cancel-safe: what was read stays in
+    /// `read`.
+    async fn read_more(&mut self) -> std::io::Result<bool> {
+        self.read.reserve(64 << 10);
+        Ok(self.stdout.read_buf(&mut self.read).await? > 0)
+    }
+}
+
+/// A job the worker ran: its answer and outputs, and the adapter and driver it ran on.
+#[derive(Debug)]
+pub struct Finished {
+    /// What the worker says it did.
+    pub done: Done,
+    /// The outputs, when they were asked for.
+    pub outputs: Vec<Vec<u8>>,
+    /// Adapter name.
+    pub adapter: String,
+    /// Driver and version.
+    pub driver: String,
 }
 
 /// The worker process, started on demand.
@@ -141,31 +167,45 @@ impl GpuWorker {
                 .stdout
                 .take()
                 .ok_or_else(|| crashed("no stdout".into()))?;
-            let mut lines = BufReader::new(stdout).lines();
-            let hello = tokio::time::timeout(START_TIMEOUT, lines.next_line())
-                .await
-                .map_err(|_| WorkerError::Killed {
-                    limit: START_TIMEOUT,
-                })?
-                .map_err(|e| crashed(format!("reading its hello: {e}")))?;
+            let mut running = Running {
+                child,
+                stdin,
+                stdout,
+                read: Vec::new(),
+                adapter: String::new(),
+                driver: String::new(),
+            };
+            let hello = tokio::time::timeout(START_TIMEOUT, async {
+                loop {
+                    let hello = take_line::<Hello>(&mut running.read).map_err(|e| e.to_string())?;
+                    if hello.is_some() {
+                        return Ok(hello);
+                    }
+                    if !running.read_more().await.map_err(|e| e.to_string())? {
+                        return Ok(None);
+                    }
+                }
+            })
+            .await
+            .map_err(|_| WorkerError::Killed {
+                limit: START_TIMEOUT,
+            })?
+            .map_err(|e: String| crashed(format!("reading its hello: {e}")))?;
             let Some(hello) = hello else {
-                let status = child
+                let status = running
+                    .child
                     .wait()
                     .await
                     .map(|s| s.to_string())
                     .unwrap_or_default();
                 return Err(crashed(format!("it exited before saying hello ({status})")));
             };
-            match serde_json::from_str(&hello).map_err(|e| crashed(format!("bad hello: {e}")))? {
+            match hello {
                 Hello::Ready { adapter, driver } => {
                     tracing::info!(%adapter, "GPU worker started");
-                    self.running = Some(Running {
-                        child,
-                        stdin,
-                        lines,
-                        adapter,
-                        driver,
-                    });
+                    running.adapter = adapter;
+                    running.driver = driver;
+                    self.running = Some(running);
                 }
                 Hello::NoGpu { reason } => return Err(WorkerError::NoGpu { reason }),
             }
@@ -221,13 +261,15 @@ impl GpuWorker {
     /// fresh process): every job still in flight is then lost and must be sent again.
     /// Cancel-safe: dropping the future loses no answer. `started` is when the job became the
     /// oldest in flight, `limit` how long it may take from then (for the first job of a batch,
-    /// the sum of its jobs' [`Prepared::limit`]s).
+    /// the sum of its jobs' [`Prepared::limit`]s); `max_outputs` the most bytes of outputs the job
+    /// can have (an answer that claims more is a crash).
     pub async fn answer(
         &mut self,
         started: Instant,
         limit: Duration,
-    ) -> Result<(Done, String, String), WorkerError> {
-        let result = self.read_answer(started + limit, limit).await;
+        max_outputs: u64,
+    ) -> Result<Finished, WorkerError> {
+        let result = self.read_answer(started + limit, limit, max_outputs).await;
         match &result {
             Ok(_) | Err(WorkerError::Refused { .. }) => self.in_flight -= 1,
             // No await here: the caller may drop this future as soon as it yields, and the
@@ -249,20 +291,35 @@ impl GpuWorker {
         &mut self,
         deadline: Instant,
         limit: Duration,
-    ) -> Result<(Done, String, String), WorkerError> {
+        max_outputs: u64,
+    ) -> Result<Finished, WorkerError> {
         let crashed = |message: String| WorkerError::Crashed { message };
         let running = self
             .running
             .as_mut()
             .filter(|_| self.in_flight > 0)
             .ok_or_else(|| crashed("no job is in flight".into()))?;
-        let answer = tokio::time::timeout_at(deadline, running.lines.next_line())
-            .await
-            .map_err(|_| WorkerError::Killed { limit })?
-            .map_err(|e| crashed(e.to_string()))?
-            .ok_or_else(|| crashed("the worker exited while running the job".into()))?;
-        match serde_json::from_str(&answer).map_err(|e| crashed(format!("bad answer: {e}")))? {
-            Response::Done(done) => Ok((done, running.adapter.clone(), running.driver.clone())),
+        let Answer { response, outputs } = loop {
+            match take_answer(&mut running.read, max_outputs) {
+                Ok(Some(answer)) => break answer,
+                Ok(None) => {}
+                Err(e) => return Err(crashed(e.to_string())),
+            }
+            let more = tokio::time::timeout_at(deadline, running.read_more())
+                .await
+                .map_err(|_| WorkerError::Killed { limit })?
+                .map_err(|e| crashed(e.to_string()))?;
+            if !more {
+                return Err(crashed("the worker exited while running the job".into()));
+            }
+        };
+        match response {
+            Response::Done(done) => Ok(Finished {
+                done,
+                outputs,
+                adapter: running.adapter.clone(),
+                driver: running.driver.clone(),
+            }),
             Response::Refused { problems } => Err(WorkerError::Refused { problems }),
             Response::Failed { error } => Err(WorkerError::Exec(error)),
             Response::Unsettled { reason } => Err(WorkerError::Unsettled { reason }),

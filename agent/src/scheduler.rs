@@ -22,17 +22,18 @@ use std::time::{Duration, SystemTime};
 
 use edge_gpu::digest::Sha256;
 use edge_gpu::executor::MAX_BATCH;
+use edge_gpu::job::BindingKind;
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
 use edge_gpu::validate::{Problem, ShaderCache, check_cached, gpu_bytes};
-use edge_gpu::worker::{Done, Submitted};
+use edge_gpu::worker::Submitted;
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gpu_worker::{GpuWorker, Prepared, WorkerError};
+use crate::gpu_worker::{Finished, GpuWorker, Prepared, WorkerError};
 
 /// How often a paused scheduler looks at the temperature and the clock again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -308,6 +309,8 @@ struct InFlight {
     limit: Duration,
     /// The batch it was sent in (numbered in sending order).
     batch: u64,
+    /// The most bytes of outputs its answer may carry.
+    max_outputs: u64,
     /// `None` once cancelled: the submitter has had its answer.
     reply: Option<Reply>,
 }
@@ -329,7 +332,7 @@ impl InFlight {
 enum Event {
     Shutdown,
     Inbox(Option<Msg>),
-    Answer(Result<(Done, String, String), WorkerError>),
+    Answer(Result<Finished, WorkerError>),
     Wake,
     Idle,
 }
@@ -426,7 +429,10 @@ impl Scheduler {
         };
         let idle_at = self.last_work + self.parts.policy.idle_release;
         let idle = self.queue.is_empty() && self.in_flight.is_empty() && self.worker.is_running();
-        let limit = self.in_flight.front().map(|job| job.limit);
+        let head = self
+            .in_flight
+            .front()
+            .map(|job| (job.limit, job.max_outputs));
         let Self {
             inbox,
             worker,
@@ -439,7 +445,7 @@ impl Scheduler {
             msg = inbox.recv() => Event::Inbox(msg),
             // A new policy may let a held-back job start (or hold the next one back).
             Ok(()) = policy.changed() => Event::Wake,
-            answer = worker.answer(*head_since, limit.unwrap_or_default()), if limit.is_some() => {
+            answer = worker.answer(*head_since, head.unwrap_or_default().0, head.unwrap_or_default().1), if head.is_some() => {
                 Event::Answer(answer)
             }
             () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => Event::Wake,
@@ -582,7 +588,19 @@ impl Scheduler {
                         .map(|p| p.limit)
                         .fold(Duration::ZERO, Duration::saturating_add);
                     for (i, (queued, prepared)) in batch.into_iter().enumerate() {
+                        let max_outputs = if queued.outputs {
+                            queued
+                                .job
+                                .bindings
+                                .iter()
+                                .filter(|b| b.kind == BindingKind::StorageReadWrite)
+                                .map(|b| b.size)
+                                .fold(0, u64::saturating_add)
+                        } else {
+                            0
+                        };
                         self.in_flight.push_back(InFlight {
+                            max_outputs,
                             kernel_sha256: Sha256::of(queued.job.kernel.wgsl.as_bytes()),
                             job: queued.job,
                             outputs: queued.outputs,
@@ -695,7 +713,7 @@ impl Scheduler {
     }
 
     /// Takes the oldest job in flight's answer and hands it to its submitter.
-    async fn finish(&mut self, answer: Result<(Done, String, String), WorkerError>) {
+    async fn finish(&mut self, answer: Result<Finished, WorkerError>) {
         let Some(head) = self.in_flight.pop_front() else {
             return;
         };
@@ -704,7 +722,7 @@ impl Scheduler {
         // Busy time and the duty-cycle rest count the GPU's work, not worker start-up or refusals;
         // each job of a batch counts its share of the submission.
         let ran = match &answer {
-            Ok((done, _, _)) => {
+            Ok(Finished { done, .. }) => {
                 Duration::from_micros(done.duration_us / u64::from(done.batch.max(1)))
             }
             Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. }) => Duration::ZERO,
@@ -720,7 +738,7 @@ impl Scheduler {
             self.rest_until = self.last_work + ran.mul_f64((1.0 - duty) / duty);
         }
         let result = match answer {
-            Ok((done, _, _))
+            Ok(Finished { done, .. })
                 if done.job_id != head.job.id || done.kernel_sha256 != head.kernel_sha256 =>
             {
                 // The worker runs untrusted shaders next to the driver: never sign an answer that
@@ -734,14 +752,18 @@ impl Scheduler {
                     ),
                 }))
             }
-            Ok((done, adapter, driver)) => {
+            Ok(Finished {
+                done,
+                outputs,
+                adapter,
+                driver,
+            }) => {
                 metrics.done.fetch_add(1, Ordering::Relaxed);
                 if let Some(reply) = head.reply {
                     // Signing takes tens of microseconds: done here, it costs less than a hand-off
                     // to a blocking thread would (measured with the scheduler bench).
                     let receipt =
                         receipt::sign(&self.parts.identity, done.attested(&adapter, &driver));
-                    let outputs = done.outputs();
                     let _ = reply.send(Ok(JobResult { receipt, outputs }));
                 }
                 return self.drop_cancelled_head(head.batch).await;

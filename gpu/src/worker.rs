@@ -6,13 +6,14 @@
 //!
 //! One JSON object per line in each direction. The worker first says [`Hello`]; then for each
 //! [`Request`], a batch of jobs run in one GPU submission, it answers one [`Response`] per job, in
-//! order. It exits when its input closes, and right after a job overruns its limit (the runaway
-//! cannot be stopped otherwise).
+//! order. The outputs of a [`Done`] follow its line as raw bytes, as many as its `output_bytes`
+//! say ([`take_answer`] reads them): no base64, no JSON escaping of megabytes. It exits when its
+//! input closes, and right after a job overruns its limit (the runaway cannot be stopped
+//! otherwise).
 
 use std::io::{BufRead, Write};
 use std::time::SystemTime;
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256;
@@ -87,8 +88,9 @@ pub struct Done {
     pub input_sha256: Sha256,
     /// SHA-256 of the outputs.
     pub output_sha256: Sha256,
-    /// Each output binding's bytes, base64, in binding order; empty when not asked for.
-    pub outputs_base64: Vec<String>,
+    /// The size of each output binding, in binding order, whose bytes follow the line; empty
+    /// when the outputs were not asked for.
+    pub output_bytes: Vec<u64>,
     /// Submission time, Unix milliseconds.
     pub started_at_unix_ms: u64,
     /// Submission to read-back, microseconds.
@@ -123,18 +125,6 @@ impl Done {
             batch: (self.batch > 1).then_some(self.batch),
         }
     }
-
-    /// The outputs' bytes.
-    pub fn outputs(&self) -> Vec<Vec<u8>> {
-        self.outputs_base64
-            .iter()
-            .map(|b| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
 }
 
 /// The answer to one request.
@@ -159,6 +149,82 @@ pub enum Response {
         /// What happened to the batch.
         reason: String,
     },
+}
+
+/// One answer as read off the wire: the response and, for [`Response::Done`], the outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The response.
+    pub response: Response,
+    /// Each output binding's bytes, in binding order.
+    pub outputs: Vec<Vec<u8>>,
+}
+
+/// Why bytes from the worker are not a well-formed message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The line is not the message expected.
+    #[error("bad message from the worker: {0}")]
+    Json(String),
+    /// An answer claims more output than its job can have.
+    #[error("the answer claims {claimed} bytes of outputs; at most {max} were expected")]
+    TooLarge {
+        /// What it claims.
+        claimed: u64,
+        /// The most the job's outputs can be.
+        max: u64,
+    },
+}
+
+/// Takes one whole line off the front of `buf` and parses it; `None` until the line is whole.
+pub fn take_line<T: serde::de::DeserializeOwned>(
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, FrameError> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let message = serde_json::from_slice(&buf[..end]).map_err(|e| FrameError::Json(e.to_string()));
+    buf.drain(..=end);
+    message.map(Some)
+}
+
+/// Takes one whole answer, its line and the outputs after it, off the front of `buf` (bytes read
+/// from the worker, in order), leaving what follows; `None` until it has all arrived. An answer
+/// may claim at most `max_outputs` bytes of outputs: the most its job can have.
+pub fn take_answer(buf: &mut Vec<u8>, max_outputs: u64) -> Result<Option<Answer>, FrameError> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let response: Response =
+        serde_json::from_slice(&buf[..end]).map_err(|e| FrameError::Json(e.to_string()))?;
+    let lengths = match &response {
+        Response::Done(done) => done.output_bytes.as_slice(),
+        _ => &[],
+    };
+    let claimed = lengths.iter().fold(0, |a: u64, &b| a.saturating_add(b));
+    if claimed > max_outputs {
+        return Err(FrameError::TooLarge {
+            claimed,
+            max: max_outputs,
+        });
+    }
+    // Within `max_outputs`, which is within memory: the sizes fit in usize.
+    let whole = end + 1 + claimed as usize;
+    if buf.len() < whole {
+        return Ok(None);
+    }
+    let rest = buf.split_off(whole);
+    let frame = std::mem::replace(buf, rest);
+    let mut at = end + 1;
+    let outputs = lengths
+        .iter()
+        .map(|&len| {
+            let bytes = frame[at..at + len as usize].to_vec();
+            at += len as usize;
+            bytes
+        })
+        .collect();
+    Ok(Some(Answer { response, outputs }))
 }
 
 /// What the worker does after a batch.
@@ -201,9 +267,12 @@ pub fn serve(
     )?;
     let mut shaders = ShaderCache::default();
     for line in input.lines() {
-        let (responses, after) = answer(&mut gpu, &line?, blobs, &mut shaders);
-        for response in &responses {
+        let (answers, after) = answer(&mut gpu, &line?, blobs, &mut shaders);
+        for (response, outputs) in &answers {
             write_line(&mut output, response)?;
+            outputs
+                .iter()
+                .try_for_each(|bytes| output.write_all(bytes))?;
         }
         output.flush()?;
         match after {
@@ -227,6 +296,9 @@ struct Run {
     outputs: bool,
 }
 
+/// A response and the outputs that follow its line.
+type Reply = (Response, Vec<Vec<u8>>);
+
 /// Validates one request line's jobs and runs those that pass in one submission; answers every
 /// job, in order, and says what to do next.
 fn answer(
@@ -234,20 +306,21 @@ fn answer(
     line: &str,
     blobs: &BlobStore,
     shaders: &mut ShaderCache,
-) -> (Vec<Response>, After) {
+) -> (Vec<Reply>, After) {
+    let refused = |problems| (Response::Refused { problems }, Vec::new());
     let Request { budget, jobs } = match serde_json::from_str(line) {
         Ok(request) => request,
         Err(e) => {
             let problems = vec![format!("request: {e}")];
-            return (vec![Response::Refused { problems }], After::Continue);
+            return (vec![refused(problems)], After::Continue);
         }
     };
-    let mut responses: Vec<Option<Response>> = vec![None; jobs.len()];
+    let mut responses: Vec<Option<Reply>> = vec![None; jobs.len()];
     let mut runs = Vec::with_capacity(jobs.len());
     for (index, Submitted { job, outputs }) in jobs.into_iter().enumerate() {
         if index >= MAX_BATCH {
             let problems = vec![format!("jobs[{index}]: at most {MAX_BATCH} jobs per batch")];
-            responses[index] = Some(Response::Refused { problems });
+            responses[index] = Some(refused(problems));
             continue;
         }
         match validate_cached(job, &gpu.adapter().limits, budget, blobs, shaders) {
@@ -264,7 +337,7 @@ fn answer(
             }
             Err(refused) => {
                 let problems = refused.problems.iter().map(Problem::to_string).collect();
-                responses[index] = Some(Response::Refused { problems });
+                responses[index] = Some((Response::Refused { problems }, Vec::new()));
             }
         }
     }
@@ -286,35 +359,39 @@ fn answer(
     for (run, result) in runs.into_iter().zip(results) {
         let index = run.index;
         responses[index] = Some(match result {
-            Ok(out) => Response::Done(done(run, out, size)),
-            Err(error) if size == 1 => Response::Failed { error },
-            Err(error) => Response::Unsettled {
-                reason: error.to_string(),
-            },
+            Ok(out) => done(run, out, size),
+            Err(error) if size == 1 => (Response::Failed { error }, Vec::new()),
+            Err(error) => (
+                Response::Unsettled {
+                    reason: error.to_string(),
+                },
+                Vec::new(),
+            ),
         });
     }
     (responses.into_iter().flatten().collect(), after)
 }
 
-/// The answer for a job that ran.
-fn done(run: Run, out: JobOutput, batch: u32) -> Done {
+/// The answer for a job that ran, and its outputs when they were asked for.
+fn done(run: Run, out: JobOutput, batch: u32) -> Reply {
     let Run {
         valid,
         input_sha256,
         outputs,
         ..
     } = run;
-    Done {
-        output_sha256: out.output_sha256(),
+    let output_sha256 = out.output_sha256();
+    let outputs: Vec<Vec<u8>> = if outputs {
+        out.outputs.into_iter().map(|(_, bytes)| bytes).collect()
+    } else {
+        Vec::new()
+    };
+    let done = Done {
+        output_sha256,
         job_id: valid.job.id,
         kernel_sha256: valid.kernel_sha256,
         input_sha256,
-        outputs_base64: if outputs {
-            let base64 = &base64::engine::general_purpose::STANDARD;
-            out.outputs.iter().map(|(_, b)| base64.encode(b)).collect()
-        } else {
-            Vec::new()
-        },
+        output_bytes: outputs.iter().map(|b| b.len() as u64).collect(),
         started_at_unix_ms: out
             .started_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -323,7 +400,8 @@ fn done(run: Run, out: JobOutput, batch: u32) -> Done {
         kernel_us: out.kernel_time.map(|t| t.as_micros() as u64),
         cached_pipeline: out.cached_pipeline,
         batch,
-    }
+    };
+    (Response::Done(done), outputs)
 }
 
 /// Writes one message as a JSON line.
@@ -337,4 +415,84 @@ fn write_line(output: &mut impl Write, message: &impl Serialize) -> std::io::Res
 pub fn send(output: &mut impl Write, message: &impl Serialize) -> std::io::Result<()> {
     write_line(output, message)?;
     output.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(output_bytes: Vec<u64>) -> Response {
+        Response::Done(Done {
+            job_id: "j".into(),
+            kernel_sha256: Sha256::of(b"k"),
+            input_sha256: Sha256::of(b"i"),
+            output_sha256: Sha256::of(b"o"),
+            output_bytes,
+            started_at_unix_ms: 1,
+            duration_us: 2,
+            kernel_us: None,
+            cached_pipeline: false,
+            batch: 1,
+        })
+    }
+
+    fn wire(response: &Response, outputs: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        write_line(&mut bytes, response).expect("encodes");
+        outputs.iter().for_each(|o| bytes.extend_from_slice(o));
+        bytes
+    }
+
+    #[test]
+    fn answers_arriving_a_byte_at_a_time_come_out_whole_and_in_order() {
+        let first = done(vec![3, 0, 5]);
+        let second = Response::Refused {
+            problems: vec!["dispatch: zero".into()],
+        };
+        let mut sent = wire(&first, &[b"abc", b"", b"\n\n{}\n"]);
+        sent.extend(wire(&second, &[]));
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for byte in sent {
+            buf.push(byte);
+            while let Some(answer) = take_answer(&mut buf, 8).expect("well formed") {
+                got.push(answer);
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(
+            got,
+            [
+                Answer {
+                    response: first,
+                    outputs: vec![b"abc".to_vec(), Vec::new(), b"\n\n{}\n".to_vec()],
+                },
+                Answer {
+                    response: second,
+                    outputs: Vec::new(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_that_claims_too_much_or_is_not_json_is_refused() {
+        let mut buf = wire(&done(vec![4, u64::MAX]), &[]);
+        assert_eq!(
+            take_answer(&mut buf, 1 << 20),
+            Err(FrameError::TooLarge {
+                claimed: u64::MAX,
+                max: 1 << 20
+            })
+        );
+        let mut buf = b"{\"done\":\n".to_vec();
+        assert!(matches!(
+            take_answer(&mut buf, 1 << 20),
+            Err(FrameError::Json(_))
+        ));
+        let mut buf = b"{\"ready\":{\"adapter\":\"a\",\"driver\":\"d\"}}\nrest".to_vec();
+        let hello: Option<Hello> = take_line(&mut buf).expect("hello");
+        assert!(matches!(hello, Some(Hello::Ready { .. })));
+        assert_eq!(buf, b"rest");
+    }
 }

@@ -224,7 +224,9 @@ fn a_batch_runs_in_one_submission_and_matches_jobs_run_alone() {
 
 #[test]
 fn the_worker_answers_every_job_of_a_batch_in_order() {
-    use edge_gpu::worker::{Response, Submitted, request_line, serve};
+    use edge_gpu::worker::{
+        Answer, Hello, Response, Submitted, request_line, serve, take_answer, take_line,
+    };
     if executor().is_none() {
         return;
     }
@@ -245,22 +247,22 @@ fn the_worker_answers_every_job_of_a_batch_in_order() {
         dir: "/nonexistent".into(),
     };
     serve(input.as_slice(), &mut output, &store).expect("serves");
-    let lines: Vec<&str> = std::str::from_utf8(&output)
-        .expect("utf-8")
-        .lines()
-        .collect();
-    assert_eq!(lines.len(), 5, "hello and four answers: {lines:?}");
-    let answers: Vec<Response> = lines[1..]
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("answer"))
-        .collect();
+    let hello: Option<Hello> = take_line(&mut output).expect("hello");
+    assert!(matches!(hello, Some(Hello::Ready { .. })), "{hello:?}");
+    let answers: Vec<Answer> =
+        std::iter::from_fn(|| take_answer(&mut output, 1 << 20).expect("answer")).collect();
+    assert!(output.is_empty(), "nothing but four answers");
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    let (answers, outputs): (Vec<Response>, Vec<Vec<Vec<u8>>>) =
+        answers.into_iter().map(|a| (a.response, a.outputs)).unzip();
+    assert_eq!(outputs[2], vec![vec![0; 256]], "the copy of nothing");
     let Response::Done(first) = &answers[0] else {
         panic!("{:?}", answers[0])
     };
     assert_eq!(first.job_id, "builtin.hash_chain.00000003.10.64");
     assert_eq!(first.batch, 2);
     assert_eq!(
-        u32s(&first.outputs()[0]),
+        u32s(&outputs[0][0]),
         kernels::hash_chain_reference(3, 10, 64)
     );
     let Response::Refused { problems } = &answers[1] else {
