@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of the repository for SECONDS each (default 30): the pairing
-# protocol's decoders (mobile-bridge/fuzz) and the hub's report parsing (protocol/fuzz).
+# protocol's decoders (mobile-bridge/fuzz), the hub's report parsing (protocol/fuzz) and the
+# agent's job parsing and validation, WGSL included (gpu/fuzz).
 # A crash stops the run and leaves its input under <crate>/fuzz/artifacts/; keep it as a
 # regression test next to the decoder it broke.
 set -euo pipefail
@@ -11,10 +12,14 @@ if ! [ -x "$TOOLS/bin/cargo-fuzz" ]; then
     cargo install cargo-fuzz --locked --root "$TOOLS"
 fi
 export PATH="$TOOLS/bin:$PATH" RUSTC_BOOTSTRAP=1
-for dir in mobile-bridge/fuzz protocol/fuzz; do
+for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz; do
     for target in $(cd "$dir" && cargo fuzz list); do
         echo "== $dir: $target (${SECONDS_EACH}s)"
-        (cd "$dir" && CARGO_TARGET_DIR="$PWD/target" cargo fuzz run "$target" -- \
+        # Seeds kept in the repository (the corpus is not) start the fuzzer from real inputs.
+        seeds=()
+        [ -d "$dir/seeds/$target" ] && seeds=("corpus/$target" "seeds/$target")
+        mkdir -p "$dir/corpus/$target"
+        (cd "$dir" && CARGO_TARGET_DIR="$PWD/target" cargo fuzz run "$target" "${seeds[@]}" -- \
             -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 | grep -E "^(stat::number_of_executed_units|Done|==|INFO: Seed)" || true)
         [ -z "$(ls -A "$dir/artifacts/$target" 2>/dev/null)" ] || { echo "crash in $target: $dir/artifacts/$target" >&2; exit 1; }
     done

@@ -1,0 +1,72 @@
+//! A job as a consumer sends it: the JSON parsed, then validated (naga's WGSL front end and
+//! validator, and the agent's own checks of bindings, sizes and inputs) against lavapipe's
+//! limits. The bytes are tried twice: as a whole job, and as the WGSL of an otherwise good job,
+//! which reaches the shader checks far more often than random JSON does. Nothing may panic; every
+//! refusal must say where.
+#![no_main]
+
+use edge_gpu::job::{Binding, BindingKind, Blob, BlobStore, Job, JobLimits, Kernel};
+use edge_gpu::validate::validate;
+use edge_hal::gpu::GpuLimits;
+use libfuzzer_sys::fuzz_target;
+
+fn limits() -> GpuLimits {
+    GpuLimits {
+        max_buffer_size: 2_147_483_647,
+        max_storage_buffer_binding_size: 134_217_728,
+        max_uniform_buffer_binding_size: 65_536,
+        max_storage_buffers_per_shader_stage: 32,
+        max_compute_workgroup_storage_size: 32_768,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size: [1024, 1024, 1024],
+        max_compute_workgroups_per_dimension: 65_535,
+    }
+}
+
+fn check(job: Job) {
+    let store = BlobStore {
+        dir: "/nonexistent".into(),
+    };
+    if let Err(refused) = validate(job, &limits(), 256 << 20, &store) {
+        assert!(!refused.problems.is_empty(), "a refusal without a reason");
+        assert!(
+            refused.problems.iter().all(|p| !p.at.is_empty()),
+            "a problem without a place: {refused}"
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(job) = Job::from_json(text) {
+        check(job);
+    }
+    check(Job {
+        version: 1,
+        id: "fuzz".into(),
+        kernel: Kernel {
+            wgsl: text.to_owned(),
+            entry_point: "main".into(),
+        },
+        bindings: vec![
+            Binding {
+                binding: 0,
+                kind: BindingKind::StorageRead,
+                size: 256,
+                input: Some(Blob::inline(&[1; 64])),
+            },
+            Binding {
+                binding: 1,
+                kind: BindingKind::StorageReadWrite,
+                size: 256,
+                input: None,
+            },
+        ],
+        dispatch: [1, 1, 1],
+        priority: 0,
+        deadline_unix_ms: None,
+        limits: JobLimits::default(),
+    });
+});
