@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# mmdebstrap customize hook: makes the Debian root at $1 the edge box's. $2 is the aarch64
+# edge-agent binary. Runs on the build host; commands inside the root run under qemu-user.
+set -euo pipefail
+ROOT=$1
+AGENT=$2
+HERE=$(dirname "$(realpath "$0")")
+REPO=$(realpath "$HERE/../..")
+
+# The agent, its unit and its config.
+install -m 0755 "$AGENT" "$ROOT/usr/bin/edge-agent"
+install -m 0644 "$REPO/agent/config/edge-agent.service" "$ROOT/lib/systemd/system/edge-agent.service"
+install -d -m 0755 "$ROOT/etc/edge-agent"
+install -m 0644 "$HERE/config.toml" "$ROOT/etc/edge-agent/config.toml"
+chroot "$ROOT" systemctl enable edge-agent.service
+
+# Networking: DHCP on any wired link (the box's LAN port; virtio-net under QEMU).
+install -m 0644 "$HERE/wired.network" "$ROOT/etc/systemd/network/20-wired.network"
+chroot "$ROOT" systemctl enable systemd-networkd.service
+echo edge-box > "$ROOT/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tedge-box\n' > "$ROOT/etc/hosts"
+printf '/dev/vda\t/\text4\trw,noatime\t0\t1\n' > "$ROOT/etc/fstab"
+
+# The journal survives reboots (what happened before a crash is there after it), within 64 MiB of
+# the UFS; and goes to the console as well, so that the serial line shows what the box does.
+install -d "$ROOT/etc/systemd/journald.conf.d" "$ROOT/var/log/journal"
+install -m 0644 "$HERE/journald.conf" "$ROOT/etc/systemd/journald.conf.d/edge-box.conf"
+
+# No way in: root locked, no other accounts, no SSH server installed. Bluetooth is started by the
+# agent's configuration, not at boot.
+chroot "$ROOT" passwd --lock root >/dev/null
+chroot "$ROOT" systemctl disable bluetooth.service >/dev/null 2>&1 || true
+# The box is updated as a whole image, never by apt: no apt timers waking it up.
+chroot "$ROOT" systemctl disable apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
+    >/dev/null 2>&1
+
+# One initramfs, with what a virtio machine needs to mount its root.
+sed -i 's/^MODULES=.*/MODULES=list/' "$ROOT/etc/initramfs-tools/initramfs.conf"
+printf '%s\n' virtio_pci virtio_blk virtio_net ext4 crc32c_generic >> "$ROOT/etc/initramfs-tools/modules"
+chroot "$ROOT" update-initramfs -c -k all
+
+# Smaller image: no package lists or caches.
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin
