@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::advertise::{self, AdvertiseError, Advertiser, LinkWatch};
+use crate::link_caps::LinkCaps;
 use crate::state::{AgentState, VERSIONS};
 
 /// A client that says nothing for this long is dropped.
@@ -245,6 +246,7 @@ impl BridgeTask {
             }),
             status,
             listen,
+            caps: LinkCaps::default(),
         });
         this.open_window("start");
         if this.task.ble {
@@ -267,7 +269,7 @@ impl BridgeTask {
                     let Ok((stream, peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
                     match LanLink::new(stream) {
-                        Ok(link) => this.spawn_link(link, peer.to_string(), &shutdown),
+                        Ok(link) => this.spawn_link(link, peer.ip().to_string(), peer.to_string(), &shutdown),
                         Err(e) => tracing::debug!(%peer, error = %e, "owner link refused"),
                     }
                 }
@@ -283,6 +285,8 @@ struct Served {
     shared: Mutex<Shared>,
     status: BridgeStatus,
     listen: String,
+    /// Links served at once.
+    caps: LinkCaps,
 }
 
 /// Why a connection ended early.
@@ -431,16 +435,24 @@ impl Served {
         Ok(())
     }
 
-    /// Serves one app's link until it ends or the agent shuts down.
+    /// Serves one app's link until it ends or the agent shuts down; closes it at once when
+    /// `host` (its IP or Bluetooth address) or everyone together has as many links as allowed.
     fn spawn_link<L: Link + 'static>(
         self: &Arc<Self>,
         link: L,
+        host: String,
         peer: String,
         shutdown: &CancellationToken,
     ) {
+        let Some(permit) = self.caps.admit(&host) else {
+            // Debug, not warn: whoever floods the port must not flood the journal as well.
+            tracing::debug!(%peer, "owner link closed: too many links at once");
+            return;
+        };
         let served = self.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = served.connection(link) => if let Err(e) = result {
@@ -466,7 +478,8 @@ impl Served {
                             () = shutdown.cancelled() => return,
                             accepted = server.accept() => match accepted {
                                 Ok((address, link)) => {
-                                    self.spawn_link(link, format!("ble:{address}"), &shutdown);
+                                    let peer = format!("ble:{address}");
+                                    self.spawn_link(link, peer.clone(), peer, &shutdown);
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "Bluetooth LE service failed; starting it again");

@@ -21,6 +21,7 @@ pub mod gpu_worker;
 pub mod hub_client;
 pub mod intake;
 pub mod jobs;
+pub mod link_caps;
 pub mod lock;
 pub mod logging;
 pub mod measure;

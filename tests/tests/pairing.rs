@@ -1,6 +1,9 @@
 //! Pairing and the owner's control channel end to end: a real `edge-agent` listening on
 //! loopback and `edgectl` playing the phone app.
 
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -191,6 +194,72 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
     )
     .expect("copy");
     refused(&edgectl(owner.path(), &["status"]), "NotOwner");
+    stop(agent);
+}
+
+/// A TCP connection to `addr` from the loopback address `127.0.0.<host>`, silent.
+fn connect_from(host: u8, addr: &str) -> TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, host, 0)).expect("bind");
+    let to: std::net::SocketAddrV4 = addr.parse().expect("address");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// Whether the agent closed `stream` within a few seconds (it is still open otherwise).
+fn closed_by_agent(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    match stream.read(&mut [0; 1]) {
+        Ok(0) => true,
+        Ok(_) => panic!("the agent spoke first"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("reading: {e}"),
+    }
+}
+
+#[test]
+fn silent_connections_are_capped_per_host_and_in_all_and_the_owner_still_pairs() {
+    let device = Box::new();
+    let agent = device.start();
+    // Four from one host are served (each may stay silent for a minute); the fifth is closed.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from(1, &device.addr)).collect();
+    let mut fifth = connect_from(1, &device.addr);
+    assert!(closed_by_agent(&mut fifth), "a fifth link from one host");
+    assert!(
+        !closed_by_agent(held.last_mut().expect("held")),
+        "the fourth is still served"
+    );
+    // Sixteen in all, from four hosts; the seventeenth, from a fifth host, is closed.
+    for host in 2..=4 {
+        held.extend((0..4).map(|_| connect_from(host, &device.addr)));
+    }
+    let mut seventeenth = connect_from(5, &device.addr);
+    assert!(closed_by_agent(&mut seventeenth), "a seventeenth link");
+    // The places come back when the links close: the owner pairs as usual.
+    drop(held);
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    ok(&edgectl(owner.path(), &["status"]));
     stop(agent);
 }
 
