@@ -115,10 +115,7 @@ fn alone(id: &str, priority: i32) -> Job {
 
 /// Submits `jobs` while the GPU is paused for heat, then cools it down: the queued jobs are then
 /// sent together. Returns their tasks, in submission order.
-async fn queued_while_hot(
-    rig: &Rig,
-    jobs: Vec<Job>,
-) -> Vec<tokio::task::JoinHandle<Result<JobResult, JobError>>> {
+async fn queued_while_hot(rig: &Rig, jobs: Vec<Job>) -> Vec<Task> {
     rig.thermal.set_all(90.0);
     let count = jobs.len() as u64;
     let tasks = jobs
@@ -381,18 +378,27 @@ async fn a_batch_that_overruns_runs_its_jobs_again_alone_and_only_the_runaway_fa
     assert_eq!(rig.metrics.done.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
-async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
-    let Some(rig) = rig(policy()) else { return };
+type Task = tokio::task::JoinHandle<Result<JobResult, JobError>>;
+
+/// A warm worker running a runaway (3 s limit), and a small job `ahead` submitted while it runs,
+/// sent ahead into the worker's pipe.
+async fn a_runaway_and_one_sent_ahead(rig: &Rig) -> (Task, Task) {
     rig.handle.run(small("warm", 0)).await.expect("worker up");
     let h = rig.handle.clone();
     let runaway = tokio::spawn(async move { h.run(kernels::runaway(3000)).await });
     until(&rig.metrics.in_flight, 1, "the runaway sent").await;
-    // Submitted while the runaway runs: sent ahead into the worker's pipe, which dies with it.
     let h = rig.handle.clone();
     let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
     until(&rig.metrics.in_flight, 2, "the next job sent ahead").await;
     assert!(!runaway.is_finished(), "the runaway still runs");
+    (runaway, ahead)
+}
+
+#[tokio::test]
+async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
+    let Some(rig) = rig(policy()) else { return };
+    // The job sent ahead waits in the worker's pipe, which dies with the runaway.
+    let (runaway, ahead) = a_runaway_and_one_sent_ahead(&rig).await;
     let ahead = ahead.await.expect("join").expect("runs on the next worker");
     receipt::verify(&ahead.receipt).expect("verifies");
     assert_eq!(ahead.receipt.body.what.job_id, "ahead");
@@ -411,13 +417,7 @@ async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
 #[tokio::test]
 async fn a_job_waiting_in_the_pipe_can_be_cancelled_and_the_next_one_still_runs() {
     let Some(rig) = rig(policy()) else { return };
-    rig.handle.run(small("warm", 0)).await.expect("worker up");
-    let h = rig.handle.clone();
-    let runaway = tokio::spawn(async move { h.run(kernels::runaway(3000)).await });
-    until(&rig.metrics.in_flight, 1, "the runaway sent").await;
-    let h = rig.handle.clone();
-    let ahead = tokio::spawn(async move { h.run(small("ahead", 0)).await });
-    until(&rig.metrics.in_flight, 2, "the next job sent ahead").await;
+    let (runaway, ahead) = a_runaway_and_one_sent_ahead(&rig).await;
     let h = rig.handle.clone();
     let third = tokio::spawn(async move { h.run(small("third", 0)).await });
     until(&rig.metrics.queue_depth, 1, "the third queued").await;

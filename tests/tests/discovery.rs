@@ -54,36 +54,80 @@ fn in_ns(ns: &str, program: &std::path::Path) -> Command {
     cmd
 }
 
+/// An agent in the link's device namespace, listening for its owner on the link's address.
+struct Device {
+    agent: Running,
+    listen: String,
+    /// `edge-agent pairing-code --json`.
+    code: serde_json::Value,
+    _sandbox: Sandbox,
+}
+
+impl Device {
+    fn start(link: &Link) -> Self {
+        let listen = format!("{}:7466", link.device_ip);
+        let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{listen}\"\n"));
+        let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+        let agent = Running(
+            in_ns(&link.device_ns, &bin("edge-agent"))
+                .arg("--config")
+                .arg(sandbox.config())
+                .env("NODEVICE_SELECT", "1")
+                .env("NOTIFY_SOCKET", &notify.path)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent in the device namespace"),
+        );
+        assert!(
+            notify.wait_for("READY=1", Duration::from_secs(120)),
+            "{:?}",
+            notify.seen
+        );
+        let code = sandbox
+            .agent(&["pairing-code", "--json"])
+            .output()
+            .expect("code");
+        let code = serde_json::from_slice(&code.stdout).expect("JSON");
+        Self {
+            agent,
+            listen,
+            code,
+            _sandbox: sandbox,
+        }
+    }
+
+    fn id(&self) -> String {
+        self.code["device_id"].as_str().expect("id").to_owned()
+    }
+
+    /// Asserts that a discovered box (`edgectl discover --json`) is announced at our address.
+    fn is_announced_in(&self, found: &serde_json::Value) {
+        assert!(
+            found["addresses"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == self.listen.as_str())),
+            "{found}"
+        );
+    }
+
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.agent.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        assert!(wait_exit(&mut self.agent, Duration::from_secs(30)).success());
+    }
+}
+
 #[test]
 fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
     if skip("the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair") {
         return;
     }
     let link = Link::new();
-    let listen = format!("{}:7466", link.device_ip);
-    let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{listen}\"\n"));
-    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
-    let mut agent = Running(
-        in_ns(&link.device_ns, &bin("edge-agent"))
-            .arg("--config")
-            .arg(sandbox.config())
-            .env("NODEVICE_SELECT", "1")
-            .env("NOTIFY_SOCKET", &notify.path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent in the device namespace"),
-    );
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(120)),
-        "{:?}",
-        notify.seen
-    );
-    let code = sandbox
-        .agent(&["pairing-code", "--json"])
-        .output()
-        .expect("code");
-    let code: serde_json::Value = serde_json::from_slice(&code.stdout).expect("JSON");
-    let id = code["device_id"].as_str().expect("id").to_owned();
+    let device = Device::start(&link);
+    let (listen, code, id) = (&device.listen, &device.code, device.id());
     let app = tempfile::tempdir().expect("tempdir");
     let edgectl = |args: &[&str]| {
         in_ns(&link.hub_ns, &bin("edgectl"))
@@ -95,15 +139,10 @@ fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
     };
     let seen = |pairing: &str| discover(&link, app.path(), &id, pairing, Duration::from_secs(30));
     let found = seen("open").expect("the box is announced with its window open");
-    assert!(
-        found["addresses"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == listen.as_str())),
-        "{found}"
-    );
+    device.is_announced_in(&found);
 
     let qr = code["qr_payload"].as_str().expect("qr");
-    let paired = edgectl(&["pair", "--addr", &listen, "--qr", qr]);
+    let paired = edgectl(&["pair", "--addr", listen, "--qr", qr]);
     assert!(
         paired.status.success(),
         "{}",
@@ -111,12 +150,7 @@ fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
     );
     seen("closed").expect("after pairing the announcement says the window is closed");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    assert!(wait_exit(&mut agent, Duration::from_secs(30)).success());
+    device.stop();
 }
 
 #[test]
@@ -137,46 +171,14 @@ fn a_link_that_comes_up_after_the_agent_started_is_announced() {
         assert!(status.success(), "ip link set {args:?}");
     };
     ip(&["down"]);
-    let listen = format!("{}:7466", link.device_ip);
-    let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{listen}\"\n"));
-    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
-    let mut agent = Running(
-        in_ns(&link.device_ns, &bin("edge-agent"))
-            .arg("--config")
-            .arg(sandbox.config())
-            .env("NODEVICE_SELECT", "1")
-            .env("NOTIFY_SOCKET", &notify.path)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent in the device namespace"),
-    );
-    assert!(
-        notify.wait_for("READY=1", Duration::from_secs(120)),
-        "{:?}",
-        notify.seen
-    );
-    let code = sandbox
-        .agent(&["pairing-code", "--json"])
-        .output()
-        .expect("code");
-    let code: serde_json::Value = serde_json::from_slice(&code.stdout).expect("JSON");
-    let id = code["device_id"].as_str().expect("id").to_owned();
+    let device = Device::start(&link);
+    let id = device.id();
     // Let the responder settle on what it sees now: no link.
     std::thread::sleep(Duration::from_secs(3));
     ip(&["up"]);
     let app = tempfile::tempdir().expect("tempdir");
     let found = discover(&link, app.path(), &id, "open", Duration::from_secs(30))
         .expect("the box is announced on the link that came up");
-    assert!(
-        found["addresses"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == listen.as_str())),
-        "{found}"
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    assert!(wait_exit(&mut agent, Duration::from_secs(30)).success());
+    device.is_announced_in(&found);
+    device.stop();
 }
