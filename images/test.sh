@@ -6,7 +6,7 @@
 #  2. a clean power-off stops the agent;
 #  3. on the disk, read offline: the identity key and the setup code were made on the device,
 #     mode 0600 and owned by root; root's password is locked; the agent's journal says it was
-#     ready and stopped, with no error;
+#     ready and stopped, with no warning (a GPU job cut short at shutdown used to warn);
 #  4. second boot: the same identity; a wrong setup code is refused; the owner pairs with the
 #     label's QR payload (made from the disk's setup code, as a factory would print it) and reads
 #     the box's status: its device id, and the GPU it found (lavapipe, emulated).
@@ -100,11 +100,11 @@ debugfs -R "rdump /var/log/journal $WORK" "$WORK/disk.raw" 2>/dev/null
 journal() { journalctl -D "$WORK/journal" -u edge-agent.service -o "${1:-short}" --no-pager 2>/dev/null; }
 journal | grep -q ' ready' || fail "the journal has no 'ready' from the agent"
 journal | grep -q ' stopped' || fail "the journal has no 'stopped' from the agent"
-if journal json | grep -q '"PRIORITY":"[0-3]"'; then
+if journal json | grep -q '"PRIORITY":"[0-4]"'; then
     journal | tail -20
-    fail "the agent logged errors"
+    fail "the agent logged warnings or errors"
 fi
-echo "journal: ready, stopped, no errors"
+echo "journal: ready, stopped, no warnings"
 
 # The label: what the factory prints, from the device's own setup code and key.
 mkdir -m 0700 "$WORK/label"

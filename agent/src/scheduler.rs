@@ -22,10 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use edge_gpu::digest::Sha256;
 use edge_gpu::executor::MAX_BATCH;
-use edge_gpu::job::BindingKind;
 use edge_gpu::job::{BlobStore, Job};
 use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::{Problem, ShaderCache, check_cached, gpu_bytes};
+use edge_gpu::validate::{Problem, ShaderCache, check_cached, gpu_bytes, output_bytes};
 use edge_gpu::worker::Submitted;
 use edge_hal::gpu::GpuLimits;
 use edge_hal::{Clock, Identity, Thermal};
@@ -433,6 +432,7 @@ impl Scheduler {
             .in_flight
             .front()
             .map(|job| (job.limit, job.max_outputs));
+        let (limit, max_outputs) = head.unwrap_or_default();
         let Self {
             inbox,
             worker,
@@ -445,7 +445,7 @@ impl Scheduler {
             msg = inbox.recv() => Event::Inbox(msg),
             // A new policy may let a held-back job start (or hold the next one back).
             Ok(()) = policy.changed() => Event::Wake,
-            answer = worker.answer(*head_since, head.unwrap_or_default().0, head.unwrap_or_default().1), if head.is_some() => {
+            answer = worker.answer(*head_since, limit, max_outputs), if head.is_some() => {
                 Event::Answer(answer)
             }
             () = tokio::time::sleep_until(wake.unwrap_or(idle_at)), if wake.is_some() => Event::Wake,
@@ -588,19 +588,12 @@ impl Scheduler {
                         .map(|p| p.limit)
                         .fold(Duration::ZERO, Duration::saturating_add);
                     for (i, (queued, prepared)) in batch.into_iter().enumerate() {
-                        let max_outputs = if queued.outputs {
-                            queued
-                                .job
-                                .bindings
-                                .iter()
-                                .filter(|b| b.kind == BindingKind::StorageReadWrite)
-                                .map(|b| b.size)
-                                .fold(0, u64::saturating_add)
-                        } else {
-                            0
-                        };
                         self.in_flight.push_back(InFlight {
-                            max_outputs,
+                            max_outputs: if queued.outputs {
+                                output_bytes(&queued.job)
+                            } else {
+                                0
+                            },
                             kernel_sha256: Sha256::of(queued.job.kernel.wgsl.as_bytes()),
                             job: queued.job,
                             outputs: queued.outputs,
@@ -643,14 +636,11 @@ impl Scheduler {
         let mut batch: Vec<(Queued, Prepared)> = Vec::new();
         let (mut bytes, mut gpu) = (0, 0);
         while batch.len() < MAX_BATCH {
-            let batchable = batch
-                .first()
-                .is_none_or(|(q, p)| !q.solo && p.wire_len() <= AHEAD_MAX_BYTES);
-            if !batchable
-                || self
-                    .queue
-                    .peek()
-                    .is_some_and(|q| !batch.is_empty() && q.solo)
+            // Only small jobs share a batch, and never one that is to run alone.
+            if let Some((first, prepared)) = batch.first()
+                && (first.solo
+                    || prepared.wire_len() > AHEAD_MAX_BYTES
+                    || self.queue.peek().is_some_and(|next| next.solo))
             {
                 break;
             }

@@ -295,6 +295,15 @@ pub fn check_cached(
     check_job(job, limits, budget, blobs, cache, Inputs::Check).map(drop)
 }
 
+/// The bytes a job's outputs come to: its `storage_read_write` bindings.
+pub fn output_bytes(job: &Job) -> u64 {
+    job.bindings
+        .iter()
+        .filter(|b| b.kind == BindingKind::StorageReadWrite)
+        .map(|b| b.size)
+        .fold(0, u64::saturating_add)
+}
+
 /// GPU memory a job needs: its buffers plus read-back copies of its outputs.
 pub fn gpu_bytes(job: &Job) -> u64 {
     job.bindings
