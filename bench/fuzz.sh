@@ -11,6 +11,9 @@ TOOLS="$PWD/target/tools"
 if ! [ -x "$TOOLS/bin/cargo-fuzz" ]; then
     cargo install cargo-fuzz --locked --root "$TOOLS"
 fi
+# The job fuzzer starts from the built-in kernels' jobs and shaders, made afresh so that they
+# follow the kernels.
+cargo run -q -p edge-gpu --example fuzz_seeds -- gpu/fuzz/corpus/job_validate
 export PATH="$TOOLS/bin:$PATH" RUSTC_BOOTSTRAP=1
 for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz; do
     for target in $(cd "$dir" && cargo fuzz list); do

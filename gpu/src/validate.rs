@@ -539,20 +539,7 @@ fn check_job(
 mod tests {
     use super::*;
     use crate::job::{Binding, Blob, JobLimits, Kernel};
-
-    /// lavapipe's limits (Mesa 22.3), as discovery reports them.
-    fn limits() -> GpuLimits {
-        GpuLimits {
-            max_buffer_size: 2_147_483_647,
-            max_storage_buffer_binding_size: 134_217_728,
-            max_uniform_buffer_binding_size: 65_536,
-            max_storage_buffers_per_shader_stage: 32,
-            max_compute_workgroup_storage_size: 32_768,
-            max_compute_invocations_per_workgroup: 1024,
-            max_compute_workgroup_size: [1024, 1024, 1024],
-            max_compute_workgroups_per_dimension: 65_535,
-        }
-    }
+    use edge_hal::fake::lavapipe_limits as limits;
 
     const DOUBLE: &str = "@group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;

@@ -8,12 +8,12 @@
 //!
 //!     cargo build --release -p edge-agent -p edge-hub && cargo bench -p edge-tests --bench network
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_tests::hub::HubDir;
 use edge_tests::netns::{Link, unavailable};
-use edge_tests::{NotifySocket, Sandbox, bin, cpu_secs};
+use edge_tests::{NotifySocket, Running, Sandbox, bin, cpu_secs, in_ns};
 
 const WARMUP_SECS: u64 = 1;
 const WINDOW_SECS: u64 = 5;
@@ -62,12 +62,6 @@ fn wire_bytes(ns: &str, dev: &str) -> u64 {
         .sum()
 }
 
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, program]);
-    cmd
-}
-
 fn iperf3(link: &Link, reverse: bool) -> (f64, u64) {
     let mut server = in_ns(&link.hub_ns, "iperf3")
         .args(["-s", "-1", "-B", &link.hub_ip, "-p", "5201"])
@@ -113,7 +107,7 @@ fn bandwidth_row(mbit: u32) {
         &format!("bandwidth_warmup_secs = {WARMUP_SECS}\nbandwidth_window_secs = {WINDOW_SECS}\nbandwidth_streams = 4\n"),
     );
     let before = wire_bytes(&link.device_ns, &link.device_if());
-    let out = in_ns(&link.device_ns, bin("edge-agent").to_str().expect("utf8"))
+    let out = in_ns(&link.device_ns, bin("edge-agent"))
         .arg("--config")
         .arg(sandbox.config())
         .arg("measure")
@@ -146,20 +140,9 @@ fn bandwidth_row(mbit: u32) {
     );
 }
 
-fn start_agent(sandbox: &Sandbox, ns: Option<&str>) -> Child {
+fn start_agent(sandbox: &Sandbox, ns: Option<&str>) -> Running {
     let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
-    let mut cmd = match ns {
-        Some(ns) => in_ns(ns, bin("edge-agent").to_str().expect("utf8")),
-        None => Command::new(bin("edge-agent")),
-    };
-    let child = cmd
-        .arg("--config")
-        .arg(sandbox.config())
-        .env("NODEVICE_SELECT", "1")
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
+    let child = sandbox.start_in(ns, &notify, &[]);
     assert!(
         notify.wait_for("READY=1", Duration::from_secs(60)),
         "agent not ready"

@@ -70,13 +70,28 @@ impl Sandbox {
 
     /// `edge-agent --config <config> <args>`, with Mesa's device-select layer quietened.
     pub fn agent(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("edge-agent"));
+        self.agent_in(None, args)
+    }
+
+    /// [`Sandbox::agent`] in the network namespace `ns` (here when `None`).
+    pub fn agent_in(&self, ns: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = match ns {
+            Some(ns) => in_ns(ns, bin("edge-agent")),
+            None => Command::new(bin("edge-agent")),
+        };
         cmd.arg("--config").arg(self.config()).args(args);
         cmd.env("NODEVICE_SELECT", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC");
         cmd
     }
+}
+
+/// `program` run in the network namespace `ns` (`ip netns exec`).
+pub fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
 }
 
 /// A process a test started, killed if the test ends (or panics) without reaping it, so a failed
@@ -110,7 +125,17 @@ impl Sandbox {
     /// Starts the daemon with `notify` as its `NOTIFY_SOCKET`, extra environment `env`, and its
     /// logs discarded.
     pub fn start(&self, notify: &NotifySocket, env: &[(&str, &str)]) -> Running {
-        let mut cmd = self.agent(&[]);
+        self.start_in(None, notify, env)
+    }
+
+    /// [`Sandbox::start`] in the network namespace `ns` (here when `None`).
+    pub fn start_in(
+        &self,
+        ns: Option<&str>,
+        notify: &NotifySocket,
+        env: &[(&str, &str)],
+    ) -> Running {
+        let mut cmd = self.agent_in(ns, &[]);
         cmd.env("NOTIFY_SOCKET", &notify.path)
             .stderr(std::process::Stdio::null());
         for (k, v) in env {

@@ -1,12 +1,12 @@
 //! The owner's app finds the box over mDNS (`_edge-agent._tcp`), in network namespaces the test
 //! makes (multicast never leaves them): the box in one, `edgectl` in the other.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use edge_tests::hub::eventually;
 use edge_tests::netns::{Link, emulated, unavailable};
-use edge_tests::{NotifySocket, Running, Sandbox, bin, wait_exit};
+use edge_tests::{NotifySocket, Running, Sandbox, bin, in_ns, wait_exit};
 
 /// Why this test cannot run here (then it says so, loudly), if it cannot.
 fn skip(test: &str) -> bool {
@@ -35,7 +35,7 @@ fn discover(
     within: Duration,
 ) -> Option<serde_json::Value> {
     eventually(within, || {
-        let out = in_ns(&link.hub_ns, &bin("edgectl"))
+        let out = in_ns(&link.hub_ns, bin("edgectl"))
             .arg("--config-dir")
             .arg(app)
             .args(["discover", "--timeout", "3", "--json"])
@@ -46,12 +46,6 @@ fn discover(
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .find(|b| b["device_id"] == device_id && b["pairing"] == pairing)
     })
-}
-
-fn in_ns(ns: &str, program: &std::path::Path) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program);
-    cmd
 }
 
 /// An agent in the link's device namespace, listening for its owner on the link's address.
@@ -68,16 +62,7 @@ impl Device {
         let listen = format!("{}:7466", link.device_ip);
         let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{listen}\"\n"));
         let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
-        let agent = Running(
-            in_ns(&link.device_ns, &bin("edge-agent"))
-                .arg("--config")
-                .arg(sandbox.config())
-                .env("NODEVICE_SELECT", "1")
-                .env("NOTIFY_SOCKET", &notify.path)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("agent in the device namespace"),
-        );
+        let agent = sandbox.start_in(Some(&link.device_ns), &notify, &[]);
         assert!(
             notify.wait_for("READY=1", Duration::from_secs(120)),
             "{:?}",
@@ -130,7 +115,7 @@ fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
     let (listen, code, id) = (&device.listen, &device.code, device.id());
     let app = tempfile::tempdir().expect("tempdir");
     let edgectl = |args: &[&str]| {
-        in_ns(&link.hub_ns, &bin("edgectl"))
+        in_ns(&link.hub_ns, bin("edgectl"))
             .arg("--config-dir")
             .arg(app.path())
             .args(args)

@@ -7,27 +7,14 @@
 
 use edge_gpu::job::{Binding, BindingKind, Blob, BlobStore, Job, JobLimits, Kernel};
 use edge_gpu::validate::validate;
-use edge_hal::gpu::GpuLimits;
+use edge_hal::fake::lavapipe_limits;
 use libfuzzer_sys::fuzz_target;
-
-fn limits() -> GpuLimits {
-    GpuLimits {
-        max_buffer_size: 2_147_483_647,
-        max_storage_buffer_binding_size: 134_217_728,
-        max_uniform_buffer_binding_size: 65_536,
-        max_storage_buffers_per_shader_stage: 32,
-        max_compute_workgroup_storage_size: 32_768,
-        max_compute_invocations_per_workgroup: 1024,
-        max_compute_workgroup_size: [1024, 1024, 1024],
-        max_compute_workgroups_per_dimension: 65_535,
-    }
-}
 
 fn check(job: Job) {
     let store = BlobStore {
         dir: "/nonexistent".into(),
     };
-    if let Err(refused) = validate(job, &limits(), 256 << 20, &store) {
+    if let Err(refused) = validate(job, &lavapipe_limits(), 256 << 20, &store) {
         assert!(!refused.problems.is_empty(), "a refusal without a reason");
         assert!(
             refused.problems.iter().all(|p| !p.at.is_empty()),
