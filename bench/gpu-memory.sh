@@ -6,7 +6,7 @@
 # Usage: bench/gpu-memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p edge-agent -q
+cargo build --release -p edge-agent -p edge-gpu --bins -q
 bin=$PWD/target/release/edge-agent
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

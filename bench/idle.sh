@@ -11,7 +11,7 @@ source cross/env.sh
 SECS=${1:-60}
 TICK=$(getconf CLK_TCK)
 
-cargo build --release -p edge-agent -q
+cargo build --release -p edge-agent -p edge-gpu --bins -q
 cross/build.sh -q >/dev/null
 
 # measure NAME PID: one table row from /proc
@@ -53,5 +53,10 @@ printf '%-34s %9s %9s %9s %9s %9s\n' "process" "RSS MiB" "peak MiB" "CPU s" "% c
 measure "baseline: sleep" "$p_sleep"
 measure "edge-agent x86_64" "$p_host" "$host_bin"
 measure "edge-agent aarch64 (qemu-user)" "$p_arm" "$arm_bin"
+# The GPU worker runs only while there are jobs (released when the GPU idles): its size alone.
+for bin in "$PWD/target/release/edge-gpu-worker" "$PWD/target/$TARGET/release/edge-gpu-worker"; do
+    printf '%-34s %9s %9s %9s %9s %9s\n' "edge-gpu-worker $(basename "$(dirname "$(dirname "$bin")")")" \
+        - - - - $(( $(stat -c %s "$bin") / 1024 ))
+done
 kill -TERM "$p_host" "$p_arm" "$p_sleep"
 while kill -0 "$p_host" 2>/dev/null || kill -0 "$p_arm" 2>/dev/null; do sleep 0.1; done

@@ -2,7 +2,9 @@
 # Boots the image built by images/build.sh in qemu-system-aarch64 (virt machine, Cortex-A76, 2
 # cores, 2 GiB, TCG). The box's pairing port 7466 is forwarded to 127.0.0.1:$PAIRING_PORT; user
 # networking is restricted, so the box reaches nothing outside QEMU. The serial console is this
-# terminal (Ctrl-A X quits) unless extra QEMU arguments say otherwise.
+# terminal (Ctrl-A X quits) unless extra QEMU arguments say otherwise. The NIC gets no option ROM
+# (`romfile=`): the kernel is booted directly, and the ROM (efi-virtio.rom) comes only with
+# ipxe-qemu, which qemu-system-arm merely recommends and the installer leaves out.
 #
 #   images/boot.sh [DISK] [QEMU ARGS...]     # DISK default target/image/disk.raw; kernel and
 #                                            # initrd are taken from the image directory
@@ -21,5 +23,5 @@ exec qemu-system-aarch64 -M virt -cpu cortex-a76 -smp 2 -m 2048 -accel tcg,threa
     -append "root=/dev/vda rw console=ttyAMA0" \
     -drive "file=$DISK,format=raw,if=virtio" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:7466" \
-    -device virtio-net-pci,netdev=n0 \
+    -device virtio-net-pci,netdev=n0,romfile= \
     "$@"

@@ -14,14 +14,28 @@ use std::time::{Duration, Instant};
 
 use edge_agent::gpu_worker::GpuWorker;
 use edge_agent::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerHandle, SchedulerParts};
-use edge_gpu::executor::{Gpu, MAX_BATCH};
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels;
+use edge_gpu::executor::Gpu;
 use edge_gpu::validate::{ValidJob, validate};
-use edge_hal::{Identity, SysfsThermal, SystemClock};
+use edge_hal::{SysfsThermal, SystemClock};
+use edge_identity::Identity;
+use edge_jobs::job::{BlobStore, Job};
+use edge_jobs::kernels;
+use edge_jobs::worker::MAX_BATCH;
 use tokio_util::sync::CancellationToken;
 
 /// CPU time of process `pid`, all its threads, from the scheduler's nanosecond counters.
+/// The GPU worker built beside the agent (`cargo build -p edge-gpu` puts it there).
+fn worker() -> std::path::PathBuf {
+    let worker =
+        edge_hal::gpu::worker_beside(std::path::Path::new(env!("CARGO_BIN_EXE_edge-agent")));
+    assert!(
+        worker.exists(),
+        "{} is not built: cargo build -p edge-gpu",
+        worker.display()
+    );
+    worker
+}
+
 fn cpu(pid: u32) -> Duration {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -184,7 +198,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let worker = GpuWorker::agent(env!("CARGO_BIN_EXE_edge-agent"), blobs.path());
+        let worker = GpuWorker::serving(&worker(), blobs.path());
         let (scheduler, handle) = Scheduler::new(
             SchedulerParts {
                 gpu: Ok(gpu.adapter().limits.clone()),

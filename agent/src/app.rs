@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use edge_hal::{Button, GpuStatus, Hal, Identity, KeyError, Wait};
+use edge_hal::{Button, Clock, GpuStatus, Hal, Wait};
+use edge_identity::{Identity, KeyError};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use edge_gpu::job::BlobStore;
+use edge_jobs::job::BlobStore;
 
 use crate::bridge::{BridgeError, BridgeFiles, BridgeStatus, BridgeTask};
 use crate::capability::CapabilityTask;
@@ -95,7 +96,7 @@ impl AgentError {
             Self::Identity(KeyError::Uri { .. }) => Exit::Config,
             Self::Identity(_) => Exit::KeyRefused,
             Self::Status(_) | Self::Outbox(_) | Self::Listen { .. } => Exit::CannotCreate,
-            Self::Bridge(BridgeError::Io { .. }) => Exit::CannotCreate,
+            Self::Bridge(BridgeError::File(_)) => Exit::CannotCreate,
             Self::Bridge(BridgeError::Corrupt { .. }) => Exit::KeyRefused,
             Self::Hub(_) => Exit::Config,
             Self::Task { .. } => Exit::TaskFailed,
@@ -163,18 +164,11 @@ fn spawn_task<E: Display + Send + 'static>(
     });
 }
 
-/// Runs blocking work (file I/O, the GPU probe) off the runtime; a panic there is re-raised here.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
 /// How the agent was started: what it needs besides the config.
 #[derive(Debug, Clone)]
 pub struct Invocation {
-    /// This binary, run again as the GPU worker (`edge-agent gpu-worker`).
-    pub exe: PathBuf,
+    /// The GPU worker binary (`edge-gpu-worker`, installed beside the agent).
+    pub gpu_worker: PathBuf,
     /// `--config`, if given (the owner's config changes are validated against the same files).
     pub config_path: Option<PathBuf>,
     /// The working directory relative paths were resolved against.
@@ -183,20 +177,19 @@ pub struct Invocation {
 
 /// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
 pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exit, AgentError> {
-    let exe = invocation.exe.clone();
     systemd::status("starting: preparing state directory");
     create_state_dir(&config.state_dir)?;
     let _lock = StateLock::acquire(&config.state_dir)?;
 
     systemd::status("starting: opening identity key");
     let (keys, uri) = (hal.keys.clone(), config.identity_key.clone());
-    let identity = blocking(move || keys.open_or_create(&uri)).await?;
+    let identity = crate::runtime::blocking(move || keys.open_or_create(&uri)).await?;
     let device_id = identity.device_id();
     tracing::info!(%device_id, key = %identity.uri(), "identity loaded");
 
     systemd::status("starting: probing GPU");
     let probe = hal.gpu.clone();
-    let gpu = blocking(move || probe.discover()).await;
+    let gpu = crate::runtime::blocking(move || probe.discover()).await;
     match &gpu {
         GpuStatus::Available(info) => {
             tracing::info!(adapter = %info.name, driver = %info.driver_info, "GPU found");
@@ -220,12 +213,12 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
             blobs: BlobStore { dir: blobs.clone() },
             metrics: gpu_metrics.clone(),
         },
-        GpuWorker::agent(exe, &blobs),
+        GpuWorker::serving(&invocation.gpu_worker, &blobs),
     );
     let (publish_capability, capability) = watch::channel(None);
 
     let (h, dir) = (hal.clone(), config.state_dir.clone());
-    let first = blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
+    let first = crate::runtime::blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
     let boot_id = first
         .system
         .as_ref()
@@ -237,7 +230,7 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
             systemd::status("starting: reading the pairing state");
             let files = BridgeFiles::in_dir(&config.state_dir);
             let for_code = files.clone();
-            let code = blocking(move || for_code.setup_code()).await?;
+            let code = crate::runtime::blocking(move || for_code.setup_code()).await?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AgentError::Listen { addr, source })?;
@@ -259,7 +252,8 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
                     max_age: config.network.queue_max_age,
                 },
             );
-            let outbox = blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
+            let outbox =
+                crate::runtime::blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
             let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
                 hub: hub.url.clone(),
                 ..NetworkView::default()
@@ -343,6 +337,7 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
                 handle,
                 owner_token: hub.owner_token.clone(),
                 state: state.clone(),
+                clock: hal.clock.clone(),
             },
             &config.network,
         );
@@ -353,7 +348,7 @@ pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exi
         // SIGUSR1 (`systemctl kill -s USR1 edge-agent`) always.
         if let Some(wanted) = &config.pairing.button {
             let (buttons, device, key) = (hal.buttons.clone(), wanted.device.clone(), wanted.key);
-            match blocking(move || buttons.open(&device, key)).await {
+            match crate::runtime::blocking(move || buttons.open(&device, key)).await {
                 Ok(opened) => {
                     tracing::info!(device = %wanted.device.display(), key, "pairing button ready");
                     let (device, stop) = (wanted.device.clone(), shutdown.clone());
@@ -465,6 +460,7 @@ struct NetworkParts {
     handle: NetworkHandle,
     owner_token: String,
     state: Arc<AgentState>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Delivery, heartbeats and capability reports.
@@ -481,6 +477,7 @@ fn spawn_network_tasks(
         handle: NetworkHandle { outbox, status },
         owner_token,
         state,
+        clock,
     } = parts;
     let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
     let (registered, registered_rx) = watch::channel(false);
@@ -494,6 +491,7 @@ fn spawn_network_tasks(
         echo_urls,
         registered,
         status: status.clone(),
+        clock: clock.clone(),
     };
     spawn_task(
         tracker,
@@ -505,6 +503,7 @@ fn spawn_network_tasks(
         outbox: outbox.clone(),
         state: state.clone(),
         interval: config.heartbeat_interval,
+        clock: clock.clone(),
     };
     spawn_task(
         tracker,
@@ -519,6 +518,7 @@ fn spawn_network_tasks(
             scheduler: state.scheduler.clone(),
             outbox: outbox.clone(),
             registered: registered_rx,
+            clock: clock.clone(),
         };
         spawn_task(
             tracker,
@@ -536,6 +536,7 @@ fn spawn_network_tasks(
         ip_check_interval: config.ip_check_interval,
         interval: config.capability_interval,
         status,
+        clock,
     };
     spawn_task(
         tracker,

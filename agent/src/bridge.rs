@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use edge_hal::Hal;
 use edge_hal::wifi::Passphrase;
-use edge_hal::{Hal, Identity};
+use edge_identity::{Identity, durable};
 use edge_mobile_bridge::ble::BleServer;
 use edge_mobile_bridge::lan::LanLink;
 use edge_mobile_bridge::link::{Link, TransportError};
@@ -46,13 +47,8 @@ const LINK_CHECK: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
     /// A state file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] durable::FileError),
     /// A state file holds something else.
     #[error("{path}: {reason}")]
     Corrupt {
@@ -93,10 +89,6 @@ impl BridgeFiles {
 
     /// The setup code, made (0600) if there is none yet.
     pub fn setup_code(&self) -> Result<SetupCode, BridgeError> {
-        let io = |source| BridgeError::Io {
-            path: self.setup_code.clone(),
-            source,
-        };
         match std::fs::read_to_string(&self.setup_code) {
             Ok(text) => SetupCode::parse(text.trim()).map_err(|e| BridgeError::Corrupt {
                 path: self.setup_code.clone(),
@@ -107,36 +99,21 @@ impl BridgeFiles {
                     path: self.setup_code.clone(),
                     reason: e.to_string(),
                 })?;
-                edge_hal::durable::write(&self.setup_code, code.digits().as_bytes(), 0o600)
-                    .map_err(io)?;
+                durable::write(&self.setup_code, code.digits().as_bytes(), 0o600)?;
                 Ok(code)
             }
-            Err(e) => Err(io(e)),
+            Err(e) => Err(durable::FileError::at("read", &self.setup_code)(e).into()),
         }
     }
 
     /// The pairing record; the default when there is none.
     pub fn load(&self) -> Result<PairingRecord, BridgeError> {
-        match std::fs::read(&self.pairing) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| BridgeError::Corrupt {
-                path: self.pairing.clone(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PairingRecord::default()),
-            Err(source) => Err(BridgeError::Io {
-                path: self.pairing.clone(),
-                source,
-            }),
-        }
+        Ok(durable::read_json(&self.pairing)?.unwrap_or_default())
     }
 
     /// Stores the record durably.
     pub fn save(&self, record: &PairingRecord) -> Result<(), BridgeError> {
-        let bytes = serde_json::to_vec(record).unwrap_or_default();
-        edge_hal::durable::write(&self.pairing, &bytes, 0o600).map_err(|source| BridgeError::Io {
-            path: self.pairing.clone(),
-            source,
-        })
+        Ok(durable::write_json(&self.pairing, record, 0o600)?)
     }
 }
 
@@ -212,7 +189,7 @@ impl BridgeTask {
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
         let files = self.files.clone();
-        let record = crate::app::blocking(move || files.load()).await?;
+        let record = crate::runtime::blocking(move || files.load()).await?;
         let listen = self
             .listener
             .local_addr()
@@ -223,7 +200,7 @@ impl BridgeTask {
                 let interfaces = self.hal.interfaces.clone();
                 let id = self.identity.device_id().to_string();
                 let window_open = record.owner_key.is_none();
-                let (now, started) = crate::app::blocking(move || {
+                let (now, started) = crate::runtime::blocking(move || {
                     let now = interfaces.list().unwrap_or_default();
                     (now, Advertiser::start(&id, addr, window_open))
                 })
@@ -340,7 +317,7 @@ impl Served {
     /// the app, a cable plugged in late).
     async fn check_links(&self, addr: std::net::SocketAddr, watch: &mut LinkWatch) {
         let interfaces = self.task.hal.interfaces.clone();
-        let now = match crate::app::blocking(move || interfaces.list()).await {
+        let now = match crate::runtime::blocking(move || interfaces.list()).await {
             Ok(now) => now,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list the links under the mDNS announcement");
@@ -353,7 +330,7 @@ impl Served {
         let old = self.advertiser.lock().ok().and_then(|mut a| a.0.take());
         let window_open = self.status.lock().is_ok_and(|v| v.window_open);
         let id = self.task.identity.device_id().to_string();
-        let started = crate::app::blocking(move || {
+        let started = crate::runtime::blocking(move || {
             if let Some(old) = old {
                 old.stop();
             }
@@ -428,7 +405,7 @@ impl Served {
     async fn save(&self, record: PairingRecord) -> Result<(), BridgeError> {
         let files = self.task.files.clone();
         let saved = record.clone();
-        crate::app::blocking(move || files.save(&saved)).await?;
+        crate::runtime::blocking(move || files.save(&saved)).await?;
         let mut shared = self.lock();
         shared.record = record;
         self.publish(&shared);
@@ -549,7 +526,7 @@ impl Served {
                 Ok(DeviceStep::Wait) => {}
                 Ok(DeviceStep::Paired(paired)) => {
                     let record = PairingRecord {
-                        owner_key: Some(edge_hal::hex::encode(&paired.owner_key)),
+                        owner_key: Some(edge_identity::hex::encode(&paired.owner_key)),
                         failures: paired.failures,
                     };
                     self.save(record).await?;
@@ -558,7 +535,7 @@ impl Served {
                         shared.pairing = None;
                         self.publish(&shared);
                     }
-                    tracing::info!(owner = %edge_hal::hex::encode(&paired.owner_key[..8]), "paired with a new owner");
+                    tracing::info!(owner = %edge_identity::hex::encode(&paired.owner_key[..8]), "paired with a new owner");
                     link.send(&paired.reply).await?;
                     return self.control(link, paired.channel, paired.owner_key).await;
                 }
@@ -616,7 +593,7 @@ impl Served {
             .record
             .owner_key
             .as_deref()
-            .and_then(edge_hal::hex::decode_array::<32>)
+            .and_then(edge_identity::hex::decode_array::<32>)
     }
 
     /// The owner's requests, until the link closes or the owner changes.
@@ -663,30 +640,27 @@ impl Served {
             Request::ConfigSet { key, value } => self.config_set(key, value).await,
             Request::WifiScan => {
                 let wifi = self.task.hal.wifi.clone();
-                match tokio::task::spawn_blocking(move || wifi.scan()).await {
-                    Ok(Ok(networks)) => Response::WifiNetworks(
+                match crate::runtime::blocking(move || wifi.scan()).await {
+                    Ok(networks) => Response::WifiNetworks(
                         networks
                             .into_iter()
                             .take(edge_mobile_bridge::message::MAX_NETWORKS)
                             .map(|n| WifiNetwork {
                                 secured: n.security != edge_hal::wifi::Security::Open,
-                                // NetworkManager's quality scale: 0% at -100 dBm, 100% at -50.
-                                signal_dbm: i16::from(n.signal_percent) / 2 - 100,
+                                signal_dbm: edge_hal::wifi::percent_to_dbm(n.signal_percent),
                                 ssid: n.ssid,
                             })
                             .collect(),
                     ),
-                    Ok(Err(e)) => wifi_error(e),
-                    Err(_) => Response::error(ErrorCode::Internal),
+                    Err(e) => wifi_error(e),
                 }
             }
             Request::WifiSet { ssid, passphrase } => {
                 let wifi = self.task.hal.wifi.clone();
                 let passphrase = Passphrase::new(passphrase.as_str());
-                match tokio::task::spawn_blocking(move || wifi.connect(&ssid, &passphrase)).await {
-                    Ok(Ok(())) => Response::Ok,
-                    Ok(Err(e)) => wifi_error(e),
-                    Err(_) => Response::error(ErrorCode::Internal),
+                match crate::runtime::blocking(move || wifi.connect(&ssid, &passphrase)).await {
+                    Ok(()) => Response::Ok,
+                    Err(e) => wifi_error(e),
                 }
             }
             Request::Logs { max_lines } => Response::Logs {
@@ -698,17 +672,7 @@ impl Served {
                     })
                     .collect(),
             },
-            Request::Reboot => {
-                let power = self.task.hal.power.clone();
-                // Reply first; reboot a moment later.
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Err(e) = tokio::task::spawn_blocking(move || power.reboot()).await {
-                        tracing::error!(error = %e, "reboot failed");
-                    }
-                });
-                Response::Ok
-            }
+            Request::Reboot => reboot(self.task.hal.power.clone()).await,
             Request::Unpair => self.unpair(false).await,
             Request::FactoryReset => self.unpair(true).await,
         }
@@ -742,36 +706,30 @@ impl Served {
             self.task.cwd.clone(),
             self.task.state_dir.clone(),
         );
-        let result = tokio::task::spawn_blocking(move || {
+        let result = crate::runtime::blocking(move || {
             let text = crate::config::set_owner_key(path.as_deref(), &cwd, &dir, &key, &value)
                 .map_err(|e| {
-                    e.problems
-                        .iter()
-                        .map(|p| format!("{}: {}", p.key.as_deref().unwrap_or(""), p.message))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    SetFailed::Invalid(
+                        e.problems
+                            .iter()
+                            .map(|p| format!("{}: {}", p.key.as_deref().unwrap_or(""), p.message))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
                 })?;
-            edge_hal::durable::write(&crate::config::owner_file(&dir), text.as_bytes(), 0o600)
-                .map_err(|e| format!("cannot save: {e}"))?;
+            edge_identity::durable::write(&crate::config::owner_file(&dir), text.as_bytes(), 0o600)
+                .map_err(|e| SetFailed::Device(e.to_string()))?;
             // The settings as they now stand, with the owner's file on top.
-            crate::config::load(path.as_deref(), &cwd).map_err(|e| e.to_string())
+            crate::config::load(path.as_deref(), &cwd).map_err(|e| SetFailed::Device(e.to_string()))
         })
         .await;
-        match result {
-            Ok(Ok(config)) => {
-                // GPU settings hold from the next job; the network ones at the next start.
-                self.task
-                    .state
-                    .scheduler
-                    .set_policy(crate::scheduler::Policy::from(&config.gpu));
-                Response::Ok
-            }
-            Ok(Err(message)) => Response::Error {
-                code: ErrorCode::InvalidConfig,
-                message,
-            },
-            Err(_) => Response::error(ErrorCode::Internal),
-        }
+        config_set_response(result, |config| {
+            // GPU settings hold from the next job; the network ones at the next start.
+            self.task
+                .state
+                .scheduler
+                .set_policy(crate::scheduler::Policy::from(&config.gpu));
+        })
     }
 
     /// Forgets the owner; a factory reset also erases Wi-Fi credentials, the owner's settings and
@@ -797,12 +755,12 @@ impl Served {
                 self.task.hal.wifi.clone(),
                 crate::config::owner_file(&self.task.state_dir),
             );
-            let erased = tokio::task::spawn_blocking(move || {
+            let erased = crate::runtime::blocking(move || {
                 let _ = std::fs::remove_file(&owner_file);
                 wifi.forget_all()
             })
             .await;
-            if let Ok(Err(e)) = erased {
+            if let Err(e) = erased {
                 // No Wi-Fi manager on the box is not a failure of the reset.
                 tracing::warn!(error = %e, "factory reset: Wi-Fi credentials not erased");
             }
@@ -842,6 +800,56 @@ async fn recv<L: Link>(link: &mut L) -> Result<Option<Vec<u8>>, LinkError> {
     }
 }
 
+/// Why an owner's setting was not taken.
+#[derive(Debug)]
+enum SetFailed {
+    /// The value is not valid: the owner is told what and where.
+    Invalid(String),
+    /// The device failed (disk, files): logged here, and the owner told only that it failed,
+    /// since the reason names the device's paths.
+    Device(String),
+}
+
+fn config_set_response(
+    result: Result<crate::config::Config, SetFailed>,
+    apply: impl FnOnce(&crate::config::Config),
+) -> Response {
+    match result {
+        Ok(config) => {
+            apply(&config);
+            Response::Ok
+        }
+        Err(SetFailed::Invalid(message)) => Response::Error {
+            code: ErrorCode::InvalidConfig,
+            message,
+        },
+        Err(SetFailed::Device(reason)) => {
+            tracing::error!(%reason, "the owner's setting could not be saved");
+            Response::Error {
+                code: ErrorCode::Internal,
+                message: "the setting could not be saved; the device's log says why".into(),
+            }
+        }
+    }
+}
+
+/// Asks for a reboot and says whether it was taken. Asking returns once systemd has queued the
+/// reboot; the agent is stopped (SIGTERM, drain) only after that, so the owner's answer still goes
+/// out. A refusal is logged with its reason and reported without it (the reason names programs and
+/// paths, which are the device's business).
+async fn reboot(power: Arc<dyn edge_hal::Power>) -> Response {
+    match crate::runtime::blocking(move || power.reboot()).await {
+        Ok(()) => Response::Ok,
+        Err(e) => {
+            tracing::error!(error = %e, "the owner's reboot was refused");
+            Response::Error {
+                code: ErrorCode::Internal,
+                message: "the reboot could not be requested; the device's log says why".into(),
+            }
+        }
+    }
+}
+
 /// Erases the owner, the owner's settings, the Wi-Fi credentials and the pairing failure count,
 /// keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
 pub fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
@@ -851,15 +859,72 @@ pub fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
     match std::fs::remove_file(&owner) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(BridgeError::Io {
-                path: owner,
-                source,
-            });
-        }
+        Err(e) => return Err(durable::FileError::at("remove", &owner)(e).into()),
     }
     if let Err(e) = hal.wifi.forget_all() {
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct RefusingPower;
+
+    impl edge_hal::Power for RefusingPower {
+        fn reboot(&self) -> Result<(), edge_hal::power::PowerError> {
+            Err(edge_hal::power::PowerError::Command {
+                program: "/usr/bin/systemctl".into(),
+                reason: "Access denied".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_reboot_is_an_error_for_the_owner_without_the_devices_details() {
+        // Before: the reboot ran after an `Ok` reply and its failure was dropped (only the
+        // blocking task's join was checked).
+        match reboot(Arc::new(RefusingPower)).await {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Internal);
+                assert!(!message.contains("systemctl"), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        let fake = Arc::new(edge_hal::fake::FakePower::default());
+        assert!(matches!(reboot(fake.clone()).await, Response::Ok));
+        assert_eq!(fake.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_disk_failure_is_not_an_invalid_config_and_its_path_stays_on_the_device() {
+        // Before: "cannot save: <path>: <os error>" went to the phone as InvalidConfig.
+        let failed = SetFailed::Device(
+            "cannot create /var/lib/edge-agent/.owner.toml.1.0.tmp: No space left on device".into(),
+        );
+        match config_set_response(Err(failed), |_| panic!("nothing applied")) {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::Internal);
+                assert!(!message.contains("/var/lib"), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        let invalid = SetFailed::Invalid("gpu.max_duty: must be in (0, 1]".into());
+        match config_set_response(Err(invalid), |_| panic!("nothing applied")) {
+            Response::Error { code, message } => {
+                assert_eq!(code, ErrorCode::InvalidConfig);
+                assert!(message.contains("gpu.max_duty"), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fake_power_counts_reboots() {
+        let fake = Arc::new(edge_hal::fake::FakePower::default());
+        assert!(matches!(reboot(fake.clone()).await, Response::Ok));
+        assert_eq!(fake.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use edge_gpu::kernels::{self, f32s};
-use edge_gpu::{freivalds, job::Job};
 use edge_hal::GpuStatus;
+use edge_identity::durable;
+use edge_jobs::kernels::{self, f32s};
+use edge_jobs::{freivalds, job::Job};
 use edge_protocol::report::Compute;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -83,12 +84,12 @@ impl CapabilityTask {
     }
 
     fn load(&self) -> Option<Compute> {
-        serde_json::from_slice(&std::fs::read(&self.cache).ok()?).ok()
+        // A cache that cannot be read is measured again, not an error.
+        durable::read_json(&self.cache).ok().flatten()
     }
 
-    fn store(&self, capability: &Compute) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(capability).map_err(std::io::Error::other)?;
-        edge_hal::durable::write(&self.cache, &bytes, 0o644)
+    fn store(&self, capability: &Compute) -> Result<(), durable::FileError> {
+        durable::write_json(&self.cache, capability, 0o644)
     }
 }
 

@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use edge_hal::{GpuStatus, Hal, KeyError};
+use edge_hal::{GpuStatus, Hal};
+use edge_identity::KeyError;
 
 use crate::config::Config;
 
@@ -306,12 +307,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
-        let edge_hal::KeyUri::File(path) = &config.identity_key;
-        edge_hal::KeyStore::open_or_create(&edge_hal::FileKeyStore, &config.identity_key)
+        let edge_identity::KeyUri::File(path) = &config.identity_key;
+        edge_identity::KeyStore::open_or_create(&edge_identity::FileKeyStore, &config.identity_key)
             .expect("make key");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let hal = Hal {
-            keys: Arc::new(edge_hal::FileKeyStore),
+            keys: Arc::new(edge_identity::FileKeyStore),
             ..Hal::fake()
         };
         let id = identity(&config, &hal);

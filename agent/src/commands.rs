@@ -1,12 +1,12 @@
 //! The one-shot commands (`check`, `info`, `id`, `run-job`, `status`, `measure`, `pairing-code`,
-//! `factory-reset`, and the internal
-//! `gpu-worker` and `probe-gpu`): each prints its answer on stdout, its errors on stderr, and
-//! returns the exit code.
+//! `factory-reset`): each prints its answer on stdout, its errors on stderr, and returns the exit
+//! code.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use edge_hal::{GpuProbe, Hal, Identity};
+use edge_hal::Hal;
+use edge_identity::Identity;
 
 use crate::app::{self, AgentError};
 use crate::bridge::{self, BridgeFiles};
@@ -70,9 +70,8 @@ pub fn id(config: &Config, hal: &Hal) -> Exit {
     }
 }
 
-/// `edge-agent run-job`. Exits the process itself on a failed job: a runaway kernel may still
-/// occupy the driver, and tearing it down would wait for it.
-pub fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> Exit {
+/// `edge-agent run-job`: the job runs in the GPU worker beside this program.
+pub async fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> Exit {
     let identity = match identity(config, hal) {
         Ok(identity) => identity,
         Err(e) => {
@@ -81,8 +80,14 @@ pub fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> 
         }
     };
     let blobs = config.state_dir.join("blobs");
-    let ran = jobs::load(job)
-        .and_then(|job| jobs::run(job, &identity, config.gpu.memory_budget, &blobs, output));
+    let worker = edge_hal::gpu::worker_beside_this_program();
+    let ran = match jobs::load(job) {
+        Ok(job) => {
+            let budget = config.gpu.memory_budget;
+            jobs::run(job, &identity, budget, &worker, &blobs, output).await
+        }
+        Err(e) => Err(e),
+    };
     match ran {
         Ok(receipt) => {
             print_json(&receipt);
@@ -90,28 +95,9 @@ pub fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> 
         }
         Err(e) => {
             eprintln!("edge-agent: {e}");
-            std::process::exit(Exit::Failed as i32);
+            Exit::Failed
         }
     }
-}
-
-/// `edge-agent gpu-worker`: serves jobs on stdin/stdout until stdin closes, then exits without
-/// teardown (a runaway dispatch may still hold the driver).
-pub fn gpu_worker(blobs: PathBuf) -> ! {
-    let store = edge_gpu::job::BlobStore { dir: blobs };
-    if let Err(e) =
-        edge_gpu::worker::serve(std::io::stdin().lock(), std::io::stdout().lock(), &store)
-    {
-        eprintln!("edge-agent gpu-worker: {e}");
-    }
-    std::process::exit(0);
-}
-
-/// `edge-agent probe-gpu`: discovery in this process, one JSON line.
-pub fn probe_gpu() -> Exit {
-    let status = edge_hal::WgpuProbe::default().discover();
-    println!("{}", serde_json::to_string(&status).unwrap_or_default());
-    Exit::Ok
 }
 
 /// `edge-agent status [--metrics] [--tcp ADDR]`.
@@ -173,11 +159,11 @@ pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
         .into_iter()
         .flat_map(|i| i.addresses.into_iter().map(|a| a.ip))
         .collect();
-    let ip = measure::public_ip(&client, &echo_urls, &own).await;
+    let ip = measure::public_ip(&client, &echo_urls, &own, hal.clock.as_ref()).await;
     let (bandwidth, exit) = if no_bandwidth {
         (None, Exit::Ok)
     } else {
-        match measure::bandwidth(&client, &config.network.bandwidth).await {
+        match measure::bandwidth(&client, &config.network.bandwidth, hal.clock.as_ref()).await {
             Ok(b) => (Some(b), Exit::Ok),
             Err(e) => {
                 eprintln!("edge-agent: bandwidth: {e}");

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edge_hal::KeyUri;
+use edge_identity::KeyUri;
 use serde::Deserialize;
 use toml::{Table, Value};
 

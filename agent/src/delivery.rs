@@ -2,7 +2,7 @@
 //! batches, forgetting each report only once the hub has it. Failures back off exponentially
 //! with jitter up to a cap; a hub that forgot the device gets a fresh registration.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::Clock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,6 +76,8 @@ pub struct DeliveryTask {
     pub registered: watch::Sender<bool>,
     /// Shown in `/status`.
     pub status: NetworkStatus,
+    /// Stamps sealing, expiry and deliveries.
+    pub clock: Arc<dyn Clock>,
 }
 
 enum Step {
@@ -152,7 +154,8 @@ impl DeliveryTask {
             owner_token: self.owner_token.clone(),
             agent_version: VERSIONS.agent.into(),
         });
-        let signed = crate::app::blocking(move || outbox.seal_unqueued(body, unix_ms())).await?;
+        let now = self.clock.unix_ms();
+        let signed = crate::runtime::blocking(move || outbox.seal_unqueued(body, now)).await?;
         let registered = self.client.register(&signed).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
         let echo_urls = if self.configured_echo_urls.is_empty() {
@@ -173,7 +176,8 @@ impl DeliveryTask {
 
     async fn deliver_once(&self, batch_size: &mut usize) -> Result<Step, StepError> {
         let (outbox, n) = (self.outbox.clone(), *batch_size);
-        let batch = crate::app::blocking(move || outbox.peek(n, unix_ms())).await?;
+        let now = self.clock.unix_ms();
+        let batch = crate::runtime::blocking(move || outbox.peek(n, now)).await?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
@@ -198,7 +202,7 @@ impl DeliveryTask {
                 }
                 tracing::error!(seq = seqs[0], error = %e, "a report is too large for the hub; dropping it");
                 let (outbox, seq) = (self.outbox.clone(), seqs[0]);
-                crate::app::blocking(move || outbox.ack(&[], &[seq])).await?;
+                crate::runtime::blocking(move || outbox.ack(&[], &[seq])).await?;
                 return Ok(Step::More);
             }
             other => other?,
@@ -220,9 +224,9 @@ impl DeliveryTask {
             }
         }
         let outbox = self.outbox.clone();
-        crate::app::blocking(move || outbox.ack(&delivered, &rejected)).await?;
+        crate::runtime::blocking(move || outbox.ack(&delivered, &rejected)).await?;
         self.update(|v| {
-            v.last_delivery_ms = Some(unix_ms());
+            v.last_delivery_ms = Some(now);
             v.last_error = None;
         });
         Ok(Step::More)

@@ -1,14 +1,13 @@
-//! The agent's side of the GPU worker process (`edge-agent gpu-worker`, protocol in
-//! [`edge_gpu::worker`]): started on the first job, killed when a job overruns, released when the
+//! The agent's side of the GPU worker process (`edge-gpu-worker serve`, protocol in
+//! [`edge_jobs::worker`]): started on the first job, killed when a job overruns, released when the
 //! GPU has been idle for a while so that an idle agent holds no driver memory.
 
 use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
-use edge_gpu::executor::ExecError;
-use edge_gpu::worker::{
-    Answer, Done, Hello, Response, Submitted, request_line, take_answer, take_line,
+use edge_jobs::worker::{
+    Answer, Done, ExecError, Hello, Response, Submitted, request_line, take_answer, take_line,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -123,11 +122,11 @@ impl GpuWorker {
         }
     }
 
-    /// The worker as the agent runs it: `exe gpu-worker --blobs DIR`.
-    pub fn agent(exe: impl Into<OsString>, blobs: &std::path::Path) -> Self {
+    /// The worker as the agent runs it: `WORKER serve --blobs DIR`.
+    pub fn serving(worker: &std::path::Path, blobs: &std::path::Path) -> Self {
         Self::new(vec![
-            exe.into(),
-            "gpu-worker".into(),
+            worker.into(),
+            "serve".into(),
             "--blobs".into(),
             blobs.into(),
         ])

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_gpu::job::Job;
-use edge_hal::Identity;
+use edge_identity::Identity;
+use edge_jobs::job::Job;
 use edge_protocol::api::{
     self, ApiError, Batch, BatchReply, HubInfo, IpEcho, JobOffer, Registered,
 };

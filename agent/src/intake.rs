@@ -2,11 +2,11 @@
 //! (so the owner's policy holds), and queues its outcome (the signed receipt, or why not) as a
 //! `job_result` report, which store-and-forward delivers like any other.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::Clock;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_hal::Identity;
+use edge_identity::Identity;
 use edge_protocol::Body;
 use edge_protocol::report::{JobOutcome, JobReport};
 use tokio::sync::watch;
@@ -33,6 +33,8 @@ pub struct IntakeTask {
     pub outbox: Outbox,
     /// True while the hub has the device registered.
     pub registered: watch::Receiver<bool>,
+    /// Stamps polls and outcomes.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl IntakeTask {
@@ -45,7 +47,7 @@ impl IntakeTask {
             }
             let job = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                polled = self.client.next_job(&self.identity, POLL_WAIT, unix_ms()) => polled,
+                polled = self.client.next_job(&self.identity, POLL_WAIT, self.clock.unix_ms()) => polled,
             };
             let job = match job {
                 Ok(Some(job)) => job,
@@ -65,13 +67,13 @@ impl IntakeTask {
                 result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
             };
             let report = Body::JobResult(Box::new(JobReport { job_id, outcome }));
-            self.outbox.push(report, unix_ms()).await?;
+            self.outbox.push(report, self.clock.unix_ms()).await?;
         }
     }
 }
 
 /// A scheduler result as the network sees it.
-fn outcome(result: Result<edge_gpu::receipt::Receipt, JobError>) -> JobOutcome {
+fn outcome(result: Result<edge_jobs::receipt::Receipt, JobError>) -> JobOutcome {
     match result {
         Ok(receipt) => JobOutcome::Done {
             receipt: Box::new(receipt),
@@ -87,5 +89,31 @@ fn outcome(result: Result<edge_gpu::receipt::Receipt, JobError>) -> JobOutcome {
         Err(e) => JobOutcome::Failed {
             error: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu_worker::WorkerError;
+
+    #[test]
+    fn a_job_the_worker_refuses_is_reported_refused_not_failed() {
+        // The worker parses the shader; the agent does not. Before, its refusal reached the
+        // network as `failed`, against docs/protocol.md.
+        let refused = JobError::from(WorkerError::Refused {
+            problems: vec!["kernel.wgsl:3:1: expected `;`".into()],
+        });
+        assert!(
+            matches!(outcome(Err(refused)), JobOutcome::Refused { ref error } if error.contains("kernel.wgsl:3:1")),
+        );
+        let no_gpu = JobError::from(WorkerError::NoGpu {
+            reason: "no adapter".into(),
+        });
+        assert!(matches!(outcome(Err(no_gpu)), JobOutcome::Refused { .. }));
+        let crashed = JobError::from(WorkerError::Crashed {
+            message: "exited".into(),
+        });
+        assert!(matches!(outcome(Err(crashed)), JobOutcome::Failed { .. }));
     }
 }

@@ -6,12 +6,15 @@
 
 use std::path::Path;
 
-use edge_gpu::executor::{ExecError, Executor};
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels;
-use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::validate;
-use edge_hal::Identity;
+use edge_identity::Identity;
+use edge_jobs::check::output_bytes;
+use edge_jobs::job::Job;
+use edge_jobs::kernels;
+use edge_jobs::receipt::{self, Receipt};
+use edge_jobs::worker::Submitted;
+use tokio::time::Instant;
+
+use crate::gpu_worker::{GpuWorker, WorkerError};
 
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error)]
@@ -38,17 +41,14 @@ pub enum RunJobError {
         /// The file.
         path: String,
         /// What is wrong.
-        source: edge_gpu::job::JobError,
+        source: edge_jobs::job::JobError,
     },
     /// An unknown or malformed built-in.
     #[error("{0}")]
     Builtin(String),
-    /// Validation refused it.
+    /// The worker refused it, the GPU failed it, or there is none.
     #[error(transparent)]
-    Refused(#[from] edge_gpu::validate::Refused),
-    /// The GPU failed it, or there is none.
-    #[error(transparent)]
-    Exec(#[from] ExecError),
+    Worker(#[from] WorkerError),
 }
 
 /// A built-in job by name, or the job in a file.
@@ -94,41 +94,32 @@ pub fn load(spec: &str) -> Result<Job, RunJobError> {
     }
 }
 
-/// Validates and runs `job` on a fresh executor; writes the outputs to `output` if given.
-pub fn run(
+/// Runs `job` in a fresh GPU worker (`worker`, which validates it); writes the outputs to
+/// `output` if given, and signs the receipt here, where the key is.
+pub async fn run(
     job: Job,
     identity: &Identity,
     budget: u64,
+    worker: &Path,
     blobs: &Path,
     output: Option<&Path>,
 ) -> Result<Receipt, RunJobError> {
-    let executor = Executor::start()?;
-    let store = BlobStore {
-        dir: blobs.to_owned(),
-    };
-    let valid = validate(job, &executor.adapter().limits, budget, &store)?;
-    let out = match executor.run(valid.clone()) {
-        Ok(out) => out,
-        Err(e @ ExecError::Timeout { .. }) => {
-            // The runaway dispatch cannot be stopped; tearing the executor down would wait for it.
-            std::mem::forget(executor);
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut gpu = GpuWorker::serving(worker, blobs);
+    let max_outputs = output_bytes(&job);
+    let prepared = GpuWorker::prepare(&Submitted { job, outputs: true })?;
+    gpu.send(&[&prepared], budget).await?;
+    let finished = gpu
+        .answer(Instant::now(), prepared.limit, max_outputs)
+        .await?;
+    gpu.release().await;
     if let Some(path) = output {
-        let bytes: Vec<u8> = out
-            .outputs
-            .iter()
-            .flat_map(|(_, b)| b.iter().copied())
-            .collect();
-        std::fs::write(path, bytes).map_err(|source| RunJobError::Write {
+        std::fs::write(path, finished.outputs.concat()).map_err(|source| RunJobError::Write {
             path: path.display().to_string(),
             source,
         })?;
     }
     Ok(receipt::sign(
         identity,
-        receipt::Attested::of_run(executor.adapter(), &valid, &out),
+        finished.done.attested(&finished.adapter, &finished.driver),
     ))
 }

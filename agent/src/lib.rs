@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod outbox;
 pub mod progress;
+pub(crate) mod runtime;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;

@@ -4,14 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use edge_agent::config::{self, LogFormat};
 use edge_agent::exit::Exit;
 use edge_agent::{app, commands, logging};
-use edge_hal::{Hal, IsolatedProbe};
+use edge_hal::Hal;
 
 #[derive(Parser)]
 #[command(
@@ -50,17 +48,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
-    /// Serve GPU jobs on stdin/stdout (run by the agent itself; see edge_gpu::worker).
-    #[command(hide = true)]
-    GpuWorker {
-        /// The content-addressed blob store.
-        #[arg(long, value_name = "DIR")]
-        blobs: PathBuf,
-    },
-    /// Discover the GPU in this process and print the result as JSON (run by the agent itself,
-    /// so that the Vulkan driver is never loaded into the daemon).
-    #[command(hide = true)]
-    ProbeGpu,
     /// Ask the running agent for its status (JSON) or metrics.
     Status {
         /// Print /metrics instead of /status.
@@ -87,21 +74,6 @@ enum Command {
     FactoryReset,
 }
 
-/// This binary, for the child processes the agent runs (GPU probe, GPU worker).
-fn self_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
-}
-
-/// The real device, with GPU discovery in a child process (`edge-agent probe-gpu`).
-fn hal() -> Hal {
-    let mut hal = Hal::linux();
-    hal.gpu = Arc::new(IsolatedProbe {
-        command: vec![self_exe().into(), "probe-gpu".into()],
-        timeout: Duration::from_secs(30),
-    });
-    hal
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
@@ -121,7 +93,7 @@ fn main() -> ExitCode {
         "warn"
     };
     logging::init(cli.log_format.unwrap_or(config.log.format), level);
-    let hal = hal();
+    let hal = Hal::linux();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -139,7 +111,7 @@ fn main() -> ExitCode {
                 config,
                 hal,
                 app::Invocation {
-                    exe: self_exe(),
+                    gpu_worker: edge_hal::gpu::worker_beside_this_program(),
                     config_path: cli.config.clone(),
                     cwd: cwd.clone(),
                 },
@@ -153,10 +125,8 @@ fn main() -> ExitCode {
         Command::Info => commands::info(&config, &hal),
         Command::Id => commands::id(&config, &hal),
         Command::RunJob { job, output } => {
-            commands::run_job(&config, &hal, &job, output.as_deref())
+            runtime.block_on(commands::run_job(&config, &hal, &job, output.as_deref()))
         }
-        Command::GpuWorker { blobs } => commands::gpu_worker(blobs),
-        Command::ProbeGpu => commands::probe_gpu(),
         Command::Status { metrics, tcp } => {
             runtime.block_on(commands::status(&config, metrics, tcp))
         }

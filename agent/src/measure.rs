@@ -9,7 +9,7 @@
 //! buffers stay full and the window's difference is unaffected. Latency and jitter come from
 //! small round trips on an open connection before the transfers.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::Clock;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +47,7 @@ pub enum MeasureError {
 pub async fn bandwidth(
     hub: &HubClient,
     config: &BandwidthConfig,
+    clock: &dyn Clock,
 ) -> Result<Bandwidth, MeasureError> {
     let rtt_ms = pings(hub).await?;
     let (latency_ms, jitter_ms) = latency_and_jitter(&rtt_ms);
@@ -68,7 +69,7 @@ pub async fn bandwidth(
         samples_down_mbps: down.samples,
         samples_up_mbps: up.samples,
         rtt_ms,
-        measured_at_ms: unix_ms(),
+        measured_at_ms: clock.unix_ms(),
     })
 }
 
@@ -278,7 +279,12 @@ async fn upload(
 }
 
 /// Asks every echo endpoint which address it sees, and compares with the interfaces' own.
-pub async fn public_ip(hub: &HubClient, echo_urls: &[String], own: &[IpAddr]) -> IpReport {
+pub async fn public_ip(
+    hub: &HubClient,
+    echo_urls: &[String],
+    own: &[IpAddr],
+    clock: &dyn Clock,
+) -> IpReport {
     let answers = futures_util::future::join_all(echo_urls.iter().map(|url| hub.echo(url))).await;
     let observations: Vec<IpObservation> = echo_urls
         .iter()
@@ -296,11 +302,11 @@ pub async fn public_ip(hub: &HubClient, echo_urls: &[String], own: &[IpAddr]) ->
             },
         })
         .collect();
-    judge(observations, own)
+    judge(observations, own, clock.unix_ms())
 }
 
 /// The verdict on a set of observations.
-pub fn judge(observations: Vec<IpObservation>, own: &[IpAddr]) -> IpReport {
+pub fn judge(observations: Vec<IpObservation>, own: &[IpAddr], now_ms: u64) -> IpReport {
     let seen: Vec<&str> = observations
         .iter()
         .filter_map(|o| o.ip.as_deref())
@@ -314,7 +320,7 @@ pub fn judge(observations: Vec<IpObservation>, own: &[IpAddr]) -> IpReport {
         behind_nat: parsed.map(|ip| !own.contains(&ip)),
         public_ip,
         observations,
-        measured_at_ms: unix_ms(),
+        measured_at_ms: now_ms,
     }
 }
 
@@ -347,6 +353,7 @@ mod tests {
                 seen("b", Some("203.0.113.7")),
             ],
             &own,
+            1,
         );
         assert!(report.agree);
         assert_eq!(report.public_ip.as_deref(), Some("203.0.113.7"));
@@ -358,6 +365,7 @@ mod tests {
                 seen("b", Some("192.168.1.20")),
             ],
             &own,
+            1,
         );
         assert_eq!(direct.behind_nat, Some(false));
     }
@@ -370,11 +378,16 @@ mod tests {
                 seen("b", Some("198.51.100.1")),
             ],
             &[],
+            1,
         );
         assert!(!split.agree);
         assert_eq!(split.public_ip, None);
         assert_eq!(split.behind_nat, None);
-        let one = judge(vec![seen("a", Some("2001:db8::1")), seen("b", None)], &[]);
+        let one = judge(
+            vec![seen("a", Some("2001:db8::1")), seen("b", None)],
+            &[],
+            1,
+        );
         assert!(!one.agree);
         assert_eq!(one.public_ip.as_deref(), Some("2001:db8::1"));
         assert_eq!(one.family.as_deref(), Some("ipv6"));

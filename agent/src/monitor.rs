@@ -49,7 +49,7 @@ impl Monitor {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let (hal, dir) = (self.hal.clone(), self.state_dir.clone());
-                    let snap = tokio::task::spawn_blocking(move || HardwareSnapshot::collect(&hal, &dir)).await?;
+                    let snap = crate::runtime::blocking(move || HardwareSnapshot::collect(&hal, &dir)).await;
                     for error in &snap.errors {
                         tracing::warn!(%error, "hardware sample incomplete");
                     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use edge_hal::Identity;
+use edge_identity::Identity;
 use edge_protocol::envelope::VERSION;
 use edge_protocol::report::Dropped;
 use edge_protocol::{Body, Envelope, Signed};
@@ -151,7 +151,7 @@ impl Outbox {
     /// [`Outbox::push_blocking`] off the async runtime.
     pub async fn push(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
         let this = self.clone();
-        crate::app::blocking(move || this.push_blocking(body, now_ms)).await
+        crate::runtime::blocking(move || this.push_blocking(body, now_ms)).await
     }
 
     /// Takes a sequence number without queueing anything (for registration, which is sent
@@ -207,7 +207,7 @@ impl Outbox {
 
     /// The signing key's public half, lowercase hex.
     pub fn public_key_hex(&self) -> String {
-        edge_hal::hex::encode(self.lock().meta.identity.public_key())
+        edge_identity::hex::encode(self.lock().meta.identity.public_key())
     }
 
     /// What the queue did so far.

@@ -20,14 +20,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use edge_gpu::digest::Sha256;
-use edge_gpu::executor::MAX_BATCH;
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::receipt::{self, Receipt};
-use edge_gpu::validate::{Problem, ShaderCache, check_cached, gpu_bytes, output_bytes};
-use edge_gpu::worker::Submitted;
-use edge_hal::gpu::GpuLimits;
-use edge_hal::{Clock, Identity, Thermal};
+use edge_hal::{Clock, Thermal};
+use edge_identity::Identity;
+use edge_jobs::adapter::GpuLimits;
+use edge_jobs::check::{Inputs, Problem, ShaderCheck, check_job, gpu_bytes, output_bytes};
+use edge_jobs::digest::Sha256;
+use edge_jobs::job::{BlobStore, Job};
+use edge_jobs::receipt::{self, Receipt};
+use edge_jobs::worker::MAX_BATCH;
+use edge_jobs::worker::Submitted;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -74,9 +75,22 @@ pub enum JobError {
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
-    /// The worker failed it.
+    /// The worker failed it (a refusal or a missing GPU from the worker is not this: see the
+    /// `From` below).
     #[error(transparent)]
-    Worker(#[from] WorkerError),
+    Worker(WorkerError),
+}
+
+impl From<WorkerError> for JobError {
+    /// The worker checks the shader, which the agent does not parse: its refusal is a refusal
+    /// like the agent's own (the network is told `refused`, not `failed`).
+    fn from(e: WorkerError) -> Self {
+        match e {
+            WorkerError::Refused { problems } => Self::Refused { problems },
+            WorkerError::NoGpu { reason } => Self::NoGpu { reason },
+            other => Self::Worker(other),
+        }
+    }
 }
 
 /// The owner's GPU policy and the queue's bounds.
@@ -290,7 +304,6 @@ pub struct Scheduler {
     /// When the oldest job in flight became the oldest: its time limit counts from here.
     head_since: Instant,
     seq: u64,
-    shaders: ShaderCache,
     hot: bool,
     /// The last thermal reading: when, and the hottest zone.
     thermal_read: Option<(Instant, f64)>,
@@ -354,7 +367,6 @@ impl Scheduler {
             batches: 0,
             head_since: now,
             seq: 0,
-            shaders: ShaderCache::default(),
             hot: false,
             thermal_read: None,
             rest_until: now,
@@ -822,7 +834,7 @@ impl Scheduler {
 
     /// Queues or refuses a submission.
     fn submit(&mut self, job: Job, outputs: bool, reply: Reply) {
-        match admit(&self.parts, self.queue.len(), &job, &mut self.shaders) {
+        match admit(&self.parts, self.queue.len(), &job) {
             Ok(()) => {
                 self.seq += 1;
                 self.requeue(Queued {
@@ -872,13 +884,10 @@ impl Scheduler {
     }
 }
 
-/// Checks a submission before it is queued.
-fn admit(
-    parts: &SchedulerParts,
-    queued: usize,
-    job: &Job,
-    shaders: &mut ShaderCache,
-) -> Result<(), JobError> {
+/// Checks a submission before it is queued: its fields, sizes, budget and inputs. The shader is
+/// the worker's to check (naga runs there, not in the process holding the key); a job it refuses
+/// comes back as refused all the same.
+fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobError> {
     let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
         reason: reason.clone(),
     })?;
@@ -890,13 +899,15 @@ fn admit(
             capacity: parts.policy.queue_capacity,
         });
     }
-    check_cached(
+    check_job(
         job,
         limits,
         parts.policy.memory_budget,
         &parts.blobs,
-        shaders,
+        &ShaderCheck::UNREAD,
+        Inputs::Check,
     )
+    .map(drop)
     .map_err(|refused| JobError::Refused {
         problems: refused.problems.iter().map(Problem::to_string).collect(),
     })

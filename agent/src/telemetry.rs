@@ -2,7 +2,7 @@
 //! IP, host) at start, when the public address or the GPU figures change, and periodically.
 //! Both only push into the report queue; delivery is [`crate::delivery`]'s business.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::Clock;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -75,6 +75,8 @@ pub struct HeartbeatTask {
     pub state: Arc<AgentState>,
     /// Time between heartbeats.
     pub interval: Duration,
+    /// Stamps the reports.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl HeartbeatTask {
@@ -87,7 +89,7 @@ impl HeartbeatTask {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let body = Body::Heartbeat(heartbeat(&self.state));
-                    self.outbox.push(body, unix_ms()).await?;
+                    self.outbox.push(body, self.clock.unix_ms()).await?;
                 }
             }
         }
@@ -112,6 +114,8 @@ pub struct CapabilityReportTask {
     pub interval: Duration,
     /// Shown in `/status`.
     pub status: NetworkStatus,
+    /// Stamps the reports and measurements.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl CapabilityReportTask {
@@ -174,7 +178,7 @@ impl CapabilityReportTask {
             .iter()
             .flat_map(|i| i.addresses.iter().map(|a| a.ip))
             .collect();
-        let report = measure::public_ip(&self.client, &urls, &own).await;
+        let report = measure::public_ip(&self.client, &urls, &own, self.clock.as_ref()).await;
         if let Ok(mut view) = self.status.lock() {
             view.ip = Some(report.clone());
         }
@@ -185,7 +189,7 @@ impl CapabilityReportTask {
         if !self.bandwidth.measure {
             return None;
         }
-        match measure::bandwidth(&self.client, &self.bandwidth).await {
+        match measure::bandwidth(&self.client, &self.bandwidth, self.clock.as_ref()).await {
             Ok(b) => {
                 tracing::info!(
                     down_mbps = b.down_mbps,
@@ -218,6 +222,9 @@ impl CapabilityReportTask {
             ip: Some(ip.clone()),
             host: host(&self.state.snapshot.borrow()),
         }));
-        self.outbox.push(body, unix_ms()).await.map(|_| ())
+        self.outbox
+            .push(body, self.clock.unix_ms())
+            .await
+            .map(|_| ())
     }
 }

@@ -16,13 +16,14 @@ fn agent(args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn help_lists_the_commands_and_hides_the_internal_ones() {
+fn help_lists_the_commands() {
     let (code, out, _) = agent(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["run", "check", "info", "id", "status"] {
+    for command in ["run", "check", "info", "id", "status", "run-job"] {
         assert!(out.contains(command), "{command} missing from:\n{out}");
     }
-    assert!(!out.contains("probe-gpu"), "internal command shown:\n{out}");
+    // The GPU worker is its own binary now, not a hidden command of the daemon.
+    assert!(!out.contains("gpu-worker"), "{out}");
 }
 
 #[test]
@@ -40,14 +41,19 @@ fn a_missing_explicit_config_exits_64_naming_it() {
 }
 
 #[test]
-fn probe_gpu_answers_one_json_status() {
-    let (code, out, _) = agent(&["probe-gpu"]);
-    assert_eq!(code, 0);
-    let status: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert!(
-        status["status"] == "available" || status["status"] == "unavailable",
-        "{status}"
+fn info_discovers_the_gpu_through_the_worker_beside_the_agent() {
+    let (code, out, err) = agent(&["info"]);
+    assert_eq!(code, 0, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let lavapipe = format!(
+        "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
+        std::env::consts::ARCH
     );
+    if std::path::Path::new(&lavapipe).exists() {
+        assert_eq!(info["gpu"]["status"], "available", "{info}");
+    } else {
+        assert_eq!(info["gpu"]["status"], "unavailable", "{info}");
+    }
 }
 
 #[test]
@@ -91,15 +97,16 @@ fn run_job_prints_a_receipt_that_verifies_or_says_what_is_wrong() {
         out.to_str().expect("utf-8"),
     ]);
     assert_eq!(code, 0, "{err}");
-    let receipt: edge_gpu::receipt::Receipt = serde_json::from_str(&receipt).expect("receipt JSON");
-    edge_gpu::receipt::verify(&receipt).expect("receipt verifies");
+    let receipt: edge_jobs::receipt::Receipt =
+        serde_json::from_str(&receipt).expect("receipt JSON");
+    edge_jobs::receipt::verify(&receipt).expect("receipt verifies");
     let bytes = std::fs::read(&out).expect("outputs written");
     assert_eq!(
-        edge_gpu::digest::Sha256::of(&bytes),
+        edge_jobs::digest::Sha256::of(&bytes),
         receipt.body.what.output_sha256
     );
     assert_eq!(
-        edge_gpu::kernels::u32s(&bytes),
-        edge_gpu::kernels::hash_chain_reference(0x5eed, 1000, 256)
+        edge_jobs::kernels::u32s(&bytes),
+        edge_jobs::kernels::hash_chain_reference(0x5eed, 1000, 256)
     );
 }

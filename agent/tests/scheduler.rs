@@ -11,12 +11,13 @@ use edge_agent::gpu_worker::{GpuWorker, WorkerError};
 use edge_agent::scheduler::{
     GpuMetrics, JobError, JobResult, Policy, Scheduler, SchedulerHandle, SchedulerParts,
 };
-use edge_gpu::executor::ExecError;
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels;
-use edge_gpu::receipt;
 use edge_hal::fake::{FakeClock, FakeThermal};
-use edge_hal::{GpuProbe, GpuStatus, Identity, WgpuProbe};
+use edge_hal::{GpuProbe, GpuStatus, IsolatedProbe};
+use edge_identity::Identity;
+use edge_jobs::job::{BlobStore, Job};
+use edge_jobs::kernels;
+use edge_jobs::receipt;
+use edge_jobs::worker::ExecError;
 use tokio_util::sync::CancellationToken;
 
 fn policy() -> Policy {
@@ -46,8 +47,19 @@ impl Drop for Rig {
 }
 
 /// A scheduler on the real GPU, or `None` (said loudly) where there is none to test with.
+/// The GPU worker built beside the agent (`cargo test --workspace` builds it there).
+fn worker() -> std::path::PathBuf {
+    let worker = edge_hal::gpu::worker_beside(Path::new(env!("CARGO_BIN_EXE_edge-agent")));
+    assert!(
+        worker.exists(),
+        "{} is not built: run `cargo build -p edge-gpu` or `cargo test --workspace`",
+        worker.display()
+    );
+    worker
+}
+
 fn rig(policy: Policy) -> Option<Rig> {
-    let limits = match WgpuProbe::default().discover() {
+    let limits = match IsolatedProbe::worker(&worker()).discover() {
         GpuStatus::Available(info) => info.limits,
         GpuStatus::Unavailable { reason } => {
             let lvp = format!(
@@ -65,12 +77,12 @@ fn rig(policy: Policy) -> Option<Rig> {
     Some(rig_with(Ok(limits), policy))
 }
 
-fn rig_with(gpu: Result<edge_hal::gpu::GpuLimits, String>, policy: Policy) -> Rig {
+fn rig_with(gpu: Result<edge_jobs::adapter::GpuLimits, String>, policy: Policy) -> Rig {
     let blobs = tempfile::tempdir().expect("tempdir");
     let thermal = Arc::new(FakeThermal::default());
     thermal.set_all(40.0);
     let metrics = Arc::new(GpuMetrics::default());
-    let worker = GpuWorker::agent(env!("CARGO_BIN_EXE_edge-agent"), blobs.path());
+    let worker = GpuWorker::serving(&worker(), blobs.path());
     let (scheduler, handle) = Scheduler::new(
         SchedulerParts {
             gpu,
@@ -235,20 +247,25 @@ async fn a_runaway_kernel_fails_at_its_limit_and_the_next_job_runs() {
 #[tokio::test]
 async fn bad_jobs_are_refused_with_what_and_where_and_no_gpu_is_said_plainly() {
     let Some(rig) = rig(policy()) else { return };
-    let mut bad = small("bad", 0);
-    bad.kernel.wgsl = bad.kernel.wgsl.replace("out[i] = x;", "out[i] = x");
+    // The agent checks the job's own fields before it queues it...
+    let mut bad = small("bad-dispatch", 0);
     bad.dispatch = [0, 1, 1];
     match rig.handle.run(bad).await {
-        Err(JobError::Refused { problems }) => {
-            assert!(
-                problems.iter().any(|p| p.starts_with("kernel.wgsl:")),
-                "{problems:?}"
-            );
-            assert!(
-                problems.iter().any(|p| p.starts_with("dispatch: x is 0")),
-                "{problems:?}"
-            );
-        }
+        Err(JobError::Refused { problems }) => assert!(
+            problems.iter().any(|p| p.starts_with("dispatch: x is 0")),
+            "{problems:?}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // ...and the shader is the worker's to parse: its refusal is a refusal all the same, with
+    // line and column (it used to come back as a worker failure, reported `failed`).
+    let mut bad = small("bad-shader", 0);
+    bad.kernel.wgsl = bad.kernel.wgsl.replace("out[i] = x;", "out[i] = x");
+    match rig.handle.run(bad).await {
+        Err(JobError::Refused { problems }) => assert!(
+            problems.iter().any(|p| p.starts_with("kernel.wgsl:")),
+            "{problems:?}"
+        ),
         other => panic!("expected a refusal, got {other:?}"),
     }
     rig.handle

@@ -21,7 +21,7 @@ pub struct Known {
 impl Known {
     /// What the protocol needs to open a session.
     pub fn paired(&self) -> Result<PairedDevice, String> {
-        let device_key = edge_hal::hex::decode_array::<32>(&self.device_key)
+        let device_key = edge_identity::hex::decode_array::<32>(&self.device_key)
             .ok_or_else(|| format!("devices.json: bad key for {}", self.device_id))?;
         let device_id = DeviceFingerprint::parse(&self.device_id).map_err(|e| e.to_string())?;
         Ok(PairedDevice {
@@ -54,7 +54,7 @@ impl Devices {
     /// Writes the file back, durably.
     pub fn save(&self) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(&self.known).unwrap_or_default();
-        edge_hal::durable::write(&self.path, &bytes, 0o600)
+        edge_identity::durable::write(&self.path, &bytes, 0o600)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edge_hal::{FileKeyStore, KeyStore, KeyUri};
+use edge_identity::{FileKeyStore, KeyStore, KeyUri};
 use edge_mobile_bridge::client::{Client, Control, PairingProgress};
 use edge_mobile_bridge::lan::LanLink;
 use edge_mobile_bridge::message::{Request, Response};
@@ -346,7 +346,7 @@ async fn pair(
             PairingProgress::Done(device, _control) => {
                 return Ok(Known {
                     device_id: device.device_id.as_str().to_owned(),
-                    device_key: edge_hal::hex::encode(&device.device_key),
+                    device_key: edge_identity::hex::encode(&device.device_key),
                     addr,
                 });
             }

@@ -7,10 +7,10 @@
 //!     cargo bench -p edge-gpu --bench gpu
 
 use edge_gpu::executor::{Executor, JobOutput};
-use edge_gpu::freivalds;
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels::{self, Lanes, SgemmKernel, f32s};
 use edge_gpu::validate::validate;
+use edge_jobs::freivalds;
+use edge_jobs::job::{BlobStore, Job};
+use edge_jobs::kernels::{self, Lanes, SgemmKernel, f32s};
 
 fn seconds(out: &JobOutput) -> f64 {
     out.kernel_time.unwrap_or(out.duration).as_secs_f64()

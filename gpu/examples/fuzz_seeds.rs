@@ -4,7 +4,7 @@
 //!
 //!     cargo run -p edge-gpu --example fuzz_seeds -- DIR
 
-use edge_gpu::kernels;
+use edge_jobs::kernels;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: fuzz_seeds DIR")?);

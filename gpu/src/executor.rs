@@ -15,46 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use edge_hal::gpu::GpuLimits;
+use edge_jobs::adapter::GpuLimits;
+use edge_jobs::digest::Sha256;
+use edge_jobs::job::BindingKind;
+use edge_jobs::receipt::Attested;
+use edge_jobs::worker::{ExecError, MAX_BATCH};
 
-use crate::digest::Sha256;
-use crate::job::BindingKind;
 use crate::validate::ValidJob;
 
 /// Compiled pipelines kept before the cache starts over.
 const PIPELINE_CACHE_ENTRIES: usize = 64;
-
-/// Most jobs [`Gpu::run_batch`] runs in one submission.
-pub const MAX_BATCH: usize = 16;
-
-/// Why a job did not produce outputs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ExecError {
-    /// There is no usable GPU.
-    #[error("no GPU: {reason}")]
-    NoGpu {
-        /// Why.
-        reason: String,
-    },
-    /// The kernel ran past the job's limit.
-    #[error(
-        "the kernel ran past its limit of {limit:?}; the job was failed and the device replaced"
-    )]
-    Timeout {
-        /// The limit.
-        limit: Duration,
-    },
-    /// The driver refused or failed the work.
-    #[error("the GPU driver failed the job: {message}")]
-    Driver {
-        /// What wgpu said.
-        message: String,
-    },
-    /// The executor thread is gone.
-    #[error("the GPU executor has stopped")]
-    Stopped,
-}
 
 /// What a finished job produced.
 #[derive(Debug, Clone)]
@@ -75,6 +45,26 @@ impl JobOutput {
     /// SHA-256 over the outputs' bytes, in binding order.
     pub fn output_sha256(&self) -> Sha256 {
         Sha256::of_parts(self.outputs.iter().map(|(_, b)| b.as_slice()))
+    }
+
+    /// What a receipt for this in-process run of `job` on `adapter` attests.
+    pub fn attested(&self, adapter: &Adapter, job: &ValidJob) -> Attested {
+        let output = self;
+        Attested {
+            job_id: job.job.id.clone(),
+            kernel_sha256: job.kernel_sha256,
+            input_sha256: job.input_sha256(),
+            output_sha256: output.output_sha256(),
+            adapter: adapter.name.clone(),
+            driver: adapter.driver.clone(),
+            started_at_unix_ms: output
+                .started_at
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            duration_us: output.duration.as_micros() as u64,
+            kernel_us: output.kernel_time.map(|t| t.as_micros() as u64),
+            batch: None,
+        }
     }
 }
 
@@ -228,7 +218,7 @@ impl Gpu {
             adapter: Adapter {
                 name: info.name,
                 driver: format!("{} / {}", info.driver, info.driver_info),
-                limits: edge_hal::gpu::limits_of(&l),
+                limits: crate::discover::limits_of(&l),
             },
             timestamps: timestamps.then(|| Timestamps::new(&device)),
             device,
@@ -388,7 +378,7 @@ impl Gpu {
     }
 
     /// Compiles `job`'s kernel.
-    fn pipeline(&self, job: &crate::job::Job) -> wgpu::ComputePipeline {
+    fn pipeline(&self, job: &edge_jobs::job::Job) -> wgpu::ComputePipeline {
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {

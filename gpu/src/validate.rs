@@ -1,53 +1,15 @@
-//! Checks a job against its own shader, the adapter's limits and the owner's memory budget before
-//! anything is allocated on the GPU. Every problem is collected and reported at once, each with
-//! where it is: `kernel.wgsl:LINE:COLUMN` for shader errors, the JSON path for job fields.
+//! Checks a job against its own shader (parsed and validated by naga), then against the adapter's
+//! limits and the owner's memory budget ([`edge_jobs::check`]), before anything is allocated on the
+//! GPU. Runs in the GPU worker: untrusted WGSL is parsed only in the process that can be killed.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use edge_hal::gpu::GpuLimits;
+use edge_jobs::adapter::GpuLimits;
+use edge_jobs::check::{Inputs, Problem, Problems, Refused, ShaderCheck, check_job, gpu_bytes};
+use edge_jobs::digest::Sha256;
+use edge_jobs::job::{BindingKind, BlobStore, Job, Kernel};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage, StorageAccess};
-
-use crate::digest::Sha256;
-use crate::job::{BindingKind, BlobStore, JOB_VERSION, Job, Kernel};
-
-/// Most bindings a job may declare (more than any adapter binds in one group's buffers).
-pub const MAX_BINDINGS: usize = 64;
-
-/// Longest run time a job may ask for, in milliseconds.
-pub const MAX_RUNTIME_MS: u64 = 600_000;
-
-/// One reason a job is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Where: a JSON path (`bindings[1].size`) or a shader position (`kernel.wgsl:3:14`).
-    pub at: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.at, self.message)
-    }
-}
-
-/// The job was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct Refused {
-    /// The job's id as sent.
-    pub job_id: String,
-    /// Every problem found.
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "job {:?} refused:", self.job_id)?;
-        self.problems.iter().try_for_each(|p| write!(f, "\n  {p}"))
-    }
-}
 
 /// A job that passed every check, with its inputs resolved and padded.
 #[derive(Debug, Clone)]
@@ -69,35 +31,12 @@ impl ValidJob {
     }
 }
 
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn fail(&mut self, at: &str, message: String) {
-        self.0.push(Problem {
-            at: at.to_owned(),
-            message,
-        });
-    }
-}
-
 /// Where a shader error is, as `kernel.wgsl:LINE:COLUMN` (or just `kernel.wgsl`).
 fn shader_at(location: Option<naga::SourceLocation>) -> String {
     location.map_or_else(
         || "kernel.wgsl".to_owned(),
         |l| format!("kernel.wgsl:{}:{}", l.line_number, l.line_position),
     )
-}
-
-/// What the shader itself says: problems, and the bindings its entry point uses. Depends only on
-/// the source, the entry point and the adapter, so it is cached by kernel hash.
-#[derive(Debug, Clone)]
-pub struct ShaderCheck {
-    /// Shader problems (syntax, validation, entry point, workgroup size, binding kinds).
-    problems: Vec<Problem>,
-    /// Bindings the entry point uses: kind, minimum size, variable name.
-    used: BTreeMap<u32, (BindingKind, u64, String)>,
-    /// The entry point was found (binding checks are meaningful).
-    ok: bool,
 }
 
 /// Shader checks already made, by kernel SHA-256 and entry point. Bounded: cleared when full.
@@ -272,7 +211,8 @@ pub fn validate_cached(
     blobs: &BlobStore,
     cache: &mut ShaderCache,
 ) -> Result<ValidJob, Refused> {
-    let inputs = check_job(&job, limits, budget, blobs, cache, Inputs::Load)?;
+    let shader = cache.check(&job.kernel, limits).clone();
+    let inputs = check_job(&job, limits, budget, blobs, &shader, Inputs::Load)?;
     let kernel_sha256 = Sha256::of(job.kernel.wgsl.as_bytes());
     let gpu_bytes = gpu_bytes(&job);
     Ok(ValidJob {
@@ -283,263 +223,11 @@ pub fn validate_cached(
     })
 }
 
-/// Every check of [`validate_cached`], without keeping the inputs: for admission, where a job is
-/// only queued, so that its (zero-padded) buffers are not held in memory twice.
-pub fn check_cached(
-    job: &Job,
-    limits: &GpuLimits,
-    budget: u64,
-    blobs: &BlobStore,
-    cache: &mut ShaderCache,
-) -> Result<(), Refused> {
-    check_job(job, limits, budget, blobs, cache, Inputs::Check).map(drop)
-}
-
-/// The bytes a job's outputs come to: its `storage_read_write` bindings.
-pub fn output_bytes(job: &Job) -> u64 {
-    job.bindings
-        .iter()
-        .filter(|b| b.kind == BindingKind::StorageReadWrite)
-        .map(|b| b.size)
-        .fold(0, u64::saturating_add)
-}
-
-/// GPU memory a job needs: its buffers plus read-back copies of its outputs.
-pub fn gpu_bytes(job: &Job) -> u64 {
-    job.bindings
-        .iter()
-        .map(|b| match b.kind {
-            BindingKind::StorageReadWrite => b.size.saturating_mul(2),
-            _ => b.size,
-        })
-        .fold(0, u64::saturating_add)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Inputs {
-    /// Resolve, check and zero-pad every input.
-    Load,
-    /// Resolve and check, keep nothing.
-    Check,
-}
-
-fn check_job(
-    job: &Job,
-    limits: &GpuLimits,
-    budget: u64,
-    blobs: &BlobStore,
-    cache: &mut ShaderCache,
-    mode: Inputs,
-) -> Result<Vec<Vec<u8>>, Refused> {
-    let mut problems = Problems(Vec::new());
-
-    if job.version != JOB_VERSION {
-        problems.fail(
-            "version",
-            format!(
-                "job format {} is not supported; this agent speaks {JOB_VERSION}",
-                job.version
-            ),
-        );
-    }
-    let id_ok = !job.id.is_empty()
-        && job.id.len() <= 128
-        && job
-            .id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !id_ok {
-        problems.fail("id", "must be 1 to 128 of A-Z a-z 0-9 . _ -".into());
-    }
-    if !(1..=MAX_RUNTIME_MS).contains(&job.limits.max_runtime_ms) {
-        problems.fail(
-            "limits.max_runtime_ms",
-            format!(
-                "{} is out of range 1 to {MAX_RUNTIME_MS}",
-                job.limits.max_runtime_ms
-            ),
-        );
-    }
-    for (axis, &n) in ["x", "y", "z"].iter().zip(&job.dispatch) {
-        if n == 0 {
-            problems.fail(
-                "dispatch",
-                format!(
-                    "{axis} is 0: a dispatch must have at least one workgroup in each dimension"
-                ),
-            );
-        } else if n > limits.max_compute_workgroups_per_dimension {
-            problems.fail(
-                "dispatch",
-                format!(
-                    "{axis} is {n}; the adapter allows at most {} workgroups per dimension",
-                    limits.max_compute_workgroups_per_dimension
-                ),
-            );
-        }
-    }
-
-    if job.bindings.len() > MAX_BINDINGS {
-        problems.fail(
-            "bindings",
-            format!(
-                "{} bindings; at most {MAX_BINDINGS} are accepted",
-                job.bindings.len()
-            ),
-        );
-        return Err(Refused {
-            job_id: job.id.clone(),
-            problems: problems.0,
-        });
-    }
-    let shader = cache.check(&job.kernel, limits).clone();
-    problems.0.extend(shader.problems);
-    let (used, shader_ok) = (shader.used, shader.ok);
-
-    // The job's bindings against the shader's, the adapter and the budget.
-    let needed = gpu_bytes(job);
-    let mut storage_count = 0;
-    let mut inputs = Vec::with_capacity(job.bindings.len());
-    for (i, b) in job.bindings.iter().enumerate() {
-        let at = format!("bindings[{i}]");
-        if job
-            .bindings
-            .iter()
-            .filter(|o| o.binding == b.binding)
-            .count()
-            > 1
-        {
-            problems.fail(
-                &at,
-                format!("@binding({}) is declared more than once", b.binding),
-            );
-        }
-        if b.size == 0 || b.size % 4 != 0 {
-            problems.fail(
-                &format!("{at}.size"),
-                format!("{} is not a positive multiple of 4", b.size),
-            );
-        }
-        let max = match b.kind {
-            BindingKind::Uniform => limits.max_uniform_buffer_binding_size,
-            _ => {
-                storage_count += 1;
-                limits.max_storage_buffer_binding_size
-            }
-        }
-        .min(limits.max_buffer_size);
-        if b.size > max {
-            problems.fail(
-                &format!("{at}.size"),
-                format!(
-                    "{} bytes is larger than the adapter allows for this binding ({max})",
-                    b.size
-                ),
-            );
-        }
-        match used.get(&b.binding) {
-            None if shader_ok => {
-                problems.fail(
-                    &at,
-                    format!(
-                        "@binding({}) is declared but the entry point does not use it",
-                        b.binding
-                    ),
-                );
-            }
-            None => {}
-            Some((kind, min_size, name)) => {
-                if *kind != b.kind {
-                    problems.fail(&format!("{at}.kind"), format!("the shader declares {name} (@binding({})) as {kind:?}, the job as {:?}", b.binding, b.kind));
-                }
-                if b.size < *min_size {
-                    problems.fail(
-                        &format!("{at}.size"),
-                        format!(
-                            "{} bytes is smaller than {name}'s type ({min_size} bytes)",
-                            b.size
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    for (binding, (_, _, name)) in &used {
-        if !job.bindings.iter().any(|b| b.binding == *binding) {
-            problems.fail(
-                "bindings",
-                format!(
-                    "the shader uses {name} (@binding({binding})) but the job does not declare it"
-                ),
-            );
-        }
-    }
-    if storage_count > limits.max_storage_buffers_per_shader_stage {
-        problems.fail(
-            "bindings",
-            format!(
-                "{storage_count} storage buffers; the adapter allows {}",
-                limits.max_storage_buffers_per_shader_stage
-            ),
-        );
-    }
-    if needed > budget {
-        problems.fail("bindings", format!("the job needs {needed} bytes of GPU memory (buffers and read-back); the owner's budget is {budget}"));
-    }
-    if let Some(max) = job.limits.max_bytes
-        && needed > max
-    {
-        problems.fail(
-            "limits.max_bytes",
-            format!("the job needs {needed} bytes, more than its own limit of {max}"),
-        );
-    }
-
-    // Inputs last: only for bindings whose size is sane, and never more than that size is read.
-    if problems.0.is_empty() {
-        for (i, b) in job.bindings.iter().enumerate() {
-            let mut bytes = match &b.input {
-                None => Vec::new(),
-                Some(blob) => match blobs.resolve(blob, b.size) {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        problems.fail(&format!("bindings[{i}].input"), e.to_string());
-                        continue;
-                    }
-                },
-            };
-            if bytes.len() as u64 > b.size {
-                problems.fail(
-                    &format!("bindings[{i}].input"),
-                    format!(
-                        "{} bytes do not fit the binding's {} bytes",
-                        bytes.len(),
-                        b.size
-                    ),
-                );
-                continue;
-            }
-            if mode == Inputs::Load {
-                bytes.resize(b.size as usize, 0);
-                inputs.push(bytes);
-            }
-        }
-    }
-
-    if !problems.0.is_empty() {
-        return Err(Refused {
-            job_id: job.id.clone(),
-            problems: problems.0,
-        });
-    }
-    Ok(inputs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Binding, Blob, JobLimits, Kernel};
     use edge_hal::fake::lavapipe_limits as limits;
+    use edge_jobs::job::{Binding, Blob, JobLimits, Kernel};
 
     const DOUBLE: &str = "@group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;

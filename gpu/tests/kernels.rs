@@ -7,12 +7,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_gpu::executor::{ExecError, Executor, Gpu, JobOutput, MAX_BATCH};
-use edge_gpu::job::{BlobStore, Job};
-use edge_gpu::kernels::{self, f32s, u32s};
+use edge_gpu::executor::{Executor, Gpu, JobOutput};
 use edge_gpu::validate::{ValidJob, validate};
-use edge_gpu::{freivalds, receipt};
-use edge_hal::Identity;
+use edge_identity::Identity;
+use edge_jobs::job::{BlobStore, Job};
+use edge_jobs::kernels::{self, f32s, u32s};
+use edge_jobs::worker::{ExecError, MAX_BATCH};
+use edge_jobs::{freivalds, receipt};
 
 fn lavapipe_installed() -> bool {
     Path::new(&format!(
@@ -165,15 +166,12 @@ fn pipelines_are_cached_by_kernel_and_receipts_verify() {
     );
 
     let identity = Identity::generate_ephemeral().expect("key");
-    let r = receipt::sign(
-        &identity,
-        receipt::Attested::of_run(ex.adapter(), &valid, &second),
-    );
+    let r = receipt::sign(&identity, second.attested(ex.adapter(), &valid));
     receipt::verify(&r).expect("receipt verifies");
     assert_eq!(r.body.what.kernel_sha256, valid.kernel_sha256);
     assert_eq!(
         r.body.what.output_sha256,
-        edge_gpu::digest::Sha256::of(&second.outputs[0].1)
+        edge_jobs::digest::Sha256::of(&second.outputs[0].1)
     );
     assert_eq!(r.body.what.adapter, ex.adapter().name);
 }
@@ -224,8 +222,9 @@ fn a_batch_runs_in_one_submission_and_matches_jobs_run_alone() {
 
 #[test]
 fn the_worker_answers_every_job_of_a_batch_in_order() {
-    use edge_gpu::worker::{
-        Answer, Hello, Response, Submitted, request_line, serve, take_answer, take_line,
+    use edge_gpu::worker::serve;
+    use edge_jobs::worker::{
+        Answer, Hello, Response, Submitted, request_line, take_answer, take_line,
     };
     if executor().is_none() {
         return;

@@ -8,13 +8,13 @@ pub trait Clock: Send + Sync {
     fn monotonic(&self) -> Duration;
     /// Wall-clock time; may jump (NTP, an RTC-less box booting in 1970).
     fn wall(&self) -> SystemTime;
-}
 
-/// Wall-clock time now as Unix milliseconds (0 before 1970, which a box without an RTC can see).
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    /// Wall-clock time as Unix milliseconds (0 before 1970, which a box without an RTC can see).
+    fn unix_ms(&self) -> u64 {
+        self.wall()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
 }
 
 /// The operating system's clocks.

@@ -11,12 +11,12 @@ use crate::Hal;
 use crate::button::{Button, ButtonError, Buttons, Wait};
 use crate::clock::Clock;
 use crate::gpu::{GpuLimits, GpuProbe, GpuStatus};
-use crate::keys::{Identity, KeyError, KeyStore, KeyUri};
 use crate::net::{Interface, Interfaces, NetError};
 use crate::storage::{Storage, StorageError, StorageUsage};
 use crate::system::{SystemError, SystemInfo, SystemSnapshot};
 use crate::thermal::{Thermal, ThermalError, ThermalZone};
 use crate::wifi::{self, Passphrase, Wifi, WifiError, WifiNetwork, WifiStatus};
+use edge_identity::{Identity, KeyError, KeyStore, KeyUri};
 
 use zeroize::Zeroizing;
 
@@ -155,7 +155,7 @@ impl KeyStore for FakeKeyStore {
         let pkcs8 = match keys.get(&uri.to_string()) {
             Some(pkcs8) => pkcs8.clone(),
             None => {
-                let made = Identity::generate_ephemeral()?.pkcs8;
+                let made = Identity::generate_ephemeral()?.pkcs8().clone();
                 keys.insert(uri.to_string(), made.clone());
                 made
             }

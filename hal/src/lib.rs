@@ -1,21 +1,18 @@
 //! `edge-hal`: the edge box seen through small traits.
 //!
 //! Every piece of hardware or OS state the agent reads or sets goes through one trait here, with a
-//! real Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, wgpu/Vulkan, files on disk,
+//! real Linux implementation (procfs, sysfs, `statvfs`, `getifaddrs`, the GPU worker's discovery, files on disk,
 //! `nmcli`/`wpa_cli`, evdev input devices) and, behind the `fake` feature, an in-memory fake in [`fake`] for other
 //! crates' policy tests.
 //! The agent is handed a [`Hal`] and never reaches for the OS itself.
 //!
-//! Limits today: Linux only; one identity key store (`file://` URIs); GPU discovery through the
-//! Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1); Wi-Fi through `nmcli` or
+//! Limits today: Linux only; one identity key store (`file://` URIs, in `edge-identity`); GPU
+//! discovery through the Vulkan backend only (the box's Adreno 650 speaks Vulkan 1.1); Wi-Fi through `nmcli` or
 //! `wpa_cli`, personal (PSK/SAE) networks only.
 
 pub mod button;
 pub mod clock;
-pub mod durable;
 pub mod gpu;
-pub mod hex;
-pub mod keys;
 pub mod net;
 pub mod power;
 pub mod storage;
@@ -30,10 +27,11 @@ pub mod fake;
 
 use std::sync::Arc;
 
+use edge_identity::{FileKeyStore, KeyStore};
+
 pub use button::{Button, ButtonError, Buttons, EvdevButton, EvdevButtons, Wait};
 pub use clock::{Clock, SystemClock};
-pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe, WgpuProbe};
-pub use keys::{DeviceId, FileKeyStore, Identity, KeyError, KeyStore, KeyUri};
+pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
 pub use power::{Power, SystemdPower};
 pub use storage::{LinuxStorage, Storage, StorageUsage};
@@ -72,7 +70,8 @@ pub struct Hal {
 }
 
 impl Hal {
-    /// The real device: procfs/sysfs at `/`, files for keys, wgpu over Vulkan for the GPU,
+    /// The real device: procfs/sysfs at `/`, files for keys, the GPU worker beside this program for
+    /// GPU discovery,
     /// NetworkManager or wpa_supplicant for Wi-Fi, whichever is installed, and evdev for buttons.
     pub fn linux() -> Self {
         Self {
@@ -82,7 +81,7 @@ impl Hal {
             thermal: Arc::new(SysfsThermal::default()),
             clock: Arc::new(SystemClock),
             keys: Arc::new(FileKeyStore),
-            gpu: Arc::new(WgpuProbe::default()),
+            gpu: Arc::new(IsolatedProbe::worker(&gpu::worker_beside_this_program())),
             wifi: Arc::new(LinuxWifi::default()),
             power: Arc::new(SystemdPower::default()),
             buttons: Arc::new(EvdevButtons),

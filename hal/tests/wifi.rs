@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use edge_hal::wifi::{MANAGED_PREFIX, WifiManager};
+use edge_hal::wifi::{MANAGED_PREFIX, WifiManager, percent_to_dbm};
 use edge_hal::{
     LinuxWifi, NetworkManagerWifi, Passphrase, Security, Wifi, WifiError, WpaSupplicantWifi,
 };
@@ -398,6 +398,33 @@ fn wpa_scan_parses_flags_dbm_and_escaped_ssids() {
     );
 }
 
+/// What the agent reports to the phone is `percent_to_dbm` of the scan's quality: it must land
+/// within 1 dB of what the driver said for the strongest access point.
+#[test]
+fn wpa_scan_quality_converts_back_to_the_drivers_dbm() {
+    let _serial = serial();
+    let tool = Tool::wpa_cli("echo OK");
+    let nets = wpa(&tool).scan().expect("scan");
+    let dbm: Vec<(&str, i16)> = nets
+        .iter()
+        .map(|n| (n.ssid.as_str(), percent_to_dbm(n.signal_percent)))
+        .collect();
+    let reported = [
+        ("corp", -45),
+        ("home\"net", -52),
+        (r"café \ wpa3", -61),
+        ("Guest", -85),
+    ];
+    assert_eq!(dbm.len(), reported.len(), "{dbm:?}");
+    for ((ssid, got), (want_ssid, want)) in dbm.iter().zip(reported) {
+        assert_eq!(*ssid, want_ssid);
+        assert!(
+            got.abs_diff(want) <= 1,
+            "{ssid}: {got} dBm, driver said {want}"
+        );
+    }
+}
+
 #[test]
 fn wpa_connect_and_forget_all_rewrite_only_the_managed_blocks() {
     let _serial = serial();
@@ -417,7 +444,7 @@ fn wpa_connect_and_forget_all_rewrite_only_the_managed_blocks() {
     assert!(lines[1].starts_with(&format!("id_str=\"{MANAGED_PREFIX}")));
     assert_eq!(
         lines[2],
-        format!("ssid={}", edge_hal::hex::encode(ssid.as_bytes()))
+        format!("ssid={}", edge_identity::hex::encode(ssid.as_bytes()))
     );
     assert!(lines.contains(&"key_mgmt=WPA-PSK SAE"), "{block}");
     let psk = lines
@@ -425,7 +452,10 @@ fn wpa_connect_and_forget_all_rewrite_only_the_managed_blocks() {
         .find_map(|l| l.strip_prefix("psk="))
         .expect("psk");
     assert!(psk.len() == 64 && psk.bytes().all(|b| b.is_ascii_hexdigit()));
-    let sae = format!("sae_password={}", edge_hal::hex::encode(TRICKY.as_bytes()));
+    let sae = format!(
+        "sae_password={}",
+        edge_identity::hex::encode(TRICKY.as_bytes())
+    );
     assert!(lines.contains(&sae.as_str()), "{block}");
     assert!(
         !conf.contains(TRICKY.trim()),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edge_hal::Identity;
 use edge_hub::{db_path, pki, store};
+use edge_identity::Identity;
 use edge_protocol::api::{Batch, BatchReply, Verdict};
 use edge_protocol::envelope::VERSION;
 use edge_protocol::report::{Heartbeat, Register};
@@ -70,7 +70,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     pki::init(&pki::PkiFiles::in_dir(dir.path()), &["127.0.0.1".into()]).expect("pki");
     let token = "bench-owner";
-    let sha = edge_hal::hex::encode(
+    let sha = edge_identity::hex::encode(
         ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
     );
     store::add_owner(
@@ -147,7 +147,7 @@ fn main() {
                 id,
                 1,
                 Body::Register(Register {
-                    public_key: edge_hal::hex::encode(id.public_key()),
+                    public_key: edge_identity::hex::encode(id.public_key()),
                     owner_token: token.into(),
                     agent_version: "bench".into(),
                 }),

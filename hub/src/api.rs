@@ -1,7 +1,7 @@
 //! The hub's HTTP API: registration, report intake, IP echo, latency and bandwidth tests,
 //! metrics. Every error is a JSON [`ApiError`] with a status code that says whose fault it is.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::Clock;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,8 @@ pub struct Hub {
     pub counters: Counters,
     /// Each device's latest accepted poll time (a poll must be newer: no replays).
     pub last_poll: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Wall time, for receipt stamps, skew checks and job deadlines.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Counters for `/metrics`.
@@ -137,7 +139,7 @@ async fn register(
                 api::REGISTER
             )));
         };
-        let key = edge_hal::hex::decode_array::<32>(public_key)
+        let key = edge_identity::hex::decode_array::<32>(public_key)
             .ok_or_else(|| bad("public_key is not 32 bytes of lowercase hex".into()))?;
         signed
             .open(&key)
@@ -146,7 +148,7 @@ async fn register(
             .check(&envelope.device_id, Instant::now())
             .map_err(|_| Refusal(StatusCode::TOO_MANY_REQUESTS, "too many requests".into()))?;
         let token_sha256 =
-            edge_hal::hex::encode(digest::digest(&digest::SHA256, owner_token.as_bytes()).as_ref());
+            edge_identity::hex::encode(digest::digest(&digest::SHA256, owner_token.as_bytes()).as_ref());
         let registered = hub
             .store
             .register(Registration {
@@ -156,7 +158,7 @@ async fn register(
                 agent_version: agent_version.clone(),
                 seq: envelope.seq,
                 peer_ip: peer.ip().to_string(),
-                now_ms: unix_ms(),
+                now_ms: hub.clock.unix_ms(),
             })
             .await
             .map_err(|e| match e {
@@ -169,7 +171,7 @@ async fn register(
             device_id: envelope.device_id,
             owner: registered.owner,
             last_seq: registered.last_seq,
-            server_time_ms: unix_ms(),
+            server_time_ms: hub.clock.unix_ms(),
         }))
     }
     .await;
@@ -243,7 +245,7 @@ async fn reports(
     }
     let results = hub
         .store
-        .ingest(checked, peer.ip().to_string(), unix_ms())
+        .ingest(checked, peer.ip().to_string(), hub.clock.unix_ms())
         .await
         .map_err(internal)?;
     for r in &results {
@@ -322,7 +324,7 @@ async fn info(State(hub): State<Arc<Hub>>) -> Json<HubInfo> {
     Json(HubInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         echo_urls: hub.echo_urls.clone(),
-        server_time_ms: unix_ms(),
+        server_time_ms: hub.clock.unix_ms(),
     })
 }
 
@@ -374,7 +376,7 @@ async fn next_job(
     let Some(key) = key else {
         return Err(unauthorized(format!("device {device} is not registered")));
     };
-    let skew = time.abs_diff(unix_ms());
+    let skew = time.abs_diff(hub.clock.unix_ms());
     if skew > poll::MAX_SKEW_MS {
         return Err(unauthorized(format!(
             "poll time is {skew} ms from the hub's clock (at most {} allowed); check the device clock",
@@ -409,7 +411,7 @@ async fn next_job(
     loop {
         if let Some(job) = hub
             .store
-            .take_job(device, unix_ms())
+            .take_job(device, hub.clock.unix_ms())
             .await
             .map_err(internal)?
         {

@@ -81,7 +81,7 @@ pub fn device(db: &Path, device_id: &str) -> Result<Option<Value>, StoreError> {
     };
     let key = record["public_key"]
         .as_str()
-        .and_then(edge_hal::hex::decode_array::<32>);
+        .and_then(edge_identity::hex::decode_array::<32>);
     let mut counts = serde_json::Map::new();
     let mut stmt = conn
         .prepare("SELECT kind, COUNT(*) FROM reports WHERE device_id = ?1 GROUP BY kind")

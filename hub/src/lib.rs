@@ -120,6 +120,7 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
         echo_urls,
         counters: api::Counters::default(),
         last_poll: Default::default(),
+        clock: Arc::new(edge_hal::SystemClock),
     });
     Ok(Server {
         main_addr,

@@ -1,6 +1,6 @@
 //! `edge-hub`: parse the command line, run one command.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::{Clock, SystemClock};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -154,15 +154,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             command: OwnerCommand::Add { name },
         } => {
             let token = new_token().map_err(|_| "the system random generator failed")?;
-            let sha = edge_hal::hex::encode(
+            let sha = edge_identity::hex::encode(
                 ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
             );
-            store::add_owner(&store::open(&db_path(&dir))?, &name, &sha, unix_ms())?;
+            store::add_owner(
+                &store::open(&db_path(&dir))?,
+                &name,
+                &sha,
+                SystemClock.unix_ms(),
+            )?;
             println!("{token}");
             Ok(())
         }
         Command::Devices => {
-            print!("{}", inspect::devices(&existing_db(&dir)?, unix_ms())?);
+            print!(
+                "{}",
+                inspect::devices(&existing_db(&dir)?, SystemClock.unix_ms())?
+            );
             Ok(())
         }
         Command::Device { id } => match inspect::device(&existing_db(&dir)?, &id)? {
@@ -177,13 +185,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("reading {}: {e}", file.display()))?;
-            let job: edge_gpu::job::Job = serde_json::from_str(&text)
+            let job: edge_jobs::job::Job = serde_json::from_str(&text)
                 .map_err(|e| format!("{}: not a v1 job: {e}", file.display()))?;
             let conn = store::open(&existing_db(&dir)?)?;
             if inspect::device(&db_path(&dir), &device)?.is_none() {
                 return Err(format!("no device {device} is registered").into());
             }
-            store::add_job(&conn, &device, &job, unix_ms())?;
+            store::add_job(&conn, &device, &job, SystemClock.unix_ms())?;
             println!("{}", job.id);
             Ok(())
         }
@@ -217,7 +225,7 @@ fn existing_db(dir: &Path) -> Result<PathBuf, String> {
 fn new_token() -> Result<String, ring::error::Unspecified> {
     let mut bytes = [0u8; 24];
     SystemRandom::new().fill(&mut bytes)?;
-    Ok(format!("owner-{}", edge_hal::hex::encode(&bytes)))
+    Ok(format!("owner-{}", edge_identity::hex::encode(&bytes)))
 }
 
 fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {

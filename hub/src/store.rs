@@ -222,7 +222,7 @@ impl Store {
     pub async fn register(&self, registration: Registration) -> Result<Registered, StoreError> {
         let (device_id, key) = (
             registration.device_id.clone(),
-            edge_hal::hex::decode_array::<32>(&registration.public_key),
+            edge_identity::hex::decode_array::<32>(&registration.public_key),
         );
         let (reply, answer) = oneshot::channel();
         self.ops
@@ -280,7 +280,7 @@ fn load_keys(conn: &Connection) -> rusqlite::Result<HashMap<String, [u8; 32]>> {
     let mut keys = HashMap::new();
     for row in rows {
         let (id, key) = row?;
-        if let Some(key) = edge_hal::hex::decode_array(&key) {
+        if let Some(key) = edge_identity::hex::decode_array(&key) {
             keys.insert(id, key);
         }
     }
@@ -632,7 +632,7 @@ fn record_job_result(
 ) -> rusqlite::Result<()> {
     let (state, receipt, status, error) = match &report.outcome {
         JobOutcome::Done { receipt } => {
-            let status = match edge_gpu::receipt::verify(receipt) {
+            let status = match edge_jobs::receipt::verify(receipt) {
                 Err(e) => format!("INVALID: {e}"),
                 Ok(()) if receipt.body.device_id != device_id => {
                     format!(
@@ -678,7 +678,7 @@ fn record_job_result(
 pub fn add_job(
     conn: &Connection,
     device_id: &str,
-    job: &edge_gpu::job::Job,
+    job: &edge_jobs::job::Job,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let text = serde_json::to_string(job).unwrap_or_default();

@@ -1,10 +1,10 @@
 //! The hub's API on a real TLS listener on 127.0.0.1: registration, report intake and every way
 //! a report is refused, with the hub still serving others afterwards.
 
-use edge_hal::clock::unix_ms;
+use edge_hal::{Clock, SystemClock};
 
-use edge_hal::Identity;
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use edge_identity::Identity;
 use edge_protocol::api::{Batch, BatchReply, HubInfo, IpEcho, Registered, Verdict};
 use edge_protocol::envelope::VERSION;
 use edge_protocol::report::{Heartbeat, Register};
@@ -36,7 +36,7 @@ async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
     )
     .expect("pki");
     let token = "owner-test-token".to_owned();
-    let sha = edge_hal::hex::encode(
+    let sha = edge_identity::hex::encode(
         ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
     );
     store::add_owner(&store::open(&db_path(&path)).expect("db"), "alice", &sha, 1).expect("owner");
@@ -76,7 +76,7 @@ fn envelope(identity: &Identity, seq: u64, body: Body) -> Envelope {
         device_id: identity.device_id().to_string(),
         seq,
         boot_id: "boot-1".into(),
-        sent_at_ms: unix_ms(),
+        sent_at_ms: SystemClock.unix_ms(),
         body,
     }
 }
@@ -91,7 +91,7 @@ fn heartbeat(identity: &Identity, seq: u64) -> Signed {
 impl Hub {
     async fn register(&self, identity: &Identity, seq: u64, token: &str) -> reqwest::Response {
         let body = Body::Register(Register {
-            public_key: edge_hal::hex::encode(identity.public_key()),
+            public_key: edge_identity::hex::encode(identity.public_key()),
             owner_token: token.into(),
             agent_version: "test".into(),
         });
@@ -350,7 +350,7 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
         hub.register(&me, 1, &hub.token).await.status(),
         StatusCode::OK
     );
-    let job: edge_gpu::job::Job = serde_json::from_str(
+    let job: edge_jobs::job::Job = serde_json::from_str(
         r#"{"version": 1, "id": "j1", "kernel": {"wgsl": "x", "entry_point": "main"},
             "bindings": [], "dispatch": [1, 1, 1]}"#,
     )
@@ -369,7 +369,7 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
         }
         request.send()
     };
-    let t = unix_ms();
+    let t = SystemClock.unix_ms();
     let signed = edge_protocol::poll::sign(&me, t);
     let response = poll(signed.clone()).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);

@@ -7,8 +7,9 @@ AGENT=$2
 HERE=$(dirname "$(realpath "$0")")
 REPO=$(realpath "$HERE/../..")
 
-# The agent, its unit and its config.
+# The agent, its GPU worker (found beside it), its unit and its config.
 install -m 0755 "$AGENT" "$ROOT/usr/bin/edge-agent"
+install -m 0755 "$(dirname "$AGENT")/edge-gpu-worker" "$ROOT/usr/bin/edge-gpu-worker"
 install -m 0644 "$REPO/agent/config/edge-agent.service" "$ROOT/lib/systemd/system/edge-agent.service"
 install -d -m 0755 "$ROOT/etc/edge-agent"
 install -m 0644 "$HERE/config.toml" "$ROOT/etc/edge-agent/config.toml"

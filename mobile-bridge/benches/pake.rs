@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_hal::keys::{self, Identity};
+use edge_identity::keys::{self, Identity};
 use edge_mobile_bridge::client::{Client, PairingProgress};
 use edge_mobile_bridge::pairing::{ConnId, DevicePairing, DeviceStep, PairingWindow};
 use edge_mobile_bridge::session::DeviceHandshake;

@@ -5,7 +5,7 @@
 //! device's owner. Transports stay outside: every method takes and returns whole messages, which
 //! the caller frames ([`crate::frame`]) and moves.
 
-use edge_hal::keys::Identity;
+use edge_identity::keys::Identity;
 
 use crate::message::{Message, Request, Response};
 use crate::pairing::{AwaitingProof, ClientPaired, ClientPairing, PairingError};

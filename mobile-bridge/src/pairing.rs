@@ -29,7 +29,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_hal::keys::{DeviceId, Identity};
+use edge_identity::keys::{DeviceId, Identity};
 use ring::hkdf;
 use ring::hmac;
 use spake2::{Ed25519Group, Spake2};
@@ -720,7 +720,7 @@ impl AwaitingProof {
             });
         }
         let signed = proof_message(&self.th2, &self.challenge, &self.owner_key);
-        if !edge_hal::keys::verify(&proof.device_key, &signed, &proof.signature) {
+        if !edge_identity::keys::verify(&proof.device_key, &signed, &proof.signature) {
             return Err(PairingError::BadProof);
         }
         Ok(ClientPaired {

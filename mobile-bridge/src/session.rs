@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_hal::keys::Identity;
+use edge_identity::keys::Identity;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::agreement::{self, EphemeralPrivateKey, X25519};
 use ring::digest;
@@ -423,7 +423,7 @@ impl ClientHandshake {
             &accept.device_key,
             &accept.ephemeral,
         ]);
-        if !edge_hal::keys::verify(
+        if !edge_identity::keys::verify(
             &accept.device_key,
             &signed(SIGN_DEVICE, &th1),
             &accept.signature,
@@ -516,7 +516,7 @@ impl DeviceHandshake {
                 });
             }
         };
-        if !edge_hal::keys::verify(
+        if !edge_identity::keys::verify(
             &self.client_key,
             &signed(SIGN_CLIENT, &self.th2),
             &msg.signature,

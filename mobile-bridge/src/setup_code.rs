@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use edge_hal::keys::DeviceId;
+use edge_identity::keys::DeviceId;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
@@ -451,7 +451,8 @@ mod tests {
 
     #[test]
     fn qr_payload_round_trips_and_rejects_junk() {
-        let identity = edge_hal::keys::Identity::generate_ephemeral().expect("generate_ephemeral");
+        let identity =
+            edge_identity::keys::Identity::generate_ephemeral().expect("generate_ephemeral");
         let qr = QrPayload {
             device: DeviceFingerprint::of(identity.device_id()),
             code: SetupCode::generate().expect("generate"),

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Rng;
-use edge_hal::keys::Identity;
+use edge_identity::keys::Identity;
 use edge_mobile_bridge::client::Client;
 use edge_mobile_bridge::frame::{Reassembler, StreamDecoder, decode_frame, fragment};
 use edge_mobile_bridge::message::{

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use edge_hal::keys::Identity;
+use edge_identity::keys::Identity;
 use edge_mobile_bridge::client::{Client, PairedDevice, PairingProgress};
 use edge_mobile_bridge::frame::{Fragmenter, Reassembler, ble_max_frame};
 use edge_mobile_bridge::message::{ErrorCode, Message, Request, Response, StatusReport};

@@ -99,7 +99,7 @@ pub struct HubInfo {
 #[serde(deny_unknown_fields)]
 pub struct JobOffer {
     /// The job (format v1, `docs/jobs.md`); its `id` names it in the result.
-    pub job: edge_gpu::job::Job,
+    pub job: edge_jobs::job::Job,
 }
 
 /// The reply of the IP echo.

@@ -1,7 +1,7 @@
 //! Envelopes: the signed wrapper around every device report.
 
-use edge_hal::hex;
-use edge_hal::keys::{self, DeviceId, Identity};
+use edge_identity::hex;
+use edge_identity::keys::{self, DeviceId, Identity};
 use serde::{Deserialize, Serialize};
 
 use crate::report::{Capability, Dropped, Heartbeat, JobReport, Register};

@@ -3,8 +3,8 @@
 //! within [`MAX_SKEW_MS`] of its own clock and above the device's previous poll, so a captured
 //! poll cannot be replayed to take the device's jobs.
 
-use edge_hal::hex;
-use edge_hal::keys::{self, Identity};
+use edge_identity::hex;
+use edge_identity::keys::{self, Identity};
 
 /// Header carrying the device id.
 pub const DEVICE: &str = "x-edge-device";

@@ -3,7 +3,7 @@
 //! Figures are plain numbers with their unit in the field name. Every struct refuses unknown
 //! fields, so a typo in a hand-made report is an error, not a silently missing value.
 
-use edge_gpu::receipt::Receipt;
+use edge_jobs::receipt::Receipt;
 use serde::{Deserialize, Serialize};
 
 /// Registration: binds the public key to its device id and to an owner.

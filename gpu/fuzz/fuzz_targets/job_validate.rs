@@ -5,7 +5,7 @@
 //! refusal must say where.
 #![no_main]
 
-use edge_gpu::job::{Binding, BindingKind, Blob, BlobStore, Job, JobLimits, Kernel};
+use edge_jobs::job::{Binding, BindingKind, Blob, BlobStore, Job, JobLimits, Kernel};
 use edge_gpu::validate::validate;
 use edge_hal::fake::lavapipe_limits;
 use libfuzzer_sys::fuzz_target;

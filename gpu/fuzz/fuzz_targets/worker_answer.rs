@@ -4,7 +4,7 @@
 //! stream cut into pieces must give the same answers as the stream whole.
 #![no_main]
 
-use edge_gpu::worker::{Answer, take_answer};
+use edge_jobs::worker::{Answer, take_answer};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_OUTPUTS: u64 = 4096;

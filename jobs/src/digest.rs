@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use edge_hal::hex;
+use edge_identity::hex;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -6,14 +6,11 @@
 //! can check it with [`verify`]: the public key it carries must hash to its device id, and the
 //! signature must hold.
 
-use edge_hal::keys::{self, DeviceId, Identity};
+use edge_identity::hex;
+use edge_identity::keys::{self, DeviceId, Identity};
 use serde::{Deserialize, Serialize};
 
-use edge_hal::hex;
-
 use crate::digest::Sha256;
-use crate::executor::{Adapter, JobOutput};
-use crate::validate::ValidJob;
 
 /// Domain separation: a receipt signature can never be taken for another message's.
 const DOMAIN: &[u8] = b"edge-receipt-v1\n";
@@ -102,27 +99,6 @@ pub struct Attested {
     /// `started_at_unix_ms` and `duration_us` are then the whole submission's. Absent: alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<u32>,
-}
-
-impl Attested {
-    /// What an in-process run of `job` on `adapter` produced.
-    pub fn of_run(adapter: &Adapter, job: &ValidJob, output: &JobOutput) -> Self {
-        Self {
-            job_id: job.job.id.clone(),
-            kernel_sha256: job.kernel_sha256,
-            input_sha256: job.input_sha256(),
-            output_sha256: output.output_sha256(),
-            adapter: adapter.name.clone(),
-            driver: adapter.driver.clone(),
-            started_at_unix_ms: output
-                .started_at
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            duration_us: output.duration.as_micros() as u64,
-            kernel_us: output.kernel_time.map(|t| t.as_micros() as u64),
-            batch: None,
-        }
-    }
 }
 
 /// Signs a receipt with the device identity.

@@ -185,14 +185,15 @@ pub struct Identity {
     uri: KeyUri,
     /// The document, kept only where the fakes hand keys around.
     #[cfg(feature = "fake")]
-    pub(crate) pkcs8: Zeroizing<Vec<u8>>,
+    pkcs8: Zeroizing<Vec<u8>>,
     pair: Ed25519KeyPair,
     public_key: [u8; 32],
     device_id: DeviceId,
 }
 
 impl Identity {
-    pub(crate) fn from_pkcs8(
+    /// The identity in a PKCS#8 document; `path` names it in errors.
+    pub fn from_pkcs8(
         uri: KeyUri,
         path: &Path,
         pkcs8: Zeroizing<Vec<u8>>,
@@ -223,6 +224,12 @@ impl Identity {
             device_id: DeviceId::from_public_key(&public_key),
             public_key,
         })
+    }
+
+    /// The PKCS#8 document, for an in-memory store that hands the same key out again.
+    #[cfg(feature = "fake")]
+    pub fn pkcs8(&self) -> &Zeroizing<Vec<u8>> {
+        &self.pkcs8
     }
 
     /// A fresh key that lives only in memory (tests, fakes).

@@ -1,40 +1,23 @@
-//! GPU discovery against the real Vulkan loader, in child processes: the loader reads
-//! `VK_ICD_FILENAMES` once per process, so each case runs this test binary again with its own
-//! environment and reads the answer from the child's stdout.
+//! GPU discovery as the agent runs it: the real `edge-gpu-worker probe` binary against the real
+//! Vulkan loader (which reads `VK_ICD_FILENAMES` once per process, so each case is its own child).
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use edge_hal::{GpuProbe, GpuStatus, WgpuProbe};
-
-const MARK: &str = "GPU-STATUS ";
-
-/// Not a test: the body of the child process (run with `--ignored --exact`).
-#[test]
-#[ignore = "helper run in a child process by the tests below"]
-fn probe_in_child() {
-    let status = WgpuProbe::default().discover();
-    println!("{MARK}{}", serde_json::to_string(&status).expect("json"));
-}
-
 fn discover_with_icd(icd: &str) -> serde_json::Value {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--ignored", "--exact", "probe_in_child", "--nocapture"])
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-gpu-worker"))
+        .arg("probe")
         .env("VK_ICD_FILENAMES", icd)
         .env("NODEVICE_SELECT", "1")
         .output()
-        .expect("run child");
+        .expect("run edge-gpu-worker probe");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "child failed: {stdout}\n{}",
+        "probe failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once(MARK).map(|(_, json)| json.to_owned()))
-        .unwrap_or_else(|| panic!("no status line in child output:\n{stdout}"));
-    serde_json::from_str(&line).expect("status json")
+    serde_json::from_str(stdout.trim()).expect("one GPU status as JSON")
 }
 
 #[test]
@@ -80,7 +63,7 @@ fn lavapipe_is_found_when_mesa_is_installed() {
 
 #[test]
 fn unavailable_status_serialises_with_its_reason() {
-    let status = GpuStatus::Unavailable { reason: "x".into() };
+    let status = edge_jobs::adapter::GpuStatus::Unavailable { reason: "x".into() };
     assert_eq!(
         serde_json::to_value(&status).expect("json"),
         serde_json::json!({"status": "unavailable", "reason": "x"})
