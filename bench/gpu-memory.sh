@@ -23,7 +23,7 @@ sleep 600 & baseline=$!
 status() { "$bin" --config "$work/config.toml" status "$@" 2>/dev/null; }
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 until status | grep -q '"sgemm_gflops"'; do sleep 0.5; done
-worker=$(pgrep -f "$bin gpu-worker" | head -1)
+worker=$(pgrep -f "edge-gpu-worker serve" | head -1)
 printf '%-46s %8s\n' "process" "RSS MiB"
 printf '%-46s %8s\n' "baseline: sleep" "$(rss $baseline)"
 printf '%-46s %8s\n' "edge-agent daemon, after the benchmark jobs" "$(rss $agent)"
