@@ -1,11 +1,13 @@
 //! `edge-agent`: the daemon that runs on the edge box.
 //!
-//! Today it loads and validates its config, opens (or makes) the device identity, probes the GPU,
-//! samples the hardware through [`edge_hal`], schedules GPU jobs on a worker process and signs
-//! their receipts, measures its compute capability, serves a read-only status endpoint and speaks
+//! It loads and validates its config, opens (or makes) the device identity, samples the hardware
+//! through [`edge_hal`], schedules GPU jobs on the GPU worker process (`edge-gpu-worker`: the
+//! daemon links neither wgpu nor naga) and signs their receipts, measures its compute capability,
+//! reports to the network through an on-disk queue, takes jobs from it, serves the owner's pairing
+//! and control channel over the LAN and Bluetooth LE, serves a read-only status endpoint and speaks
 //! systemd's notify and watchdog protocols. Every long-lived task has one shape,
 //! `async fn run(self, shutdown: CancellationToken) -> Result<(), E>`, and all are wired in
-//! [`app`]. Later issues add network reporting (and with it job intake) and pairing on the same frame.
+//! [`app`].
 
 pub mod advertise;
 pub mod app;
