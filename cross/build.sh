@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source cross/env.sh
-cargo build --release --target "$TARGET" -p edge-agent -p edge-gpu --bins "$@"
+cargo build --release --target "$TARGET" -p edge-agent -p edge-gpu --bins --features edge-agent/ble "$@"
 for bin in target/$TARGET/release/edge-agent target/$TARGET/release/edge-gpu-worker; do
     echo "$bin: $(stat -c %s "$bin") bytes"
     file "$bin" 2>/dev/null || true

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::gpu_worker::GpuWorker;
-use edge_agent::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerHandle, SchedulerParts};
+use edge_agent::gpu::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerHandle, SchedulerParts};
+use edge_agent::gpu::worker::GpuWorker;
 use edge_gpu::executor::Gpu;
 use edge_gpu::validate::{ValidJob, validate};
 use edge_hal::{SysfsThermal, SystemClock};

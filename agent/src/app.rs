@@ -1,168 +1,46 @@
-//! The daemon: start-up in order, every long-lived task wired here, then wait for a signal or a
-//! failed task and drain within the grace period.
+//! The daemon's wiring. [`App::build`] does everything that can fail at start-up, in order, and
+//! returns the parts unstarted (a test builds it against `hal::fake` and looks inside);
+//! [`App::spawn`] starts every task on one tracked set ([`edge_tasks::Tasks`]);
+//! [`Drain::until_stopped`] waits for a signal or a failed task, then drains within the grace
+//! period. Nothing imports this module: it imports everything.
 
-use std::fmt::Display;
-use std::future::Future;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
-use edge_hal::{Button, Clock, GpuStatus, Hal, Wait};
-use edge_identity::{Identity, KeyError};
+use edge_hal::{Button, GpuStatus, Hal, Wait};
+use edge_identity::{DeviceId, Identity};
+use edge_jobs::job::BlobStore;
+use edge_mobile_bridge::setup_code::SetupCode;
+use edge_protocol::report::Compute;
+use edge_tasks::{Failures, Tasks};
 use sd_notify::NotifyState;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use edge_jobs::job::BlobStore;
-
-use crate::bridge::{BridgeError, BridgeFiles, BridgeStatus, BridgeTask};
-use crate::capability::CapabilityTask;
-use crate::config::{Config, GpuConfig, NetworkConfig};
-use crate::delivery::{DeliveryTask, NetworkStatus, NetworkView};
-use crate::exit::Exit;
-use crate::gpu_worker::GpuWorker;
-use crate::hub_client::{HubClient, HubError};
-use crate::intake::IntakeTask;
-use crate::lock::{LockError, StateLock};
-use crate::monitor::Monitor;
-use crate::outbox::{Bounds, Outbox, OutboxError};
-use crate::progress::Progress;
-use crate::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerParts};
-use crate::snapshot::HardwareSnapshot;
-use crate::state::{AgentState, NetworkHandle};
-use crate::status::{StatusError, StatusServer};
-use crate::systemd::{self, Watchdog};
-use crate::telemetry::{CapabilityReportTask, HeartbeatTask};
-
-/// Why the agent could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// The state directory cannot be created.
-    #[error("cannot create state directory {path}: {source}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// Another agent holds the state directory.
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    /// The identity key was refused or could not be made.
-    #[error(transparent)]
-    Identity(#[from] KeyError),
-    /// The status endpoint could not listen.
-    #[error(transparent)]
-    Status(#[from] StatusError),
-    /// The hub client could not be set up (its CA file, usually).
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    /// The report queue could not be opened.
-    #[error(transparent)]
-    Outbox(#[from] OutboxError),
-    /// The pairing state (setup code, owner record) could not be read or made.
-    #[error(transparent)]
-    Bridge(#[from] BridgeError),
-    /// The pairing listener could not bind.
-    #[error("cannot listen for the owner's app on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A long-lived task failed.
-    #[error("task {task} failed: {message}")]
-    Task {
-        /// Its name.
-        task: &'static str,
-        /// Its error.
-        message: String,
-    },
-}
-
-impl AgentError {
-    /// The exit code that tells an operator (and systemd's `RestartPreventExitStatus=`) why.
-    pub fn exit(&self) -> Exit {
-        match self {
-            Self::StateDir { .. } | Self::Lock(LockError::Io { .. }) => Exit::CannotCreate,
-            Self::Lock(LockError::Held { .. }) | Self::Status(StatusError::InUse { .. }) => {
-                Exit::InUse
-            }
-            Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
-            Self::Identity(KeyError::Uri { .. }) => Exit::Config,
-            Self::Identity(_) => Exit::KeyRefused,
-            Self::Status(_) | Self::Outbox(_) | Self::Listen { .. } => Exit::CannotCreate,
-            Self::Bridge(BridgeError::File(_)) => Exit::CannotCreate,
-            Self::Bridge(BridgeError::Corrupt { .. }) => Exit::KeyRefused,
-            Self::Hub(_) => Exit::Config,
-            Self::Task { .. } => Exit::TaskFailed,
-        }
-    }
-}
-
-/// Creates the state directory (mode 0700 for new directories) and refuses an existing one that
-/// another user owns or that others may write: the key, the lock and the socket live there.
-pub fn create_state_dir(path: &Path) -> Result<(), AgentError> {
-    let err = |source| AgentError::StateDir {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(err)?;
-    let meta = std::fs::symlink_metadata(path).map_err(err)?;
-    let euid = nix::unistd::geteuid().as_raw();
-    let unsafe_dir = if !meta.is_dir() {
-        Some("it is not a directory (a symlink?)".to_owned())
-    } else if meta.uid() != euid {
-        Some(format!(
-            "it is owned by uid {}, not by this process (uid {euid})",
-            meta.uid()
-        ))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "its mode {:04o} lets others write to it",
-            meta.mode() & 0o7777
-        ))
-    } else {
-        None
-    };
-    match unsafe_dir {
-        Some(why) => Err(err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("refusing to use it: {why}"),
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Runs `future` on `tracker`, reporting its error (if any) on `failures`.
-fn spawn_task<E: Display + Send + 'static>(
-    tracker: &TaskTracker,
-    failures: &mpsc::Sender<(&'static str, String)>,
-    name: &'static str,
-    future: impl Future<Output = Result<(), E>> + Send + 'static,
-) {
-    let failures = failures.clone();
-    // The task runs on its own so that a panic in it is reported like an error, not lost.
-    let task = tokio::spawn(future);
-    tracker.spawn(async move {
-        let message = match task.await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(join) if join.is_panic() => format!("panicked: {join}"),
-            Err(join) => join.to_string(),
-        };
-        tracing::error!(task = name, error = %message, "task failed");
-        let _ = failures.send((name, message)).await;
-    });
-}
+use crate::config::{Config, GpuConfig};
+use crate::exit::{AgentError, Exit};
+use crate::gpu::capability::CapabilityTask;
+use crate::gpu::scheduler::{GpuMetrics, Policy, Scheduler, SchedulerParts};
+use crate::gpu::worker::GpuWorker;
+use crate::host::lock::StateLock;
+use crate::host::monitor::Monitor;
+use crate::host::progress::Progress;
+use crate::host::snapshot::HardwareSnapshot;
+use crate::host::state_dir;
+use crate::host::systemd::{self, Watchdog};
+use crate::network::delivery::{DeliveryTask, NetworkStatus, NetworkView};
+use crate::network::hub_client::HubClient;
+use crate::network::intake::IntakeTask;
+use crate::network::outbox::{Bounds, Outbox};
+use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
+use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask};
+use crate::status::report::{AgentState, NetworkHandle};
+use crate::status::server::StatusServer;
 
 /// How the agent was started: what it needs besides the config.
 #[derive(Debug, Clone)]
@@ -175,254 +53,414 @@ pub struct Invocation {
     pub cwd: PathBuf,
 }
 
-/// Starts the agent and runs it until SIGTERM/SIGINT or a task fails.
+/// The agent, built and not yet started: the state directory locked, the identity open, the GPU
+/// discovered, the queue open, the listeners bound.
+pub struct App {
+    config: Config,
+    hal: Hal,
+    invocation: Invocation,
+    lock: StateLock,
+    identity: Arc<Identity>,
+    state: Arc<AgentState>,
+    scheduler: Scheduler,
+    publish_snapshot: watch::Sender<Arc<HardwareSnapshot>>,
+    publish_capability: watch::Sender<Option<Compute>>,
+    status: StatusServer,
+    network: Option<(HubClient, NetworkHandle)>,
+    bridge: Option<BridgeParts>,
+}
+
+/// The owner's bridge, read and bound at start-up.
+struct BridgeParts {
+    files: BridgeFiles,
+    code: SetupCode,
+    listener: TcpListener,
+    status: BridgeStatus,
+}
+
+/// The running agent: its tasks, and what ends them.
+pub struct Drain {
+    tasks: Tasks,
+    failures: Failures,
+    sigterm: Signal,
+    sigint: Signal,
+    grace: std::time::Duration,
+    // Held until the drain ends, so a second agent cannot start on the same state meanwhile.
+    _lock: StateLock,
+}
+
+/// Builds, starts and runs the agent until SIGTERM/SIGINT or a task fails.
 pub async fn run(config: Config, hal: Hal, invocation: Invocation) -> Result<Exit, AgentError> {
-    systemd::status("starting: preparing state directory");
-    create_state_dir(&config.state_dir)?;
-    let _lock = StateLock::acquire(&config.state_dir)?;
+    App::build(config, hal, invocation)
+        .await?
+        .spawn()?
+        .until_stopped()
+        .await
+}
 
-    systemd::status("starting: opening identity key");
-    let (keys, uri) = (hal.keys.clone(), config.identity_key.clone());
-    let identity = crate::runtime::blocking(move || keys.open_or_create(&uri)).await?;
-    let device_id = identity.device_id();
-    tracing::info!(%device_id, key = %identity.uri(), "identity loaded");
+impl App {
+    /// Everything that can fail at start-up, in order, with nothing started yet.
+    pub async fn build(
+        config: Config,
+        hal: Hal,
+        invocation: Invocation,
+    ) -> Result<Self, AgentError> {
+        systemd::status("starting: preparing state directory");
+        state_dir::create(&config.state_dir).map_err(AgentError::StateDir)?;
+        let lock = StateLock::acquire(&config.state_dir)?;
 
-    systemd::status("starting: probing GPU");
-    let probe = hal.gpu.clone();
-    let gpu = crate::runtime::blocking(move || probe.discover()).await;
-    match &gpu {
-        GpuStatus::Available(info) => {
-            tracing::info!(adapter = %info.name, driver = %info.driver_info, "GPU found");
+        systemd::status("starting: opening identity key");
+        let (keys, uri) = (hal.keys.clone(), config.identity_key.clone());
+        let identity = Arc::new(edge_tasks::blocking(move || keys.open_or_create(&uri)).await?);
+        let device_id = identity.device_id();
+        tracing::info!(%device_id, key = %identity.uri(), "identity loaded");
+
+        systemd::status("starting: probing GPU");
+        let probe = hal.gpu.clone();
+        let gpu = edge_tasks::blocking(move || probe.discover()).await;
+        match &gpu {
+            GpuStatus::Available(info) => {
+                tracing::info!(adapter = %info.name, driver = %info.driver_info, "GPU found");
+            }
+            GpuStatus::Unavailable { reason } => tracing::warn!(%reason, "no GPU"),
         }
-        GpuStatus::Unavailable { reason } => tracing::warn!(%reason, "no GPU"),
-    }
 
-    let identity = Arc::new(identity);
-    let blobs = config.state_dir.join("blobs");
-    let gpu_metrics = Arc::new(GpuMetrics::default());
-    let (scheduler, scheduler_handle) = Scheduler::new(
-        SchedulerParts {
-            gpu: match &gpu {
-                GpuStatus::Available(info) => Ok(info.limits.clone()),
-                GpuStatus::Unavailable { reason } => Err(reason.clone()),
-            },
-            policy: Policy::from(&config.gpu),
-            identity: identity.clone(),
-            thermal: hal.thermal.clone(),
-            clock: hal.clock.clone(),
-            blobs: BlobStore { dir: blobs.clone() },
-            metrics: gpu_metrics.clone(),
-        },
-        GpuWorker::serving(&invocation.gpu_worker, &blobs),
-    );
-    let (publish_capability, capability) = watch::channel(None);
-
-    let (h, dir) = (hal.clone(), config.state_dir.clone());
-    let first = crate::runtime::blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
-    let boot_id = first
-        .system
-        .as_ref()
-        .map_or_else(|| "unknown".to_owned(), |s| s.boot_id.clone());
-    let (publish, snapshot) = watch::channel(Arc::new(first));
-
-    let bridge = match config.pairing.listen {
-        Some(addr) => {
-            systemd::status("starting: reading the pairing state");
-            let files = BridgeFiles::in_dir(&config.state_dir);
-            let for_code = files.clone();
-            let code = crate::runtime::blocking(move || for_code.setup_code()).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AgentError::Listen { addr, source })?;
-            let status: BridgeStatus = Arc::default();
-            Some((files, code, listener, status))
-        }
-        None => None,
-    };
-
-    let network = match &config.network.hub {
-        Some(hub) => {
-            systemd::status("starting: opening the report queue");
-            let client = HubClient::new(&hub.url, &hub.ca_cert)?;
-            let (path, id, bounds) = (
-                config.state_dir.join("outbox.db"),
-                identity.clone(),
-                Bounds {
-                    max_reports: config.network.queue_max_reports,
-                    max_age: config.network.queue_max_age,
+        let blobs = config.state_dir.join("blobs");
+        let gpu_metrics = Arc::new(GpuMetrics::default());
+        let (scheduler, scheduler_handle) = Scheduler::new(
+            SchedulerParts {
+                gpu: match &gpu {
+                    GpuStatus::Available(info) => Ok(info.limits.clone()),
+                    GpuStatus::Unavailable { reason } => Err(reason.clone()),
                 },
-            );
-            let outbox =
-                crate::runtime::blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
-            let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
-                hub: hub.url.clone(),
-                ..NetworkView::default()
-            }));
-            Some((client, NetworkHandle { outbox, status }))
-        }
-        None => None,
-    };
-    let state = Arc::new(AgentState {
-        device_id,
-        public_key: identity
-            .public_key()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        identity_key: identity.uri().to_string(),
-        started: tokio::time::Instant::now(),
-        started_wall: SystemTime::now(),
-        gpu,
-        snapshot,
-        samples: 1.into(),
-        capability,
-        gpu_metrics,
-        scheduler: scheduler_handle.clone(),
-        network: network.as_ref().map(|(_, handle)| handle.clone()),
-        pairing: bridge.as_ref().map(|(.., status)| status.clone()),
-    });
-
-    let status = StatusServer::bind(&config.status, state.clone()).await?;
-    let endpoints = status.endpoints().join(", ");
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| task_error("signals", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| task_error("signals", e))?;
-
-    let shutdown = CancellationToken::new();
-    let shutdown_for_capability = shutdown.clone();
-    let tracker = TaskTracker::new();
-    let (failures, mut failed) = mpsc::channel(8);
-    let progress = Progress::new();
-    let monitor = Monitor {
-        hal: hal.clone(),
-        state_dir: config.state_dir.clone(),
-        interval: config.sample_interval,
-        publish,
-        progress: progress.clone(),
-        state: state.clone(),
-    };
-    spawn_task(
-        &tracker,
-        &failures,
-        "monitor",
-        monitor.run(shutdown.clone()),
-    );
-    spawn_task(&tracker, &failures, "status", status.run(shutdown.clone()));
-    spawn_task(
-        &tracker,
-        &failures,
-        "scheduler",
-        scheduler.run(shutdown.clone()),
-    );
-    let capability = CapabilityTask {
-        scheduler: scheduler_handle,
-        cache: config.state_dir.join("capability.json"),
-        gpu: state.gpu.clone(),
-        publish: publish_capability,
-        measure: config.gpu.measure_capability,
-    };
-    // A failed measurement is logged and shown as no capability; it does not stop the agent.
-    tracker.spawn(async move {
-        if let Err(e) = capability.run(shutdown_for_capability).await {
-            tracing::error!(error = %e, "GPU capability benchmark failed");
-        }
-    });
-    if let (Some((client, handle)), Some(hub)) = (network, &config.network.hub) {
-        spawn_network_tasks(
-            &tracker,
-            &failures,
-            &shutdown,
-            NetworkParts {
-                client,
+                policy: Policy::from(&config.gpu),
                 identity: identity.clone(),
-                handle,
-                owner_token: hub.owner_token.clone(),
-                state: state.clone(),
+                thermal: hal.thermal.clone(),
                 clock: hal.clock.clone(),
+                blobs: BlobStore { dir: blobs.clone() },
+                metrics: gpu_metrics.clone(),
             },
-            &config.network,
+            GpuWorker::serving(&invocation.gpu_worker, &blobs),
         );
+        let (publish_capability, capability) = watch::channel(None);
+
+        let (h, dir) = (hal.clone(), config.state_dir.clone());
+        let first = edge_tasks::blocking(move || HardwareSnapshot::collect(&h, &dir)).await;
+        let boot_id = first
+            .system
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |s| s.boot_id.clone());
+        let (publish_snapshot, snapshot) = watch::channel(Arc::new(first));
+
+        let bridge = match config.pairing.listen {
+            Some(addr) => {
+                systemd::status("starting: reading the pairing state");
+                let files = BridgeFiles::in_dir(&config.state_dir);
+                let for_code = files.clone();
+                let code = edge_tasks::blocking(move || for_code.setup_code()).await?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Listen { addr, source })?;
+                Some(BridgeParts {
+                    files,
+                    code,
+                    listener,
+                    status: Arc::default(),
+                })
+            }
+            None => None,
+        };
+
+        let network = match &config.network.hub {
+            Some(hub) => {
+                systemd::status("starting: opening the report queue");
+                let client = HubClient::new(&hub.url, &hub.ca_cert)?;
+                let (path, id, bounds) = (
+                    config.state_dir.join("outbox.db"),
+                    identity.clone(),
+                    Bounds {
+                        max_reports: config.network.queue_max_reports,
+                        max_age: config.network.queue_max_age,
+                    },
+                );
+                let outbox =
+                    edge_tasks::blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
+                let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
+                    hub: hub.url.clone(),
+                    ..NetworkView::default()
+                }));
+                Some((client, NetworkHandle { outbox, status }))
+            }
+            None => None,
+        };
+        let state = Arc::new(AgentState {
+            device_id,
+            public_key: edge_identity::hex::encode(identity.public_key()),
+            identity_key: identity.uri().to_string(),
+            started: tokio::time::Instant::now(),
+            started_wall: SystemTime::now(),
+            // The first sample was taken above.
+            samples: Arc::new(AtomicU64::new(1)),
+            sources: Sources {
+                snapshot,
+                capability,
+                gpu,
+                gpu_metrics,
+            },
+            scheduler: scheduler_handle,
+            network: network.as_ref().map(|(_, handle)| handle.clone()),
+            pairing: bridge.as_ref().map(|b| b.status.clone()),
+        });
+        let status = StatusServer::bind(&config.status, state.clone()).await?;
+        Ok(Self {
+            config,
+            hal,
+            invocation,
+            lock,
+            identity,
+            state,
+            scheduler,
+            publish_snapshot,
+            publish_capability,
+            status,
+            network,
+            bridge,
+        })
     }
-    if let Some((files, code, listener, status)) = bridge {
-        let (button, pressed) = mpsc::channel(1);
-        // Two sources open the pairing window: the button's input device, if configured, and
-        // SIGUSR1 (`systemctl kill -s USR1 edge-agent`) always.
-        if let Some(wanted) = &config.pairing.button {
-            let (buttons, device, key) = (hal.buttons.clone(), wanted.device.clone(), wanted.key);
-            match crate::runtime::blocking(move || buttons.open(&device, key)).await {
-                Ok(opened) => {
-                    tracing::info!(device = %wanted.device.display(), key, "pairing button ready");
-                    let (device, stop) = (wanted.device.clone(), shutdown.clone());
-                    let button = button.clone();
-                    tracker.spawn_blocking(move || forward_button(opened, &device, &button, &stop));
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "pairing button unavailable; SIGUSR1 still opens the pairing window"
-                ),
+
+    /// The device id of the identity opened.
+    pub fn device_id(&self) -> DeviceId {
+        self.state.device_id
+    }
+
+    /// Where the status endpoint listens.
+    pub fn status_endpoints(&self) -> Vec<String> {
+        self.status.endpoints()
+    }
+
+    /// Starts every task; `READY=1` is sent once they are spawned.
+    pub fn spawn(self) -> Result<Drain, AgentError> {
+        let Self {
+            config,
+            hal,
+            invocation,
+            lock,
+            identity,
+            state,
+            scheduler,
+            publish_snapshot,
+            publish_capability,
+            status,
+            network,
+            bridge,
+        } = self;
+        let signal_error = |e: std::io::Error| AgentError::Task {
+            task: "signals",
+            message: e.to_string(),
+        };
+        let sigterm = signal(SignalKind::terminate()).map_err(signal_error)?;
+        let sigint = signal(SignalKind::interrupt()).map_err(signal_error)?;
+        let endpoints = status.endpoints().join(", ");
+        let (tasks, failures) = Tasks::new();
+        let shutdown = tasks.shutdown();
+
+        let progress = Progress::new();
+        let monitor = Monitor {
+            hal: hal.clone(),
+            state_dir: config.state_dir.clone(),
+            interval: config.sample_interval,
+            publish: publish_snapshot,
+            progress: progress.clone(),
+            samples: state.samples.clone(),
+        };
+        tasks.spawn("monitor", monitor.run(shutdown.clone()));
+        tasks.spawn("status", status.run(shutdown.clone()));
+        tasks.spawn("scheduler", scheduler.run(shutdown.clone()));
+        let capability = CapabilityTask {
+            scheduler: state.scheduler.clone(),
+            cache: config.state_dir.join("capability.json"),
+            gpu: state.sources.gpu.clone(),
+            publish: publish_capability,
+            measure: config.gpu.measure_capability,
+        };
+        // A failed measurement is logged and shown as no capability; it does not stop the agent.
+        tasks.spawn_logged("gpu-capability", capability.run(shutdown.clone()));
+        if let (Some((client, handle)), Some(hub)) = (network, &config.network.hub) {
+            spawn_network(
+                &tasks,
+                &config,
+                &state,
+                client,
+                handle,
+                identity.clone(),
+                &hal,
+                &hub.owner_token,
+            );
+        }
+        if let Some(parts) = bridge {
+            let pressed = pairing_button(&tasks, &config, &hal)?;
+            let task = BridgeTask {
+                listener: parts.listener,
+                identity,
+                files: parts.files,
+                code: parts.code,
+                status: state.clone(),
+                tasks: tasks.clone(),
+                scheduler: state.scheduler.clone(),
+                hal: hal.clone(),
+                config_path: invocation.config_path,
+                cwd: invocation.cwd,
+                state_dir: config.state_dir.clone(),
+                mdns: config.pairing.mdns,
+                ble: config.pairing.ble,
+            };
+            tasks.spawn("pairing", task.run(parts.status, pressed, shutdown.clone()));
+        }
+        if let Some(interval) = systemd::watchdog_interval() {
+            // Alive means a sample within two intervals (plus slack for a slow one).
+            let max_age = config.sample_interval * 2 + std::time::Duration::from_secs(5);
+            let dog = Watchdog::systemd(interval, max_age, progress);
+            tasks.spawn("watchdog", dog.run(shutdown));
+        }
+
+        let device_id = state.device_id;
+        let running = format!("running: device {device_id}, status on {endpoints}");
+        tracing::info!(%device_id, %endpoints, "ready");
+        systemd::notify(&[NotifyState::Ready, NotifyState::Status(&running)]);
+        Ok(Drain {
+            tasks,
+            failures,
+            sigterm,
+            sigint,
+            grace: config.shutdown_grace,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drain {
+    /// Waits for SIGTERM, SIGINT or the first failed task, then cancels every task and waits for
+    /// them within the grace period.
+    pub async fn until_stopped(mut self) -> Result<Exit, AgentError> {
+        let result = tokio::select! {
+            _ = self.sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+            _ = self.sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+            failed = self.failures.next() => Err(AgentError::Task { task: failed.task, message: failed.message }),
+        };
+        systemd::notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status("stopping: draining tasks"),
+        ]);
+        let drained = self.tasks.drain(self.grace).await;
+        result?;
+        if let Err(still) = drained {
+            tracing::error!(grace = ?self.grace, tasks = still.tasks, "tasks still running after the grace period");
+            return Ok(Exit::DrainTimeout);
+        }
+        tracing::info!("stopped");
+        Ok(Exit::Ok)
+    }
+}
+
+/// Delivery, heartbeats, job intake and capability reports.
+#[allow(clippy::too_many_arguments)]
+fn spawn_network(
+    tasks: &Tasks,
+    config: &Config,
+    state: &AgentState,
+    client: HubClient,
+    NetworkHandle { outbox, status }: NetworkHandle,
+    identity: Arc<Identity>,
+    hal: &Hal,
+    owner_token: &str,
+) {
+    let (network, shutdown, clock) = (&config.network, tasks.shutdown(), hal.clock.clone());
+    let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
+    let (registered, registered_rx) = watch::channel(false);
+    let delivery = DeliveryTask {
+        outbox: outbox.clone(),
+        client: client.clone(),
+        owner_token: owner_token.to_owned(),
+        batch_size: network.batch_size,
+        backoff_max: network.backoff_max,
+        configured_echo_urls: network.echo_urls.clone(),
+        echo_urls,
+        registered,
+        status: status.clone(),
+        clock: clock.clone(),
+    };
+    tasks.spawn("delivery", delivery.run(shutdown.clone()));
+    let heartbeat = HeartbeatTask {
+        outbox: outbox.clone(),
+        sources: state.sources.clone(),
+        interval: network.heartbeat_interval,
+        clock: clock.clone(),
+    };
+    tasks.spawn("heartbeat", heartbeat.run(shutdown.clone()));
+    if network.accept_jobs {
+        let intake = IntakeTask {
+            client: client.clone(),
+            identity,
+            scheduler: state.scheduler.clone(),
+            outbox: outbox.clone(),
+            registered: registered_rx,
+            clock: clock.clone(),
+        };
+        tasks.spawn("job-intake", intake.run(shutdown.clone()));
+    }
+    let capability = CapabilityReportTask {
+        outbox,
+        client,
+        sources: state.sources.clone(),
+        echo_urls: echo_urls_rx,
+        bandwidth: network.bandwidth.clone(),
+        ip_check_interval: network.ip_check_interval,
+        interval: network.capability_interval,
+        status,
+        clock,
+    };
+    tasks.spawn("capability-report", capability.run(shutdown));
+}
+
+/// What opens the pairing window: the button's input device, if configured, and SIGUSR1
+/// (`systemctl kill -s USR1 edge-agent`) always. Both are tasks of the set.
+fn pairing_button(
+    tasks: &Tasks,
+    config: &Config,
+    hal: &Hal,
+) -> Result<mpsc::Receiver<()>, AgentError> {
+    let (button, pressed) = mpsc::channel(1);
+    if let Some(wanted) = &config.pairing.button {
+        // Opening an input device is a quick syscall; the wait for presses is what blocks.
+        match hal.buttons.open(&wanted.device, wanted.key) {
+            Ok(opened) => {
+                tracing::info!(device = %wanted.device.display(), key = wanted.key, "pairing button ready");
+                let (device, stop, button) =
+                    (wanted.device.clone(), tasks.shutdown(), button.clone());
+                tasks.spawn_blocking("pairing-button", move || {
+                    forward_button(opened, &device, &button, &stop)
+                });
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "pairing button unavailable; SIGUSR1 still opens the pairing window"
+            ),
+        }
+    }
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(|e| AgentError::Task {
+        task: "signals",
+        message: e.to_string(),
+    })?;
+    let stop = tasks.shutdown();
+    tasks.spawn_logged("sigusr1", async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok::<_, Infallible>(()),
+                Some(()) = sigusr1.recv() => { let _ = button.try_send(()); }
             }
         }
-        let mut sigusr1 =
-            signal(SignalKind::user_defined1()).map_err(|e| task_error("signals", e))?;
-        let stop = shutdown.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    Some(()) = sigusr1.recv() => { let _ = button.try_send(()); }
-                }
-            }
-        });
-        let task = BridgeTask {
-            listener,
-            identity: identity.clone(),
-            files,
-            code,
-            state: state.clone(),
-            hal: hal.clone(),
-            config_path: invocation.config_path.clone(),
-            cwd: invocation.cwd.clone(),
-            state_dir: config.state_dir.clone(),
-            mdns: config.pairing.mdns,
-            ble: config.pairing.ble,
-        };
-        spawn_task(
-            &tracker,
-            &failures,
-            "pairing",
-            task.run(status, pressed, shutdown.clone()),
-        );
-    }
-    if let Some(interval) = systemd::watchdog_interval() {
-        // Alive means a sample within two intervals (plus slack for a slow one).
-        let max_age = config.sample_interval * 2 + std::time::Duration::from_secs(5);
-        let dog = Watchdog::systemd(interval, max_age, progress);
-        spawn_task(&tracker, &failures, "watchdog", dog.run(shutdown.clone()));
-    }
-
-    let running = format!("running: device {device_id}, status on {endpoints}");
-    tracing::info!(%device_id, %endpoints, "ready");
-    systemd::notify(&[NotifyState::Ready, NotifyState::Status(&running)]);
-
-    let result = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); Ok(()) }
-        Some((task, message)) = failed.recv() => Err(AgentError::Task { task, message }),
-    };
-
-    systemd::notify(&[
-        NotifyState::Stopping,
-        NotifyState::Status("stopping: draining tasks"),
-    ]);
-    shutdown.cancel();
-    tracker.close();
-    let drained = tokio::time::timeout(config.shutdown_grace, tracker.wait()).await;
-    result?;
-    if drained.is_err() {
-        tracing::error!(grace = ?config.shutdown_grace, "tasks still running after the grace period");
-        return Ok(Exit::DrainTimeout);
-    }
-    tracing::info!("stopped");
-    Ok(Exit::Ok)
+    });
+    Ok(pressed)
 }
 
 /// Sends each press of `button` to `pressed` until shutdown, the bridge is gone, or the device
@@ -453,99 +491,6 @@ fn forward_button(
     }
 }
 
-/// What the network tasks share.
-struct NetworkParts {
-    client: HubClient,
-    identity: Arc<Identity>,
-    handle: NetworkHandle,
-    owner_token: String,
-    state: Arc<AgentState>,
-    clock: Arc<dyn Clock>,
-}
-
-/// Delivery, heartbeats and capability reports.
-fn spawn_network_tasks(
-    tracker: &TaskTracker,
-    failures: &mpsc::Sender<(&'static str, String)>,
-    shutdown: &CancellationToken,
-    parts: NetworkParts,
-    config: &NetworkConfig,
-) {
-    let NetworkParts {
-        client,
-        identity,
-        handle: NetworkHandle { outbox, status },
-        owner_token,
-        state,
-        clock,
-    } = parts;
-    let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
-    let (registered, registered_rx) = watch::channel(false);
-    let delivery = DeliveryTask {
-        outbox: outbox.clone(),
-        client: client.clone(),
-        owner_token,
-        batch_size: config.batch_size,
-        backoff_max: config.backoff_max,
-        configured_echo_urls: config.echo_urls.clone(),
-        echo_urls,
-        registered,
-        status: status.clone(),
-        clock: clock.clone(),
-    };
-    spawn_task(
-        tracker,
-        failures,
-        "delivery",
-        delivery.run(shutdown.clone()),
-    );
-    let heartbeat = HeartbeatTask {
-        outbox: outbox.clone(),
-        state: state.clone(),
-        interval: config.heartbeat_interval,
-        clock: clock.clone(),
-    };
-    spawn_task(
-        tracker,
-        failures,
-        "heartbeat",
-        heartbeat.run(shutdown.clone()),
-    );
-    if config.accept_jobs {
-        let intake = IntakeTask {
-            client: client.clone(),
-            identity,
-            scheduler: state.scheduler.clone(),
-            outbox: outbox.clone(),
-            registered: registered_rx,
-            clock: clock.clone(),
-        };
-        spawn_task(
-            tracker,
-            failures,
-            "job-intake",
-            intake.run(shutdown.clone()),
-        );
-    }
-    let capability = CapabilityReportTask {
-        outbox,
-        client,
-        state,
-        echo_urls: echo_urls_rx,
-        bandwidth: config.bandwidth.clone(),
-        ip_check_interval: config.ip_check_interval,
-        interval: config.capability_interval,
-        status,
-        clock,
-    };
-    spawn_task(
-        tracker,
-        failures,
-        "capability-report",
-        capability.run(shutdown.clone()),
-    );
-}
-
 impl From<&GpuConfig> for Policy {
     fn from(gpu: &GpuConfig) -> Self {
         Self {
@@ -560,17 +505,9 @@ impl From<&GpuConfig> for Policy {
     }
 }
 
-fn task_error(task: &'static str, e: impl Display) -> AgentError {
-    AgentError::Task {
-        task,
-        message: e.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn button_presses_reach_the_bridge_until_the_device_ends() {
@@ -590,26 +527,5 @@ mod tests {
             .expect("the thread ends with the device")
             .expect("no panic");
         assert_eq!(rx.recv().await, None, "and drops its sender");
-    }
-
-    #[test]
-    fn a_state_dir_others_can_write_is_refused_naming_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        create_state_dir(&state).expect("fresh dir is made");
-        let mode = std::fs::metadata(&state)
-            .expect("stat")
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o700);
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        let err = create_state_dir(&state).expect_err("world-writable");
-        let text = err.to_string();
-        assert!(
-            text.contains(&state.display().to_string()) && text.contains("0777"),
-            "{text}"
-        );
-        assert_eq!(err.exit(), Exit::CannotCreate);
     }
 }

@@ -1,6 +1,16 @@
-//! Process exit codes: each says why the agent stopped (documented in docs/operations.md).
+//! Process exit codes: each says why the agent stopped (documented in docs/operations.md), and the
+//! one place where an error is mapped to one.
 
 use std::process::ExitCode;
+
+use edge_identity::KeyError;
+use edge_identity::durable::FileError;
+
+use crate::host::lock::LockError;
+use crate::network::hub_client::HubError;
+use crate::network::outbox::OutboxError;
+use crate::pairing::BridgeError;
+use crate::status::server::StatusError;
 
 /// Why the process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,5 +38,67 @@ pub enum Exit {
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> Self {
         ExitCode::from(exit as u8)
+    }
+}
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory cannot be created, or is not safe to use.
+    #[error(transparent)]
+    StateDir(FileError),
+    /// Another agent holds the state directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The identity key was refused or could not be made.
+    #[error(transparent)]
+    Identity(#[from] KeyError),
+    /// The status endpoint could not listen.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The hub client could not be set up (its CA file, usually).
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The report queue could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The pairing state (setup code, owner record) could not be read or made.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    /// The pairing listener could not bind.
+    #[error("cannot listen for the owner's app on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A long-lived task failed.
+    #[error("task {task} failed: {message}")]
+    Task {
+        /// Its name.
+        task: &'static str,
+        /// Its error.
+        message: String,
+    },
+}
+
+impl AgentError {
+    /// The exit code that tells an operator (and systemd's `RestartPreventExitStatus=`) why.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::StateDir(_) | Self::Lock(LockError::Io { .. }) => Exit::CannotCreate,
+            Self::Lock(LockError::Held { .. }) | Self::Status(StatusError::InUse { .. }) => {
+                Exit::InUse
+            }
+            Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
+            Self::Identity(KeyError::Uri { .. }) => Exit::Config,
+            Self::Identity(_) => Exit::KeyRefused,
+            Self::Status(_) | Self::Outbox(_) | Self::Listen { .. } => Exit::CannotCreate,
+            Self::Bridge(BridgeError::File(_)) => Exit::CannotCreate,
+            Self::Bridge(BridgeError::Corrupt { .. }) => Exit::KeyRefused,
+            Self::Hub(_) => Exit::Config,
+            Self::Task { .. } => Exit::TaskFailed,
+        }
     }
 }

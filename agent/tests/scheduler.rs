@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edge_agent::gpu_worker::{GpuWorker, WorkerError};
-use edge_agent::scheduler::{
+use edge_agent::gpu::scheduler::{
     GpuMetrics, JobError, JobResult, Policy, Scheduler, SchedulerHandle, SchedulerParts,
 };
+use edge_agent::gpu::worker::{GpuWorker, WorkerError};
 use edge_hal::fake::{FakeClock, FakeThermal};
 use edge_hal::{GpuProbe, GpuStatus, IsolatedProbe};
 use edge_identity::Identity;
@@ -323,7 +323,7 @@ async fn duty_cycle_rests_the_gpu_and_an_idle_worker_is_released() {
 
 #[test]
 fn allowed_hours_wrap_past_midnight() {
-    use edge_agent::scheduler::wait_for_hours;
+    use edge_agent::gpu::scheduler::wait_for_hours;
     use std::time::{SystemTime, UNIX_EPOCH};
     let at = |h: u64, m: u64| UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + h * 3600 + m * 60);
     assert_eq!(wait_for_hours((22, 7), at(23, 0)), None);

@@ -21,12 +21,12 @@ pub mod pki;
 pub mod store;
 pub mod tls;
 
+use edge_tasks::Tasks;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// How to run the hub.
 #[derive(Debug, Clone)]
@@ -63,6 +63,17 @@ pub enum HubError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// A listener task failed.
+    #[error("task {task} failed: {message}")]
+    Task {
+        /// Its name.
+        task: &'static str,
+        /// Its error.
+        message: String,
     },
 }
 
@@ -133,20 +144,17 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
 }
 
 impl Server {
-    /// Serves until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves until the set's shutdown: each listener is an essential task of `tasks`, and each
+    /// connection a task of it too, so the drain waits for the requests in flight.
+    pub fn spawn(self, tasks: &Tasks) {
         tracing::info!(main = %self.main_addr, echo = ?self.echo_addr, "serving");
-        let second = self.echo.map(|l| {
-            tokio::spawn(tls::serve(
-                l,
-                self.tls.clone(),
-                self.app.clone(),
-                shutdown.clone(),
-            ))
-        });
-        tls::serve(self.main, self.tls, self.app, shutdown).await;
-        if let Some(second) = second {
-            let _ = second.await;
+        if let Some(echo) = self.echo {
+            let serve = tls::serve(echo, self.tls.clone(), self.app.clone(), tasks.clone());
+            tasks.spawn("echo listener", serve);
         }
+        tasks.spawn(
+            "main listener",
+            tls::serve(self.main, self.tls, self.app, tasks.clone()),
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use edge_tasks::Tasks;
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio_util::sync::CancellationToken;
 
 /// The reference network service for edge agents (development, tests, fleet simulation).
 #[derive(Parser)]
@@ -228,22 +228,14 @@ fn new_token() -> Result<String, ring::error::Unspecified> {
     Ok(format!("owner-{}", edge_identity::hex::encode(&bytes)))
 }
 
+/// How long connections may take to finish once the hub is stopping.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
-            }
-            signals.cancel();
-        });
         let server = edge_hub::bind(config).await?;
         // One line on stdout with the bound addresses (tests and scripts read it).
         println!(
@@ -251,8 +243,26 @@ fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             server.main_addr,
             server.echo_addr.map_or("-".to_owned(), |a| a.to_string())
         );
-        server.run(shutdown).await;
-        Ok::<_, edge_hub::HubError>(())
+        let (tasks, mut failures) = Tasks::new();
+        server.spawn(&tasks);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(edge_hub::HubError::Signals)?;
+        let failed = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            failed = failures.next() => Some(failed),
+        };
+        if tasks.drain(GRACE).await.is_err() {
+            tracing::warn!(grace = ?GRACE, "connections still open after the grace period");
+        }
+        match failed {
+            Some(f) => Err(edge_hub::HubError::Task {
+                task: f.task,
+                message: f.message,
+            }),
+            None => Ok(()),
+        }
     })?;
+
     Ok(())
 }

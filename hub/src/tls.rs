@@ -1,11 +1,13 @@
 //! HTTPS serving: TLS 1.3 only (rustls with ring), HTTP/1.1, one task per connection.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{Extension, Router};
+use edge_tasks::Tasks;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -13,7 +15,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 /// A TLS handshake or request head that takes longer than this is dropped (slow-loris).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,17 +62,22 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`.
+/// How long a connection may take to finish its answer once the hub is stopping.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves `app` over TLS on `listener` until the set's shutdown; each connection is a task of
+/// `tasks`, ended gracefully (the request in flight is answered) within [`DRAIN`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
-    shutdown: CancellationToken,
-) {
+    tasks: Tasks,
+) -> Result<(), Infallible> {
     let acceptor = TlsAcceptor::from(tls);
+    let shutdown = tasks.shutdown();
     loop {
         let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -86,16 +92,16 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone().layer(Extension(Peer(peer)));
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn_logged("connection", async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+                    return Ok::<_, Infallible>(());
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+                    return Ok(());
                 }
             };
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -107,8 +113,13 @@ pub async fn serve(
                 result = conn.as_mut() => if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
-                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                () = shutdown.cancelled() => {
+                    // Graceful means polled on until the answer in flight is written.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
+                }
             }
+            Ok(())
         });
     }
 }

@@ -52,8 +52,9 @@ async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
     .await
     .expect("bind");
     let base = format!("https://localhost:{}", server.main_addr.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone()));
+    let (tasks, _failures) = edge_tasks::Tasks::new();
+    server.spawn(&tasks);
+    let shutdown = tasks.shutdown();
     let ca = std::fs::read(path.join("ca.pem")).expect("ca");
     let http = reqwest::Client::builder()
         .tls_built_in_root_certs(false)

@@ -10,6 +10,9 @@
 //! box's life pairing is locked until a factory reset (`edge-agent factory-reset`, or the owner's
 //! app).
 
+pub(crate) mod advertise;
+pub(crate) mod link_caps;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use edge_hal::Hal;
 use edge_hal::wifi::Passphrase;
 use edge_identity::{Identity, durable};
+#[cfg(feature = "ble")]
 use edge_mobile_bridge::ble::BleServer;
 use edge_mobile_bridge::lan::LanLink;
 use edge_mobile_bridge::link::{Link, TransportError};
@@ -26,18 +30,21 @@ use edge_mobile_bridge::message::{
 use edge_mobile_bridge::pairing::{ConnId, DevicePairing, DeviceStep, PairingError, PairingWindow};
 use edge_mobile_bridge::session::{DeviceHandshake, SecureChannel};
 use edge_mobile_bridge::setup_code::{DeviceFingerprint, QrPayload, SetupCode};
+use edge_tasks::Tasks;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::advertise::{self, AdvertiseError, Advertiser, LinkWatch};
-use crate::link_caps::LinkCaps;
-use crate::state::{AgentState, VERSIONS};
+use self::advertise::{AdvertiseError, Advertiser, LinkWatch};
+use self::link_caps::LinkCaps;
+use crate::gpu::scheduler::SchedulerHandle;
+use crate::version::VERSIONS;
 
 /// A client that says nothing for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
 
 /// How long to wait before trying Bluetooth LE again where BlueZ was not there.
+#[cfg(feature = "ble")]
 const BLE_RETRY: Duration = Duration::from_secs(60);
 
 /// How often the links under the mDNS announcement are looked at.
@@ -127,6 +134,14 @@ pub fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
     .to_string()
 }
 
+/// What the owner's `Status` request shows. The status subsystem provides it; pairing does not
+/// import it (it imports pairing's view).
+pub trait OwnerStatus: Send + Sync {
+    /// Seconds since the agent started, and the details document (GPU, capability, network,
+    /// hardware).
+    fn owner_status(&self) -> (u64, serde_json::Value);
+}
+
 /// What every connection shares.
 struct Shared {
     record: PairingRecord,
@@ -145,7 +160,11 @@ pub struct BridgeTask {
     /// The setup code.
     pub code: SetupCode,
     /// Status for the owner.
-    pub state: Arc<AgentState>,
+    pub status: Arc<dyn OwnerStatus>,
+    /// Where the links and the Bluetooth loop run.
+    pub tasks: Tasks,
+    /// Where the owner's GPU policy changes go.
+    pub scheduler: SchedulerHandle,
     /// Wi-Fi and power.
     pub hal: Hal,
     /// Config file and working directory, to validate the owner's config changes.
@@ -189,7 +208,7 @@ impl BridgeTask {
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
         let files = self.files.clone();
-        let record = crate::runtime::blocking(move || files.load()).await?;
+        let record = edge_tasks::blocking(move || files.load()).await?;
         let listen = self
             .listener
             .local_addr()
@@ -200,7 +219,7 @@ impl BridgeTask {
                 let interfaces = self.hal.interfaces.clone();
                 let id = self.identity.device_id().to_string();
                 let window_open = record.owner_key.is_none();
-                let (now, started) = crate::runtime::blocking(move || {
+                let (now, started) = edge_tasks::blocking(move || {
                     let now = interfaces.list().unwrap_or_default();
                     (now, Advertiser::start(&id, addr, window_open))
                 })
@@ -226,8 +245,19 @@ impl BridgeTask {
             caps: LinkCaps::default(),
         });
         this.open_window("start");
+        #[cfg(not(feature = "ble"))]
         if this.task.ble {
-            tokio::spawn(this.clone().serve_ble(shutdown.clone()));
+            tracing::warn!(
+                "[pairing] ble is on, but this build has no Bluetooth LE transport (cargo feature `ble`); pairing is served on the LAN only"
+            );
+        }
+        #[cfg(feature = "ble")]
+        if this.task.ble {
+            let ble = this.clone().serve_ble(shutdown.clone());
+            this.task.tasks.spawn_logged("pairing-ble", async move {
+                ble.await;
+                Ok::<_, std::convert::Infallible>(())
+            });
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut look = tokio::time::interval(LINK_CHECK);
@@ -317,7 +347,7 @@ impl Served {
     /// the app, a cable plugged in late).
     async fn check_links(&self, addr: std::net::SocketAddr, watch: &mut LinkWatch) {
         let interfaces = self.task.hal.interfaces.clone();
-        let now = match crate::runtime::blocking(move || interfaces.list()).await {
+        let now = match edge_tasks::blocking(move || interfaces.list()).await {
             Ok(now) => now,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list the links under the mDNS announcement");
@@ -330,7 +360,7 @@ impl Served {
         let old = self.advertiser.lock().ok().and_then(|mut a| a.0.take());
         let window_open = self.status.lock().is_ok_and(|v| v.window_open);
         let id = self.task.identity.device_id().to_string();
-        let started = crate::runtime::blocking(move || {
+        let started = edge_tasks::blocking(move || {
             if let Some(old) = old {
                 old.stop();
             }
@@ -405,7 +435,7 @@ impl Served {
     async fn save(&self, record: PairingRecord) -> Result<(), BridgeError> {
         let files = self.task.files.clone();
         let saved = record.clone();
-        crate::runtime::blocking(move || files.save(&saved)).await?;
+        edge_tasks::blocking(move || files.save(&saved)).await?;
         let mut shared = self.lock();
         shared.record = record;
         self.publish(&shared);
@@ -428,19 +458,22 @@ impl Served {
         };
         let served = self.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        self.task.tasks.spawn_logged("owner-link", async move {
             let _permit = permit;
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 result = served.connection(link) => if let Err(e) = result {
+                    // Debug: a link that ends badly is the peer's business (see above).
                     tracing::debug!(%peer, error = %e, "owner link ended");
                 },
             }
+            Ok::<_, std::convert::Infallible>(())
         });
     }
 
     /// Serves pairing and the control channel over Bluetooth LE as well, for as long as BlueZ
     /// is there: where it is not (yet), says so and tries again every [`BLE_RETRY`].
+    #[cfg(feature = "ble")]
     async fn serve_ble(self: Arc<Self>, shutdown: CancellationToken) {
         let id = self.task.identity.device_id().to_string();
         let name = format!("edge-{}", &id[..id.len().min(12)]);
@@ -480,6 +513,7 @@ impl Served {
         }
     }
 
+    #[cfg(feature = "ble")]
     fn set_ble(&self, adapter: Option<String>) {
         if let Ok(mut view) = self.status.lock() {
             view.ble = adapter;
@@ -640,7 +674,7 @@ impl Served {
             Request::ConfigSet { key, value } => self.config_set(key, value).await,
             Request::WifiScan => {
                 let wifi = self.task.hal.wifi.clone();
-                match crate::runtime::blocking(move || wifi.scan()).await {
+                match edge_tasks::blocking(move || wifi.scan()).await {
                     Ok(networks) => Response::WifiNetworks(
                         networks
                             .into_iter()
@@ -658,13 +692,13 @@ impl Served {
             Request::WifiSet { ssid, passphrase } => {
                 let wifi = self.task.hal.wifi.clone();
                 let passphrase = Passphrase::new(passphrase.as_str());
-                match crate::runtime::blocking(move || wifi.connect(&ssid, &passphrase)).await {
+                match edge_tasks::blocking(move || wifi.connect(&ssid, &passphrase)).await {
                     Ok(()) => Response::Ok,
                     Err(e) => wifi_error(e),
                 }
             }
             Request::Logs { max_lines } => Response::Logs {
-                lines: crate::logging::recent(usize::from(max_lines))
+                lines: crate::host::logging::recent(usize::from(max_lines))
                     .into_iter()
                     .map(|mut l| {
                         l.truncate(edge_mobile_bridge::message::MAX_LOG_LINE);
@@ -679,18 +713,12 @@ impl Served {
     }
 
     fn status_report(&self) -> Response {
-        let report = self.task.state.report();
+        let (uptime_s, details) = self.task.status.owner_status();
         Response::Status(StatusReport {
             device_id: self.task.identity.device_id().to_string(),
             agent_version: VERSIONS.agent.into(),
-            uptime_s: report.uptime_secs as u64,
-            details_json: serde_json::json!({
-                "gpu": report.gpu,
-                "capability": report.capability,
-                "network": report.network,
-                "hardware": report.hardware,
-            })
-            .to_string(),
+            uptime_s,
+            details_json: details.to_string(),
         })
     }
 
@@ -706,7 +734,7 @@ impl Served {
             self.task.cwd.clone(),
             self.task.state_dir.clone(),
         );
-        let result = crate::runtime::blocking(move || {
+        let result = edge_tasks::blocking(move || {
             let text = crate::config::set_owner_key(path.as_deref(), &cwd, &dir, &key, &value)
                 .map_err(|e| {
                     SetFailed::Invalid(
@@ -726,9 +754,8 @@ impl Served {
         config_set_response(result, |config| {
             // GPU settings hold from the next job; the network ones at the next start.
             self.task
-                .state
                 .scheduler
-                .set_policy(crate::scheduler::Policy::from(&config.gpu));
+                .set_policy(crate::gpu::scheduler::Policy::from(&config.gpu));
         })
     }
 
@@ -755,7 +782,7 @@ impl Served {
                 self.task.hal.wifi.clone(),
                 crate::config::owner_file(&self.task.state_dir),
             );
-            let erased = crate::runtime::blocking(move || {
+            let erased = edge_tasks::blocking(move || {
                 let _ = std::fs::remove_file(&owner_file);
                 wifi.forget_all()
             })
@@ -838,7 +865,7 @@ fn config_set_response(
 /// out. A refusal is logged with its reason and reported without it (the reason names programs and
 /// paths, which are the device's business).
 async fn reboot(power: Arc<dyn edge_hal::Power>) -> Response {
-    match crate::runtime::blocking(move || power.reboot()).await {
+    match edge_tasks::blocking(move || power.reboot()).await {
         Ok(()) => Response::Ok,
         Err(e) => {
             tracing::error!(error = %e, "the owner's reboot was refused");

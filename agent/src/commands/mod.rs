@@ -8,19 +8,22 @@ use std::path::Path;
 use edge_hal::Hal;
 use edge_identity::Identity;
 
-use crate::app::{self, AgentError};
-use crate::bridge::{self, BridgeFiles};
-use crate::client::{self, Endpoint};
 use crate::config::Config;
-use crate::exit::Exit;
-use crate::hub_client::HubClient;
-use crate::measure;
-use crate::snapshot::HardwareSnapshot;
-use crate::{check as checks, jobs};
+use crate::exit::{AgentError, Exit};
+use crate::gpu::run_job as jobs;
+use crate::host::snapshot::HardwareSnapshot;
+use crate::host::state_dir;
+use crate::network::hub_client::HubClient;
+use crate::network::measure;
+use crate::pairing::{self, BridgeFiles};
+use crate::status::client::{self, Endpoint};
+
+mod check;
+use check as checks;
 
 /// The identity key, made (with its state directory) on first use.
 fn identity(config: &Config, hal: &Hal) -> Result<Identity, AgentError> {
-    app::create_state_dir(&config.state_dir)?;
+    state_dir::create(&config.state_dir).map_err(AgentError::StateDir)?;
     Ok(hal.keys.open_or_create(&config.identity_key)?)
 }
 
@@ -192,7 +195,7 @@ pub fn pairing_code(config: &Config, hal: &Hal, json: bool) -> Exit {
             return AgentError::Bridge(e).exit();
         }
     };
-    let payload = bridge::qr_payload(&identity, &code);
+    let payload = pairing::qr_payload(&identity, &code);
     if json {
         print_json(&serde_json::json!({
             "device_id": identity.device_id().to_string(),
@@ -219,14 +222,14 @@ pub fn pairing_code(config: &Config, hal: &Hal, json: bool) -> Exit {
 /// `edge-agent factory-reset`: erases the owner, the owner's settings, Wi-Fi credentials and the
 /// pairing failure count, keeping the identity. The agent must be stopped (its lock is taken).
 pub fn factory_reset(config: &Config, hal: &Hal) -> Exit {
-    let _lock = match crate::lock::StateLock::acquire(&config.state_dir) {
+    let _lock = match crate::host::lock::StateLock::acquire(&config.state_dir) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("edge-agent: {e}; stop the agent first (systemctl stop edge-agent)");
             return AgentError::Lock(e).exit();
         }
     };
-    match bridge::factory_reset(&config.state_dir, hal) {
+    match pairing::factory_reset(&config.state_dir, hal) {
         Ok(()) => {
             println!(
                 "factory reset: owner, owner settings, Wi-Fi credentials and pairing state erased; identity kept"

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StatusConfig;
-use crate::state::AgentState;
+use crate::status::report::AgentState;
 
 /// Errors of the status endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&state),
+        crate::status::metrics::render(&state),
     )
 }
 

@@ -12,9 +12,9 @@ use edge_protocol::report::{JobOutcome, JobReport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub_client::HubClient;
-use crate::outbox::{Outbox, OutboxError};
-use crate::scheduler::{JobError, SchedulerHandle};
+use crate::gpu::scheduler::{JobError, SchedulerHandle};
+use crate::network::hub_client::HubClient;
+use crate::network::outbox::{Outbox, OutboxError};
 
 /// How long the hub holds a poll open.
 const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -95,7 +95,7 @@ fn outcome(result: Result<edge_jobs::receipt::Receipt, JobError>) -> JobOutcome 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu_worker::WorkerError;
+    use crate::gpu::worker::WorkerError;
 
     #[test]
     fn a_job_the_worker_refuses_is_reported_refused_not_failed() {

@@ -13,8 +13,8 @@ use edge_protocol::report::Compute;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{JobError, JobResult, SchedulerHandle};
-use crate::state::VERSIONS;
+use crate::gpu::scheduler::{JobError, JobResult, SchedulerHandle};
+use crate::version::VERSIONS;
 
 /// SGEMM size of the benchmark.
 const SGEMM_N: u32 = 512;
@@ -64,7 +64,7 @@ impl CapabilityTask {
         if !self.measure {
             return Ok(());
         }
-        crate::systemd::status("measuring GPU capability");
+        crate::host::systemd::status("measuring GPU capability");
         let measured = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             m = measure(&self.scheduler, &info.name, &info.driver_info) => m?,

@@ -1284,7 +1284,7 @@ mod tests {
     #[test]
     fn the_example_config_is_valid() {
         let c = from_str(
-            include_str!("../config/config.example.toml"),
+            include_str!("../../config/config.example.toml"),
             Path::new("/"),
         )
         .expect("example config must validate");

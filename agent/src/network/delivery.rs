@@ -14,9 +14,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub_client::{HubClient, HubError};
-use crate::outbox::{Outbox, OutboxError};
-use crate::state::VERSIONS;
+use crate::network::hub_client::{HubClient, HubError};
+use crate::network::outbox::{Outbox, OutboxError};
+use crate::version::VERSIONS;
 
 /// An idle queue is still looked at this often (to expire old reports).
 const IDLE_CHECK: Duration = Duration::from_secs(60);
@@ -155,7 +155,7 @@ impl DeliveryTask {
             agent_version: VERSIONS.agent.into(),
         });
         let now = self.clock.unix_ms();
-        let signed = crate::runtime::blocking(move || outbox.seal_unqueued(body, now)).await?;
+        let signed = edge_tasks::blocking(move || outbox.seal_unqueued(body, now)).await?;
         let registered = self.client.register(&signed).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
         let echo_urls = if self.configured_echo_urls.is_empty() {
@@ -177,7 +177,7 @@ impl DeliveryTask {
     async fn deliver_once(&self, batch_size: &mut usize) -> Result<Step, StepError> {
         let (outbox, n) = (self.outbox.clone(), *batch_size);
         let now = self.clock.unix_ms();
-        let batch = crate::runtime::blocking(move || outbox.peek(n, now)).await?;
+        let batch = edge_tasks::blocking(move || outbox.peek(n, now)).await?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
@@ -202,7 +202,7 @@ impl DeliveryTask {
                 }
                 tracing::error!(seq = seqs[0], error = %e, "a report is too large for the hub; dropping it");
                 let (outbox, seq) = (self.outbox.clone(), seqs[0]);
-                crate::runtime::blocking(move || outbox.ack(&[], &[seq])).await?;
+                edge_tasks::blocking(move || outbox.ack(&[], &[seq])).await?;
                 return Ok(Step::More);
             }
             other => other?,
@@ -224,7 +224,7 @@ impl DeliveryTask {
             }
         }
         let outbox = self.outbox.clone();
-        crate::runtime::blocking(move || outbox.ack(&delivered, &rejected)).await?;
+        edge_tasks::blocking(move || outbox.ack(&delivered, &rejected)).await?;
         self.update(|v| {
             v.last_delivery_ms = Some(now);
             v.last_error = None;

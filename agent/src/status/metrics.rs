@@ -7,11 +7,12 @@ use edge_hal::GpuStatus;
 use edge_hal::net::Counters;
 use edge_protocol::exposition::Exposition;
 
-use crate::state::{AgentState, VERSIONS};
+use crate::status::report::AgentState;
+use crate::version::VERSIONS;
 
 /// The exposition for the agent's current state.
 pub fn render(state: &AgentState) -> String {
-    let snap = state.snapshot.borrow().clone();
+    let snap = state.sources.snapshot.borrow().clone();
     let mut e = Exposition::with_capacity(4096);
     let device = state.device_id.to_string();
     e.family("edge_agent_build_info", "gauge", "Agent build; always 1.")
@@ -54,7 +55,10 @@ pub fn render(state: &AgentState) -> String {
     .sample(
         "edge_agent_gpu_available",
         &[],
-        f64::from(u8::from(matches!(state.gpu, GpuStatus::Available(_)))),
+        f64::from(u8::from(matches!(
+            state.sources.gpu,
+            GpuStatus::Available(_)
+        ))),
     );
 
     if let Some(sys) = &snap.system {
@@ -162,7 +166,7 @@ pub fn render(state: &AgentState) -> String {
             zone.celsius,
         );
     }
-    let g = &state.gpu_metrics;
+    let g = &state.sources.gpu_metrics;
     let load =
         |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
     e.family("edge_gpu_queue_depth", "gauge", "GPU jobs waiting.")
@@ -204,7 +208,7 @@ pub fn render(state: &AgentState) -> String {
         "1 while a GPU worker process holds the device.",
     )
     .sample("edge_gpu_worker_up", &[], load(&g.worker_up));
-    if let Some(cap) = state.capability.borrow().as_ref() {
+    if let Some(cap) = state.sources.capability.borrow().as_ref() {
         e.family("edge_gpu_capability", "gauge", "Measured GPU capability.");
         for (what, value) in [
             ("fp32_peak_gflops", cap.fp32_peak_gflops),

@@ -2,16 +2,15 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edge_hal::Hal;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::progress::Progress;
-use crate::snapshot::HardwareSnapshot;
-use crate::state::AgentState;
+use crate::host::progress::Progress;
+use crate::host::snapshot::HardwareSnapshot;
 
 /// Errors of the monitor loop.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +33,7 @@ pub struct Monitor {
     /// Marked after each sample.
     pub progress: Progress,
     /// Counts samples.
-    pub state: Arc<AgentState>,
+    pub samples: Arc<AtomicU64>,
 }
 
 impl Monitor {
@@ -49,12 +48,12 @@ impl Monitor {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let (hal, dir) = (self.hal.clone(), self.state_dir.clone());
-                    let snap = crate::runtime::blocking(move || HardwareSnapshot::collect(&hal, &dir)).await;
+                    let snap = edge_tasks::blocking(move || HardwareSnapshot::collect(&hal, &dir)).await;
                     for error in &snap.errors {
                         tracing::warn!(%error, "hardware sample incomplete");
                     }
                     self.publish.send_replace(Arc::new(snap));
-                    self.state.samples.fetch_add(1, Ordering::Relaxed);
+                    self.samples.fetch_add(1, Ordering::Relaxed);
                     self.progress.mark();
                 }
             }

@@ -21,7 +21,7 @@ use edge_protocol::report::{Bandwidth, IpObservation, IpReport};
 use futures_util::StreamExt;
 
 use crate::config::BandwidthConfig;
-use crate::hub_client::{HubClient, HubError};
+use crate::network::hub_client::{HubClient, HubError};
 
 /// How often the byte counters are sampled.
 pub const SAMPLE: Duration = Duration::from_millis(250);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::progress::Progress;
+use crate::host::progress::Progress;
 
 /// Sends states to the service manager; failures are logged, never fatal.
 pub fn notify(states: &[NotifyState<'_>]) {

@@ -151,7 +151,7 @@ impl Outbox {
     /// [`Outbox::push_blocking`] off the async runtime.
     pub async fn push(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
         let this = self.clone();
-        crate::runtime::blocking(move || this.push_blocking(body, now_ms)).await
+        edge_tasks::blocking(move || this.push_blocking(body, now_ms)).await
     }
 
     /// Takes a sequence number without queueing anything (for registration, which is sent

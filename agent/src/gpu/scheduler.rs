@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gpu_worker::{Finished, GpuWorker, Prepared, WorkerError};
+use crate::gpu::worker::{Finished, GpuWorker, Prepared, WorkerError};
 
 /// How often a paused scheduler looks at the temperature and the clock again.
 const RECHECK: Duration = Duration::from_secs(5);

@@ -1,8 +1,8 @@
 //! What the agent reports: a heartbeat on a timer, and a capability report (compute, bandwidth,
 //! IP, host) at start, when the public address or the GPU figures change, and periodically.
-//! Both only push into the report queue; delivery is [`crate::delivery`]'s business.
+//! Both only push into the report queue; delivery is [`crate::network::delivery`]'s business.
 
-use edge_hal::Clock;
+use edge_hal::{Clock, GpuStatus};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,18 +14,32 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BandwidthConfig;
-use crate::delivery::NetworkStatus;
-use crate::hub_client::HubClient;
-use crate::measure;
-use crate::outbox::{Outbox, OutboxError};
-use crate::snapshot::HardwareSnapshot;
-use crate::state::{AgentState, VERSIONS};
+use crate::gpu::scheduler::GpuMetrics;
+use crate::host::snapshot::HardwareSnapshot;
+use crate::network::delivery::NetworkStatus;
+use crate::network::hub_client::HubClient;
+use crate::network::measure;
+use crate::network::outbox::{Outbox, OutboxError};
+use crate::version::VERSIONS;
 
 /// How long the first capability report waits for the GPU benchmark.
 const COMPUTE_WAIT: Duration = Duration::from_secs(600);
 
-/// The heartbeat of `state` as of now.
-pub fn heartbeat(state: &AgentState) -> Heartbeat {
+/// What the reports read from the rest of the agent (the status endpoint reads the same).
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The latest hardware snapshot.
+    pub snapshot: watch::Receiver<Arc<HardwareSnapshot>>,
+    /// The measured GPU capability, once known.
+    pub capability: watch::Receiver<Option<Compute>>,
+    /// GPU discovery at start-up.
+    pub gpu: GpuStatus,
+    /// The scheduler's counters.
+    pub gpu_metrics: Arc<GpuMetrics>,
+}
+
+/// The heartbeat as of now.
+pub fn heartbeat(state: &Sources) -> Heartbeat {
     let snap = state.snapshot.borrow().clone();
     let (rx_bytes, tx_bytes) = snap
         .interfaces
@@ -72,7 +86,7 @@ pub struct HeartbeatTask {
     /// The queue.
     pub outbox: Outbox,
     /// What to report.
-    pub state: Arc<AgentState>,
+    pub sources: Sources,
     /// Time between heartbeats.
     pub interval: Duration,
     /// Stamps the reports.
@@ -88,7 +102,7 @@ impl HeartbeatTask {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
-                    let body = Body::Heartbeat(heartbeat(&self.state));
+                    let body = Body::Heartbeat(heartbeat(&self.sources));
                     self.outbox.push(body, self.clock.unix_ms()).await?;
                 }
             }
@@ -103,7 +117,7 @@ pub struct CapabilityReportTask {
     /// The hub (bandwidth and echo endpoints).
     pub client: HubClient,
     /// Hardware and GPU state.
-    pub state: Arc<AgentState>,
+    pub sources: Sources,
     /// Echo endpoints in use (from delivery's registration, or config).
     pub echo_urls: watch::Receiver<Vec<String>>,
     /// Bandwidth measurement settings.
@@ -121,8 +135,8 @@ pub struct CapabilityReportTask {
 impl CapabilityReportTask {
     /// Runs until `shutdown`; fails only if the queue cannot be written.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
-        let mut compute = self.state.capability.clone();
-        let waits_for_gpu = matches!(self.state.gpu, edge_hal::GpuStatus::Available(_));
+        let mut compute = self.sources.capability.clone();
+        let waits_for_gpu = matches!(self.sources.gpu, GpuStatus::Available(_));
         if waits_for_gpu && compute.borrow().is_none() {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -171,7 +185,7 @@ impl CapabilityReportTask {
     async fn measure_ip(&self) -> IpReport {
         let urls = self.echo_urls.borrow().clone();
         let own: Vec<IpAddr> = self
-            .state
+            .sources
             .snapshot
             .borrow()
             .interfaces
@@ -220,7 +234,7 @@ impl CapabilityReportTask {
             compute: compute.clone(),
             bandwidth: bandwidth.clone(),
             ip: Some(ip.clone()),
-            host: host(&self.state.snapshot.borrow()),
+            host: host(&self.sources.snapshot.borrow()),
         }));
         self.outbox
             .push(body, self.clock.unix_ms())

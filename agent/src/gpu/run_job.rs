@@ -14,7 +14,7 @@ use edge_jobs::receipt::{self, Receipt};
 use edge_jobs::worker::Submitted;
 use tokio::time::Instant;
 
-use crate::gpu_worker::{GpuWorker, WorkerError};
+use crate::gpu::worker::{GpuWorker, WorkerError};
 
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error)]

@@ -8,31 +8,17 @@ use edge_hal::GpuStatus;
 use edge_identity::DeviceId;
 use edge_protocol::report::Compute;
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bridge::{BridgeStatus, BridgeView};
-use crate::delivery::{NetworkStatus, NetworkView};
-use crate::outbox::{Outbox, OutboxCounts};
-use crate::scheduler::{GpuMetrics, PolicyView, SchedulerHandle};
-use crate::snapshot::HardwareSnapshot;
+use crate::gpu::scheduler::{PolicyView, SchedulerHandle};
+use crate::host::snapshot::HardwareSnapshot;
+use crate::network::delivery::{NetworkStatus, NetworkView};
+use crate::network::outbox::{Outbox, OutboxCounts};
+use crate::network::telemetry::Sources;
+use crate::pairing::{BridgeStatus, BridgeView};
+use crate::version::{VERSIONS, Versions};
 
-/// Build facts shown in `/status` and `/metrics`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Versions {
-    /// This crate's version.
-    pub agent: &'static str,
-    /// CPU architecture the binary was built for.
-    pub arch: &'static str,
-}
-
-/// The versions of this build.
-pub const VERSIONS: Versions = Versions {
-    agent: env!("CARGO_PKG_VERSION"),
-    arch: std::env::consts::ARCH,
-};
-
-/// Shared agent state. Read-mostly: the monitor publishes snapshots through `snapshot`.
+/// What `/status`, `/metrics` and the owner's app read: the other subsystems' views and handles.
 #[derive(Debug)]
 pub struct AgentState {
     /// Device id from the identity key.
@@ -45,17 +31,11 @@ pub struct AgentState {
     pub started: Instant,
     /// When the agent started (wall clock).
     pub started_wall: SystemTime,
-    /// GPU discovery result at start-up.
-    pub gpu: GpuStatus,
-    /// Latest hardware snapshot.
-    pub snapshot: watch::Receiver<Arc<HardwareSnapshot>>,
-    /// Hardware samples taken since start.
-    pub samples: AtomicU64,
-    /// The measured GPU capability, once known.
-    pub capability: watch::Receiver<Option<Compute>>,
-    /// GPU scheduler counters.
-    pub gpu_metrics: Arc<GpuMetrics>,
-    /// Where GPU jobs are submitted (the network's job intake arrives with reporting).
+    /// Hardware samples taken since start (the monitor counts them).
+    pub samples: Arc<AtomicU64>,
+    /// The hardware snapshot, GPU, capability and scheduler counters.
+    pub sources: Sources,
+    /// Where GPU jobs are submitted, and the policy in force.
     pub scheduler: SchedulerHandle,
     /// Reporting to the network; `None` without a hub in the config.
     pub network: Option<NetworkHandle>,
@@ -140,9 +120,9 @@ impl AgentState {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             samples: self.samples(),
-            hardware: self.snapshot.borrow().clone(),
-            gpu: &self.gpu,
-            capability: self.capability.borrow().clone(),
+            hardware: self.sources.snapshot.borrow().clone(),
+            gpu: &self.sources.gpu,
+            capability: self.sources.capability.borrow().clone(),
             gpu_policy: PolicyView::from(&self.scheduler.policy()),
             network: self.network.as_ref().map(|n| NetworkReport {
                 view: n.status.lock().map(|v| v.clone()).unwrap_or_default(),
@@ -153,5 +133,18 @@ impl AgentState {
                 .as_ref()
                 .map(|p| p.lock().map(|v| v.clone()).unwrap_or_default()),
         }
+    }
+}
+
+impl crate::pairing::OwnerStatus for AgentState {
+    fn owner_status(&self) -> (u64, serde_json::Value) {
+        let report = self.report();
+        let details = serde_json::json!({
+            "gpu": report.gpu,
+            "capability": report.capability,
+            "network": report.network,
+            "hardware": report.hardware,
+        });
+        (report.uptime_secs as u64, details)
     }
 }
