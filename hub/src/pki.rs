@@ -4,11 +4,9 @@
 //! `server.pem` and `server.key`. Private keys are ECDSA P-256, written 0600 with `O_EXCL` so an
 //! existing key is never overwritten. The CA exists only to be pinned by development agents.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use edge_identity::durable;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -49,13 +47,8 @@ pub enum PkiError {
     #[error("making certificates: {0}")]
     Generate(#[from] rcgen::Error),
     /// A file could not be written (or already exists).
-    #[error("writing {path}: {source}")]
-    Write {
-        /// Which file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] edge_identity::durable::FileError),
 }
 
 /// Makes the CA and a server certificate for `names` (DNS names or IP addresses).
@@ -79,32 +72,17 @@ pub fn init(files: &PkiFiles, names: &[String]) -> Result<(), PkiError> {
     let server_cert = server.signed_by(&server_key, &issuer)?;
 
     // Keys first, exclusively: a second `init` fails before touching anything.
-    write_new(&files.ca_key, issuer_key_pem(&issuer).as_bytes(), 0o600)?;
-    write_new(
+    durable::create(&files.ca_key, issuer_key_pem(&issuer).as_bytes(), 0o600)?;
+    durable::create(
         &files.server_key,
         server_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_new(&files.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
-    write_new(&files.server_cert, server_cert.pem().as_bytes(), 0o644)?;
+    durable::create(&files.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
+    durable::create(&files.server_cert, server_cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
 
 fn issuer_key_pem(issuer: &Issuer<'_, KeyPair>) -> String {
     issuer.key().serialize_pem()
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)
 }

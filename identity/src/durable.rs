@@ -43,6 +43,30 @@ impl FileError {
 
 /// Replaces `path` with `bytes`, created with `mode` (e.g. 0o600 for secrets).
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    put(path, bytes, mode, |tmp, path| {
+        std::fs::rename(tmp, path).map_err(FileError::at("rename into place", path))
+    })
+}
+
+/// Creates `path` with `bytes` and `mode`, whole or not at all, and refuses to replace a file that
+/// is there (a CA key, say, that must never be overwritten).
+pub fn create(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    put(path, bytes, mode, |tmp, path| {
+        // link(2) fails with EEXIST where rename(2) would replace: the no-clobber rename.
+        let linked = std::fs::hard_link(tmp, path).map_err(FileError::at("create", path));
+        let _ = std::fs::remove_file(tmp);
+        linked
+    })
+}
+
+/// Writes `bytes` to a fresh temporary beside `path`, syncs it, lets `place` move it to `path`,
+/// then syncs the directory so the new name survives a power cut.
+fn put(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    place: impl FnOnce(&Path, &Path) -> Result<(), FileError>,
+) -> Result<(), FileError> {
     // Unique per process and per call, so two threads saving the same file at once never share a
     // temporary; `create_new` and `O_NOFOLLOW` refuse a name someone planted (a symlink to
     // another file would otherwise be written through).
@@ -72,9 +96,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
                 .and_then(|()| file.sync_all())
                 .map_err(FileError::at("write", &tmp))
         })
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(FileError::at("rename into place", path))
-        });
+        .and_then(|()| place(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -124,6 +146,27 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn create_refuses_an_existing_file_and_leaves_it_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca-key.pem");
+        create(&path, b"first", 0o600).expect("create");
+        let err = create(&path, b"second", 0o600).expect_err("exists");
+        assert_eq!(
+            err.source.kind(),
+            std::io::ErrorKind::AlreadyExists,
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), b"first");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "a temporary was left"
+        );
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl Scheduler {
 
     /// Answers queued jobs whose deadline has passed, so they neither wait nor hold queue places.
     fn expire(&mut self) {
-        let now_ms = unix_ms(self.parts.clock.wall());
+        let now_ms = self.parts.clock.unix_ms();
         if !self.queue.iter().any(|q| is_late(&q.job, now_ms)) {
             return;
         }
@@ -659,7 +659,7 @@ impl Scheduler {
             let Some(queued) = self.queue.pop() else {
                 break;
             };
-            if is_late(&queued.job, unix_ms(self.parts.clock.wall())) {
+            if is_late(&queued.job, self.parts.clock.unix_ms()) {
                 self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
                 let _ = queued.reply.send(Err(JobError::DeadlinePassed));
                 continue;
@@ -891,7 +891,7 @@ fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobErro
     let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
         reason: reason.clone(),
     })?;
-    if is_late(job, unix_ms(parts.clock.wall())) {
+    if is_late(job, parts.clock.unix_ms()) {
         return Err(JobError::DeadlinePassed);
     }
     if queued >= parts.policy.queue_capacity {
@@ -911,11 +911,6 @@ fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobErro
     .map_err(|refused| JobError::Refused {
         problems: refused.problems.iter().map(Problem::to_string).collect(),
     })
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn is_late(job: &Job, now_ms: u64) -> bool {

@@ -57,6 +57,15 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// A closure for `map_err` that names what was asked.
+    pub fn unreachable(url: &str) -> impl Fn(reqwest::Error) -> Self + use<> {
+        let url = url.to_owned();
+        move |source| Self::Unreachable {
+            url: url.clone(),
+            source,
+        }
+    }
+
     /// Whether trying again later may succeed (the hub is away, busy, or limiting us).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -173,19 +182,12 @@ impl HubClient {
         for (name, value) in poll::sign(identity, now_ms) {
             request = request.header(name, value);
         }
-        let unreachable = |source| HubError::Unreachable {
-            url: url.clone(),
-            source,
-        };
-        let response = request.send().await.map_err(unreachable)?;
-        match response.status() {
-            StatusCode::NO_CONTENT => Ok(None),
-            status if status.is_success() => {
-                let offer: JobOffer = response.json().await.map_err(unreachable)?;
-                Ok(Some(offer.job))
-            }
-            status => Err(refused(url.clone(), status, response).await),
+        let response = self.raw(request, &url).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
         }
+        let offer: JobOffer = response.json().await.map_err(HubError::unreachable(&url))?;
+        Ok(Some(offer.job))
     }
 
     /// Asks an echo endpoint (any URL) which address it sees.
@@ -203,16 +205,24 @@ impl HubClient {
         } else {
             self.url(what)
         };
-        let unreachable = |source| HubError::Unreachable {
-            url: url.clone(),
-            source,
-        };
-        let response = request.send().await.map_err(unreachable)?;
+        let response = self.raw(request, &url).await?;
+        response.json().await.map_err(HubError::unreachable(&url))
+    }
+
+    /// Sends `request` (for `url`) and hands back a successful response unread, for callers that
+    /// read the body themselves (the bandwidth tests); an error reply is a [`HubError::Refused`].
+    pub async fn raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, HubError> {
+        let response = request.send().await.map_err(HubError::unreachable(url))?;
         let status = response.status();
         if status.is_success() {
-            return response.json().await.map_err(unreachable);
+            Ok(response)
+        } else {
+            Err(refused(url.to_owned(), status, response).await)
         }
-        Err(refused(url, status, response).await)
     }
 }
 

@@ -78,15 +78,7 @@ async fn pings(hub: &HubClient) -> Result<Vec<f64>, MeasureError> {
     let mut rtts = Vec::with_capacity(PINGS);
     for _ in 0..PINGS {
         let start = Instant::now();
-        let response =
-            hub.http()
-                .get(&url)
-                .send()
-                .await
-                .map_err(|source| HubError::Unreachable {
-                    url: url.clone(),
-                    source,
-                })?;
+        let response = hub.raw(hub.http().get(&url), &url).await?;
         let _ = response.bytes().await;
         rtts.push(start.elapsed().as_secs_f64() * 1e3);
     }
@@ -220,21 +212,11 @@ async fn download(
     stop: &AtomicBool,
 ) -> Result<(), HubError> {
     let url = format!("{}?bytes={bytes}", hub.url(api::DOWNLOAD));
-    let unreachable = |source| HubError::Unreachable {
-        url: url.clone(),
-        source,
-    };
-    let response = hub.http().get(&url).send().await.map_err(unreachable)?;
-    if !response.status().is_success() {
-        return Err(HubError::Refused {
-            url: url.clone(),
-            status: response.status(),
-            message: response.text().await.unwrap_or_default(),
-        });
-    }
+    let unreachable = HubError::unreachable(&url);
+    let response = hub.raw(hub.http().get(&url), &url).await?;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        moved.fetch_add(chunk.map_err(unreachable)?.len() as u64, Ordering::Relaxed);
+        moved.fetch_add(chunk.map_err(&unreachable)?.len() as u64, Ordering::Relaxed);
         if stop.load(Ordering::Relaxed) {
             break;
         }
@@ -264,16 +246,11 @@ async fn upload(
             ))
         }
     });
-    let response = hub
+    let request = hub
         .http()
         .post(&url)
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .map_err(|source| HubError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        .body(reqwest::Body::wrap_stream(chunks));
+    let response = hub.raw(request, &url).await?;
     let _ = response.bytes().await;
     Ok(())
 }

@@ -76,7 +76,22 @@ pub struct OutboxCounts {
 struct Inner {
     conn: Connection,
     meta: Meta,
-    counts: OutboxCounts,
+    counts: Counts,
+}
+
+/// The counts, behind their own lock: `/status` and `/metrics` read them while a push holds the
+/// connection's lock across its `synchronous=FULL` commit (an fsync), and must not wait for it.
+#[derive(Clone, Default)]
+struct Counts(Arc<Mutex<OutboxCounts>>);
+
+impl Counts {
+    fn update(&self, f: impl FnOnce(&mut OutboxCounts)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn get(&self) -> OutboxCounts {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What signing and error messages need, apart from the connection (so both can be borrowed).
@@ -92,6 +107,8 @@ struct Meta {
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Mutex<Inner>>,
+    counts: Counts,
+    identity: Arc<Identity>,
     /// Woken on every push.
     pub pushed: Arc<Notify>,
 }
@@ -118,20 +135,21 @@ impl Outbox {
         let queued = conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map_err(err)? as u64;
+        let counts = Counts::default();
+        counts.update(|c| c.queued = queued);
         Ok(Self {
             inner: Arc::new(Mutex::new(Inner {
                 conn,
                 meta: Meta {
                     path: path.to_owned(),
-                    identity,
+                    identity: identity.clone(),
                     boot_id,
                     bounds,
                 },
-                counts: OutboxCounts {
-                    queued,
-                    ..OutboxCounts::default()
-                },
+                counts: counts.clone(),
             })),
+            counts,
+            identity,
             pushed: Arc::new(Notify::new()),
         })
     }
@@ -199,20 +217,22 @@ impl Outbox {
                 .map_err(|e| meta.err(e))? as u64;
         }
         tx.commit().map_err(|e| meta.err(e))?;
-        inner.counts.queued = inner.counts.queued.saturating_sub(removed);
-        inner.counts.delivered += delivered.len() as u64;
-        inner.counts.rejected += rejected.len() as u64;
+        inner.counts.update(|c| {
+            c.queued = c.queued.saturating_sub(removed);
+            c.delivered += delivered.len() as u64;
+            c.rejected += rejected.len() as u64;
+        });
         Ok(())
     }
 
     /// The signing key's public half, lowercase hex.
     pub fn public_key_hex(&self) -> String {
-        edge_identity::hex::encode(self.lock().meta.identity.public_key())
+        edge_identity::hex::encode(self.identity.public_key())
     }
 
-    /// What the queue did so far.
+    /// What the queue did so far; never waits for a write in progress.
     pub fn counts(&self) -> OutboxCounts {
-        self.lock().counts
+        self.counts.get()
     }
 }
 
@@ -251,8 +271,10 @@ impl Inner {
         let signed = meta.seal(seq, body, now_ms);
         insert(&tx, seq, now_ms, kind, &signed).map_err(|e| meta.err(e))?;
         tx.commit().map_err(|e| meta.err(e))?;
-        self.counts.pushed += 1;
-        self.counts.queued += 1;
+        self.counts.update(|c| {
+            c.pushed += 1;
+            c.queued += 1;
+        });
         self.enforce_bounds(now_ms)?;
         Ok(seq)
     }
@@ -304,12 +326,16 @@ impl Inner {
         let seq = next_seq(&tx).map_err(err)?;
         let signed = meta.seal(seq, Body::Dropped(note), now_ms);
         insert(&tx, seq, now_ms, "dropped", &signed).map_err(err)?;
-        counts.pushed += 1;
-        counts.dropped += fresh;
-        counts.queued = tx
+        let queued = tx
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map_err(err)? as u64;
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        counts.update(|c| {
+            c.pushed += 1;
+            c.dropped += fresh;
+            c.queued = queued;
+        });
+        Ok(())
     }
 }
 
@@ -531,5 +557,24 @@ mod tests {
             ),
             other => panic!("expected a dropped report, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn counts_are_read_while_a_write_holds_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = outbox(dir.path(), 100);
+        q.push_blocking(heartbeat(), 1).expect("push");
+        // A push in the middle of its commit holds the connection's lock; `/status` must not wait.
+        let writing = q.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = q.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(reader.counts());
+        });
+        let counts = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("counts() waited for the connection's lock");
+        assert_eq!((counts.queued, counts.pushed), (1, 1));
+        drop(writing);
     }
 }
