@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// Build facts shown in `/status` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Versions {
+pub(crate) struct Versions {
     /// This crate's version.
     pub agent: &'static str,
     /// CPU architecture the binary was built for.
@@ -12,7 +12,7 @@ pub struct Versions {
 }
 
 /// The versions of this build.
-pub const VERSIONS: Versions = Versions {
+pub(crate) const VERSIONS: Versions = Versions {
     agent: env!("CARGO_PKG_VERSION"),
     arch: std::env::consts::ARCH,
 };

@@ -1,6 +1,11 @@
 //! The command line as a user meets it. (Also makes `cargo test --workspace` build the
 //! `edge-agent` binary, which the workspace end-to-end tests in `tests/` run.)
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::process::Command;
 
 fn agent(args: &[&str]) -> (i32, String, String) {

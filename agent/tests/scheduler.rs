@@ -2,6 +2,11 @@
 //! bound, priority, heat pause with hysteresis, cancellation, deadlines, the time limit, bad jobs,
 //! no GPU, duty cycle and idle release. Thermal and wall clock are fakes; the GPU is not.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One paired box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Known {
+pub(crate) struct Known {
     /// Its device id.
     pub device_id: String,
     /// Its Ed25519 identity key, hex (learned, and proven, at pairing).
@@ -20,7 +20,7 @@ pub struct Known {
 
 impl Known {
     /// What the protocol needs to open a session.
-    pub fn paired(&self) -> Result<PairedDevice, String> {
+    pub(crate) fn paired(&self) -> Result<PairedDevice, String> {
         let device_key = edge_identity::hex::decode_array::<32>(&self.device_key)
             .ok_or_else(|| format!("devices.json: bad key for {}", self.device_id))?;
         let device_id = DeviceFingerprint::parse(&self.device_id).map_err(|e| e.to_string())?;
@@ -32,14 +32,14 @@ impl Known {
 }
 
 /// The file and what is in it.
-pub struct Devices {
+pub(crate) struct Devices {
     path: PathBuf,
     known: Vec<Known>,
 }
 
 impl Devices {
     /// Reads `devices.json` in `dir` (none yet: empty).
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub(crate) fn load(dir: &Path) -> Result<Self, String> {
         let path = dir.join("devices.json");
         let known = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -52,30 +52,30 @@ impl Devices {
     }
 
     /// Writes the file back, durably.
-    pub fn save(&self) -> Result<(), String> {
+    pub(crate) fn save(&self) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(&self.known).unwrap_or_default();
         edge_identity::durable::write(&self.path, &bytes, 0o600)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
     /// Adds or replaces a box.
-    pub fn remember(&mut self, known: Known) {
+    pub(crate) fn remember(&mut self, known: Known) {
         self.forget(&known.device_id);
         self.known.push(known);
     }
 
     /// Drops a box.
-    pub fn forget(&mut self, device_id: &str) {
+    pub(crate) fn forget(&mut self, device_id: &str) {
         self.known.retain(|k| k.device_id != device_id);
     }
 
     /// Every box.
-    pub fn all(&self) -> &[Known] {
+    pub(crate) fn all(&self) -> &[Known] {
         &self.known
     }
 
     /// The box named, or the only one.
-    pub fn pick(&self, device_id: Option<&str>) -> Result<Known, String> {
+    pub(crate) fn pick(&self, device_id: Option<&str>) -> Result<Known, String> {
         match (device_id, self.known.as_slice()) {
             (Some(id), known) => known
                 .iter()

@@ -19,7 +19,7 @@ struct Seen {
 }
 
 /// Browses for `wait` and prints one line (or JSON object) per box.
-pub async fn discover(wait: Duration, json: bool) -> Result<(), CtlError> {
+pub(crate) async fn discover(wait: Duration, json: bool) -> Result<(), CtlError> {
     let fail = |e: mdns_sd::Error| CtlError::Local(format!("mDNS: {e}"));
     let daemon = ServiceDaemon::new().map_err(fail)?;
     let events = daemon.browse(SERVICE).map_err(fail)?;

@@ -1,6 +1,11 @@
 //! `edgectl` as a person meets it before any box answers: its commands, and clear refusals
 //! (this also makes `cargo test --workspace` build the binary the end-to-end tests drive).
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::process::Command;
 
 fn edgectl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {

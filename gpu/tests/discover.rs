@@ -1,6 +1,11 @@
 //! GPU discovery as the agent runs it: the real `edge-gpu-worker probe` binary against the real
 //! Vulkan loader (which reads `VK_ICD_FILENAMES` once per process, so each case is its own child).
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -3,6 +3,11 @@
 //! process (a runaway dispatch cannot be stopped, and the Vulkan loader reads its environment once
 //! per process).
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

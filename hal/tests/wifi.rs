@@ -2,6 +2,11 @@
 //! the fixtures in `tests/data/` and log their argv, so the real process handling, file writing
 //! and parsing run without a radio.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

@@ -1,6 +1,11 @@
 //! The hub's API on a real TLS listener on 127.0.0.1: registration, report intake and every way
 //! a report is refused, with the hub still serving others afterwards.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use edge_hal::{Clock, SystemClock};
 
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};

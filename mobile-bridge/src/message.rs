@@ -425,30 +425,30 @@ pub enum Message {
 
 /// Type bytes.
 mod tag {
-    pub const PAKE_START: u8 = 0x01;
-    pub const PAKE_REPLY: u8 = 0x02;
-    pub const PAKE_CONFIRM: u8 = 0x03;
-    pub const OWNER_HELLO: u8 = 0x04;
-    pub const DEVICE_PROOF: u8 = 0x05;
-    pub const SESSION_HELLO: u8 = 0x10;
-    pub const SESSION_ACCEPT: u8 = 0x11;
-    pub const SESSION_FINISH: u8 = 0x12;
-    pub const RECORD: u8 = 0x20;
-    pub const REQ_STATUS: u8 = 0x30;
-    pub const REQ_CONFIG_GET: u8 = 0x31;
-    pub const REQ_CONFIG_SET: u8 = 0x32;
-    pub const REQ_WIFI_SCAN: u8 = 0x33;
-    pub const REQ_WIFI_SET: u8 = 0x34;
-    pub const REQ_LOGS: u8 = 0x35;
-    pub const REQ_REBOOT: u8 = 0x36;
-    pub const REQ_UNPAIR: u8 = 0x37;
-    pub const REQ_FACTORY_RESET: u8 = 0x38;
-    pub const RESP_STATUS: u8 = 0x40;
-    pub const RESP_CONFIG: u8 = 0x41;
-    pub const RESP_WIFI_NETWORKS: u8 = 0x42;
-    pub const RESP_LOGS: u8 = 0x43;
-    pub const RESP_OK: u8 = 0x44;
-    pub const RESP_ERROR: u8 = 0x45;
+    pub(super) const PAKE_START: u8 = 0x01;
+    pub(super) const PAKE_REPLY: u8 = 0x02;
+    pub(super) const PAKE_CONFIRM: u8 = 0x03;
+    pub(super) const OWNER_HELLO: u8 = 0x04;
+    pub(super) const DEVICE_PROOF: u8 = 0x05;
+    pub(super) const SESSION_HELLO: u8 = 0x10;
+    pub(super) const SESSION_ACCEPT: u8 = 0x11;
+    pub(super) const SESSION_FINISH: u8 = 0x12;
+    pub(super) const RECORD: u8 = 0x20;
+    pub(super) const REQ_STATUS: u8 = 0x30;
+    pub(super) const REQ_CONFIG_GET: u8 = 0x31;
+    pub(super) const REQ_CONFIG_SET: u8 = 0x32;
+    pub(super) const REQ_WIFI_SCAN: u8 = 0x33;
+    pub(super) const REQ_WIFI_SET: u8 = 0x34;
+    pub(super) const REQ_LOGS: u8 = 0x35;
+    pub(super) const REQ_REBOOT: u8 = 0x36;
+    pub(super) const REQ_UNPAIR: u8 = 0x37;
+    pub(super) const REQ_FACTORY_RESET: u8 = 0x38;
+    pub(super) const RESP_STATUS: u8 = 0x40;
+    pub(super) const RESP_CONFIG: u8 = 0x41;
+    pub(super) const RESP_WIFI_NETWORKS: u8 = 0x42;
+    pub(super) const RESP_LOGS: u8 = 0x43;
+    pub(super) const RESP_OK: u8 = 0x44;
+    pub(super) const RESP_ERROR: u8 = 0x45;
 }
 
 /// The record header's first two bytes, which the AEAD authenticates.

@@ -1,5 +1,10 @@
 //! Every decoder and every state machine fed random or mutated bytes returns, never panics.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

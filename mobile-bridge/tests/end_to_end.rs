@@ -1,6 +1,11 @@
 //! The whole flow in memory, through the frames a BLE link with ATT MTU 23 would carry: pair from
 //! the QR payload, use the control channel, open a later session, refuse a stranger.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::time::{Duration, Instant};
 
 use edge_identity::keys::Identity;

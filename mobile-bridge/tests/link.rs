@@ -1,6 +1,11 @@
 //! Framing over a simulated BLE link (ATT MTU 23 and 185) with reordering, duplication,
 //! truncation and loss: every message comes out whole, or as a clean error, never a panic.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 mod common;
 
 use common::Rng;

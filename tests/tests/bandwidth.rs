@@ -1,6 +1,11 @@
 //! Bandwidth measurement against a link shaped with `tc tbf` in namespaces the test makes:
 //! the figure must be within 10% of the shaped rate, both ways.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use edge_tests::hub::HubDir;
 use edge_tests::netns::{Link, emulated, unavailable};
 

@@ -1,5 +1,10 @@
 //! The `edge-agent` binary end to end: systemd notify protocol, status, signals, exit codes.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};

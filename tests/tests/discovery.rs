@@ -1,6 +1,11 @@
 //! The owner's app finds the box over mDNS (`_edge-agent._tcp`), in network namespaces the test
 //! makes (multicast never leaves them): the box in one, `edgectl` in the other.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,6 +1,11 @@
 //! Pairing and the owner's control channel end to end: a real `edge-agent` listening on
 //! loopback and `edgectl` playing the phone app.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;

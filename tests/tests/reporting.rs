@@ -2,6 +2,11 @@
 //! across network namespaces: registration, heartbeats, capability reports, store-and-forward
 //! through hub outages, `kill -9`, loss and delay.
 
+#![allow(
+    clippy::tests_outside_test_module,
+    reason = "an integration test crate: its tests need no test module"
+)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

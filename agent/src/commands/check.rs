@@ -18,7 +18,7 @@ const FREE_WARN: u64 = 1 << 30;
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
+pub(super) enum Level {
     /// Fine.
     Ok,
     /// Works, but worth a look.
@@ -29,7 +29,7 @@ pub enum Level {
 
 /// One line of the report.
 #[derive(Debug, Clone)]
-pub struct Line {
+pub(super) struct Line {
     /// ok, warn or fail.
     pub level: Level,
     /// What was checked.
@@ -58,7 +58,7 @@ fn line(level: Level, name: &'static str, detail: impl Into<String>) -> Line {
 }
 
 /// Runs every check. `resolv_conf` is `/etc/resolv.conf` outside tests.
-pub fn run(config: &Config, hal: &Hal, resolv_conf: &Path) -> Vec<Line> {
+pub(super) fn run(config: &Config, hal: &Hal, resolv_conf: &Path) -> Vec<Line> {
     vec![
         config_line(config),
         state_dir(config, hal),

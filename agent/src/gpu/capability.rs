@@ -23,7 +23,7 @@ const COPY_BYTES: u32 = 32 << 20;
 
 /// Errors measuring.
 #[derive(Debug, thiserror::Error)]
-pub enum CapabilityError {
+pub(crate) enum CapabilityError {
     /// A benchmark job failed.
     #[error("benchmark job failed: {0}")]
     Job(#[from] JobError),
@@ -33,7 +33,7 @@ pub enum CapabilityError {
 }
 
 /// Measures (or loads) the capability once at start.
-pub struct CapabilityTask {
+pub(crate) struct CapabilityTask {
     /// Runs the benchmark jobs.
     pub scheduler: SchedulerHandle,
     /// The cache file.
@@ -48,7 +48,7 @@ pub struct CapabilityTask {
 
 impl CapabilityTask {
     /// Loads the cache or measures; then ends.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CapabilityError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), CapabilityError> {
         let GpuStatus::Available(info) = &self.gpu else {
             return Ok(());
         };
@@ -115,7 +115,7 @@ fn seconds(result: &JobResult) -> f64 {
 }
 
 /// Measures every figure through `scheduler`.
-pub async fn measure(
+pub(crate) async fn measure(
     scheduler: &SchedulerHandle,
     adapter: &str,
     driver: &str,

@@ -18,7 +18,7 @@ use crate::gpu::worker::{GpuWorker, WorkerError};
 
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error)]
-pub enum RunJobError {
+pub(crate) enum RunJobError {
     /// The job file cannot be read.
     #[error("cannot read job file {path}: {source}")]
     Read {
@@ -52,7 +52,7 @@ pub enum RunJobError {
 }
 
 /// A built-in job by name, or the job in a file.
-pub fn load(spec: &str) -> Result<Job, RunJobError> {
+pub(crate) fn load(spec: &str) -> Result<Job, RunJobError> {
     let Some(builtin) = spec.strip_prefix("builtin:") else {
         let text = std::fs::read_to_string(spec).map_err(|source| RunJobError::Read {
             path: spec.to_owned(),
@@ -96,7 +96,7 @@ pub fn load(spec: &str) -> Result<Job, RunJobError> {
 
 /// Runs `job` in a fresh GPU worker (`worker`, which validates it); writes the outputs to
 /// `output` if given, and signs the receipt here, where the key is.
-pub async fn run(
+pub(crate) async fn run(
     job: Job,
     identity: &Identity,
     budget: u64,

@@ -31,11 +31,11 @@ pub enum LockError {
 
 /// The held lock; dropping it unlocks.
 #[derive(Debug)]
-pub struct StateLock(#[allow(dead_code)] Flock<File>);
+pub(crate) struct StateLock(#[allow(dead_code)] Flock<File>);
 
 impl StateLock {
     /// Takes the lock without waiting and writes our pid into it.
-    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self, LockError> {
         let path = dir.join("agent.lock");
         let io = |source| LockError::Io {
             path: path.clone(),

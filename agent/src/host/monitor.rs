@@ -14,14 +14,14 @@ use crate::host::snapshot::HardwareSnapshot;
 
 /// Errors of the monitor loop.
 #[derive(Debug, thiserror::Error)]
-pub enum MonitorError {
+pub(crate) enum MonitorError {
     /// The blocking sample panicked.
     #[error("hardware sample task failed: {0}")]
     Sample(#[from] tokio::task::JoinError),
 }
 
 /// Samples the hardware on a timer.
-pub struct Monitor {
+pub(crate) struct Monitor {
     /// The device.
     pub hal: Hal,
     /// The state directory, whose filesystem is sampled.
@@ -38,7 +38,7 @@ pub struct Monitor {
 
 impl Monitor {
     /// Samples until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), MonitorError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), MonitorError> {
         // The first sample was taken at start-up; the next is one interval later.
         let start = tokio::time::Instant::now() + self.interval;
         let mut tick = tokio::time::interval_at(start, self.interval);

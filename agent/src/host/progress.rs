@@ -7,21 +7,21 @@ use tokio::time::Instant;
 
 /// Shared record of the main loop's last step. Clones share it.
 #[derive(Debug, Clone)]
-pub struct Progress(Arc<Mutex<Instant>>);
+pub(crate) struct Progress(Arc<Mutex<Instant>>);
 
 impl Progress {
     /// A record that counts start-up as progress.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(Arc::new(Mutex::new(Instant::now())))
     }
 
     /// The loop just did a unit of work.
-    pub fn mark(&self) {
+    pub(crate) fn mark(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// Time since the last mark.
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 /// Everything the HAL says about the host right now (the GPU is probed separately, once).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct HardwareSnapshot {
+pub(crate) struct HardwareSnapshot {
     /// CPU, memory, load, uptime, kernel, OS.
     pub system: Option<SystemSnapshot>,
     /// Network interfaces and counters.
@@ -26,7 +26,7 @@ pub struct HardwareSnapshot {
 
 impl HardwareSnapshot {
     /// Reads every part now. Blocking (file reads): call from a blocking context.
-    pub fn collect(hal: &Hal, state_dir: &Path) -> Self {
+    pub(crate) fn collect(hal: &Hal, state_dir: &Path) -> Self {
         let mut errors = Vec::new();
         let system = keep(&mut errors, hal.system.snapshot());
         let interfaces = keep(&mut errors, hal.interfaces.list()).unwrap_or_default();

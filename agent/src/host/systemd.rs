@@ -12,25 +12,25 @@ use tokio_util::sync::CancellationToken;
 use crate::host::progress::Progress;
 
 /// Sends states to the service manager; failures are logged, never fatal.
-pub fn notify(states: &[NotifyState<'_>]) {
+pub(crate) fn notify(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
 }
 
 /// A `STATUS=` line for `systemctl status`, also logged.
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     tracing::debug!(status = line, "status");
     notify(&[NotifyState::Status(line)]);
 }
 
 /// The watchdog interval systemd asked for (`WATCHDOG_USEC`), if any.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled()
 }
 
 /// Feeds the systemd watchdog while the main loop makes progress.
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     /// How often to consider a ping (half the watchdog interval).
     pub period: Duration,
     /// Longest gap between progress marks that still counts as alive.
@@ -43,7 +43,7 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// The production watchdog for a systemd interval.
-    pub fn systemd(interval: Duration, max_age: Duration, progress: Progress) -> Self {
+    pub(crate) fn systemd(interval: Duration, max_age: Duration, progress: Progress) -> Self {
         Self {
             period: interval / 2,
             max_age,
@@ -53,7 +53,10 @@ impl Watchdog {
     }
 
     /// Pings every `period` while progress is fresh, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), std::convert::Infallible> {
+    pub(crate) async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), std::convert::Infallible> {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stalled = false;

@@ -23,7 +23,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(60);
 
 /// What the network side of the agent looks like, for `/status` and `/metrics`.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct NetworkView {
+pub(crate) struct NetworkView {
     /// The hub's base URL.
     pub hub: String,
     /// Whether the hub accepted the registration (this run).
@@ -43,7 +43,7 @@ pub struct NetworkView {
 }
 
 /// Shared, small, written rarely.
-pub type NetworkStatus = Arc<Mutex<NetworkView>>;
+pub(crate) type NetworkStatus = Arc<Mutex<NetworkView>>;
 
 /// Errors of one delivery step.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ enum StepError {
 }
 
 /// Registers, then delivers until shutdown.
-pub struct DeliveryTask {
+pub(crate) struct DeliveryTask {
     /// The queue.
     pub outbox: Outbox,
     /// The hub.
@@ -89,7 +89,10 @@ enum Step {
 
 impl DeliveryTask {
     /// Runs until `shutdown`. Never fails: every error is logged, shown and retried.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), std::convert::Infallible> {
+    pub(crate) async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), std::convert::Infallible> {
         let new_backoff = || {
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_secs(1))

@@ -90,13 +90,13 @@ impl HubError {
 
 /// The hub's API, over one pooled HTTPS client.
 #[derive(Clone)]
-pub struct HubClient {
+pub(crate) struct HubClient {
     http: reqwest::Client,
     base: String,
 }
 
 /// The TLS settings the agent uses for the network: TLS 1.3, ring, only `ca` trusted.
-pub fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
+pub(crate) fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
     let ca_err = |reason: String| HubError::Ca {
         path: ca.to_owned(),
         reason,
@@ -121,7 +121,7 @@ pub fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
 
 impl HubClient {
     /// A client for the hub at `base` (`https://host:port`) trusting only `ca`.
-    pub fn new(base: &str, ca: &Path) -> Result<Self, HubError> {
+    pub(crate) fn new(base: &str, ca: &Path) -> Result<Self, HubError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(ca)?)
             .no_proxy()
@@ -137,17 +137,17 @@ impl HubClient {
     }
 
     /// The underlying client (bandwidth tests stream through it).
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// `path` on the hub.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// Registers the device with a signed register envelope.
-    pub async fn register(&self, signed: &Signed) -> Result<Registered, HubError> {
+    pub(crate) async fn register(&self, signed: &Signed) -> Result<Registered, HubError> {
         self.send(
             self.http.post(self.url(api::REGISTER)).json(signed),
             api::REGISTER,
@@ -156,13 +156,13 @@ impl HubClient {
     }
 
     /// What the hub offers devices (echo endpoints).
-    pub async fn info(&self) -> Result<HubInfo, HubError> {
+    pub(crate) async fn info(&self) -> Result<HubInfo, HubError> {
         self.send(self.http.get(self.url(api::INFO)), api::INFO)
             .await
     }
 
     /// Delivers a batch of reports; the reply has one verdict per report.
-    pub async fn deliver(&self, batch: &Batch) -> Result<BatchReply, HubError> {
+    pub(crate) async fn deliver(&self, batch: &Batch) -> Result<BatchReply, HubError> {
         self.send(
             self.http.post(self.url(api::REPORTS)).json(batch),
             api::REPORTS,
@@ -171,7 +171,7 @@ impl HubClient {
     }
 
     /// Long-polls for the device's next job, waiting up to `wait` on the hub.
-    pub async fn next_job(
+    pub(crate) async fn next_job(
         &self,
         identity: &Identity,
         wait: Duration,
@@ -191,7 +191,7 @@ impl HubClient {
     }
 
     /// Asks an echo endpoint (any URL) which address it sees.
-    pub async fn echo(&self, url: &str) -> Result<IpEcho, HubError> {
+    pub(crate) async fn echo(&self, url: &str) -> Result<IpEcho, HubError> {
         self.send(self.http.get(url), url).await
     }
 
@@ -211,7 +211,7 @@ impl HubClient {
 
     /// Sends `request` (for `url`) and hands back a successful response unread, for callers that
     /// read the body themselves (the bandwidth tests); an error reply is a [`HubError::Refused`].
-    pub async fn raw(
+    pub(crate) async fn raw(
         &self,
         request: reqwest::RequestBuilder,
         url: &str,

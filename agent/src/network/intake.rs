@@ -22,7 +22,7 @@ const POLL_WAIT: Duration = Duration::from_secs(25);
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Takes jobs from the hub until shutdown.
-pub struct IntakeTask {
+pub(crate) struct IntakeTask {
     /// The hub.
     pub client: HubClient,
     /// Signs polls.
@@ -39,7 +39,7 @@ pub struct IntakeTask {
 
 impl IntakeTask {
     /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

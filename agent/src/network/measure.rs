@@ -24,7 +24,7 @@ use crate::config::BandwidthConfig;
 use crate::network::hub_client::{HubClient, HubError};
 
 /// How often the byte counters are sampled.
-pub const SAMPLE: Duration = Duration::from_millis(250);
+pub(crate) const SAMPLE: Duration = Duration::from_millis(250);
 /// Round trips taken for latency and jitter (the first, which opens the connection, is not used).
 const PINGS: usize = 11;
 /// Upload chunk.
@@ -34,7 +34,7 @@ static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
 /// Errors measuring bandwidth.
 #[derive(Debug, thiserror::Error)]
-pub enum MeasureError {
+pub(crate) enum MeasureError {
     /// A request failed.
     #[error(transparent)]
     Hub(#[from] HubError),
@@ -44,7 +44,7 @@ pub enum MeasureError {
 }
 
 /// Measures latency, then download, then upload against the hub.
-pub async fn bandwidth(
+pub(crate) async fn bandwidth(
     hub: &HubClient,
     config: &BandwidthConfig,
     clock: &dyn Clock,
@@ -87,7 +87,7 @@ async fn pings(hub: &HubClient) -> Result<Vec<f64>, MeasureError> {
 }
 
 /// Median round trip, and the mean absolute difference of consecutive ones.
-pub fn latency_and_jitter(rtts: &[f64]) -> (f64, f64) {
+pub(crate) fn latency_and_jitter(rtts: &[f64]) -> (f64, f64) {
     if rtts.is_empty() {
         return (0.0, 0.0);
     }
@@ -256,7 +256,7 @@ async fn upload(
 }
 
 /// Asks every echo endpoint which address it sees, and compares with the interfaces' own.
-pub async fn public_ip(
+pub(crate) async fn public_ip(
     hub: &HubClient,
     echo_urls: &[String],
     own: &[IpAddr],
@@ -283,7 +283,7 @@ pub async fn public_ip(
 }
 
 /// The verdict on a set of observations.
-pub fn judge(observations: Vec<IpObservation>, own: &[IpAddr], now_ms: u64) -> IpReport {
+pub(crate) fn judge(observations: Vec<IpObservation>, own: &[IpAddr], now_ms: u64) -> IpReport {
     let seen: Vec<&str> = observations
         .iter()
         .filter_map(|o| o.ip.as_deref())

@@ -42,7 +42,7 @@ pub struct OutboxError {
 
 /// How much the queue may hold.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// Reports waiting.
     pub max_reports: u64,
     /// Age of the oldest report.
@@ -51,7 +51,7 @@ pub struct Bounds {
 
 /// A queued report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
+pub(crate) struct Queued {
     /// Its sequence number.
     pub seq: u64,
     /// The signed envelope.
@@ -60,7 +60,7 @@ pub struct Queued {
 
 /// Counts of what the queue did since the agent started (for `/metrics` and `/status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OutboxCounts {
+pub(crate) struct OutboxCounts {
     /// Reports waiting now.
     pub queued: u64,
     /// Reports pushed.
@@ -105,7 +105,7 @@ struct Meta {
 /// The queue. Cheap to clone; every method blocks on disk I/O, so async code calls them
 /// through `spawn_blocking` (see [`Outbox::push`]).
 #[derive(Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     inner: Arc<Mutex<Inner>>,
     counts: Counts,
     identity: Arc<Identity>,
@@ -115,7 +115,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Opens (creating) the queue at `path`; reports are signed by `identity`.
-    pub fn open(
+    pub(crate) fn open(
         path: &Path,
         identity: Arc<Identity>,
         boot_id: String,
@@ -160,21 +160,21 @@ impl Outbox {
     }
 
     /// Signs `body` with the next sequence number and stores it durably; returns the number.
-    pub fn push_blocking(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
+    pub(crate) fn push_blocking(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
         let seq = self.lock().push(body, now_ms)?;
         self.pushed.notify_one();
         Ok(seq)
     }
 
     /// [`Outbox::push_blocking`] off the async runtime.
-    pub async fn push(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
+    pub(crate) async fn push(&self, body: Body, now_ms: u64) -> Result<u64, OutboxError> {
         let this = self.clone();
         edge_tasks::blocking(move || this.push_blocking(body, now_ms)).await
     }
 
     /// Takes a sequence number without queueing anything (for registration, which is sent
     /// directly), and signs `body` with it.
-    pub fn seal_unqueued(&self, body: Body, now_ms: u64) -> Result<Signed, OutboxError> {
+    pub(crate) fn seal_unqueued(&self, body: Body, now_ms: u64) -> Result<Signed, OutboxError> {
         let mut inner = self.lock();
         let Inner { conn, meta, .. } = &mut *inner;
         let tx = meta.tx(conn)?;
@@ -184,7 +184,7 @@ impl Outbox {
     }
 
     /// Up to `n` reports, oldest first, after dropping those past the age bound.
-    pub fn peek(&self, n: usize, now_ms: u64) -> Result<Vec<Queued>, OutboxError> {
+    pub(crate) fn peek(&self, n: usize, now_ms: u64) -> Result<Vec<Queued>, OutboxError> {
         let mut inner = self.lock();
         inner.enforce_bounds(now_ms)?;
         let Inner { conn, meta, .. } = &mut *inner;
@@ -206,7 +206,7 @@ impl Outbox {
     }
 
     /// Forgets reports the hub has (`delivered`) or refused for good (`rejected`).
-    pub fn ack(&self, delivered: &[u64], rejected: &[u64]) -> Result<(), OutboxError> {
+    pub(crate) fn ack(&self, delivered: &[u64], rejected: &[u64]) -> Result<(), OutboxError> {
         let mut inner = self.lock();
         let Inner { conn, meta, .. } = &mut *inner;
         let tx = meta.tx(conn)?;
@@ -226,12 +226,12 @@ impl Outbox {
     }
 
     /// The signing key's public half, lowercase hex.
-    pub fn public_key_hex(&self) -> String {
+    pub(crate) fn public_key_hex(&self) -> String {
         edge_identity::hex::encode(self.identity.public_key())
     }
 
     /// What the queue did so far; never waits for a write in progress.
-    pub fn counts(&self) -> OutboxCounts {
+    pub(crate) fn counts(&self) -> OutboxCounts {
         self.counts.get()
     }
 }

@@ -27,7 +27,7 @@ const COMPUTE_WAIT: Duration = Duration::from_secs(600);
 
 /// What the reports read from the rest of the agent (the status endpoint reads the same).
 #[derive(Debug, Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     /// The latest hardware snapshot.
     pub snapshot: watch::Receiver<Arc<HardwareSnapshot>>,
     /// The measured GPU capability, once known.
@@ -39,7 +39,7 @@ pub struct Sources {
 }
 
 /// The heartbeat as of now.
-pub fn heartbeat(state: &Sources) -> Heartbeat {
+pub(crate) fn heartbeat(state: &Sources) -> Heartbeat {
     let snap = state.snapshot.borrow().clone();
     let (rx_bytes, tx_bytes) = snap
         .interfaces
@@ -66,7 +66,7 @@ fn max_temp(snap: &HardwareSnapshot) -> Option<f64> {
 }
 
 /// The host part of a capability report.
-pub fn host(snap: &HardwareSnapshot) -> Host {
+pub(crate) fn host(snap: &HardwareSnapshot) -> Host {
     let system = snap.system.as_ref();
     Host {
         cpu_model: system.map(|s| s.cpu_model.clone()).unwrap_or_default(),
@@ -82,7 +82,7 @@ pub fn host(snap: &HardwareSnapshot) -> Host {
 }
 
 /// Pushes a heartbeat every interval, the first at once.
-pub struct HeartbeatTask {
+pub(crate) struct HeartbeatTask {
     /// The queue.
     pub outbox: Outbox,
     /// What to report.
@@ -95,7 +95,7 @@ pub struct HeartbeatTask {
 
 impl HeartbeatTask {
     /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), OutboxError> {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -111,7 +111,7 @@ impl HeartbeatTask {
 }
 
 /// Measures and pushes capability reports.
-pub struct CapabilityReportTask {
+pub(crate) struct CapabilityReportTask {
     /// The queue.
     pub outbox: Outbox,
     /// The hub (bandwidth and echo endpoints).
@@ -134,7 +134,7 @@ pub struct CapabilityReportTask {
 
 impl CapabilityReportTask {
     /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
         let mut compute = self.sources.capability.clone();
         let waits_for_gpu = matches!(self.sources.gpu, GpuStatus::Available(_));
         if waits_for_gpu && compute.borrow().is_none() {

@@ -19,15 +19,15 @@ use edge_hal::Interface;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
 /// The DNS-SD service type.
-pub const SERVICE: &str = "_edge-agent._tcp.local.";
+pub(crate) const SERVICE: &str = "_edge-agent._tcp.local.";
 
 /// Errors announcing.
 #[derive(Debug, thiserror::Error)]
 #[error("mDNS: {0}")]
-pub struct AdvertiseError(#[from] mdns_sd::Error);
+pub(crate) struct AdvertiseError(#[from] mdns_sd::Error);
 
 /// A running announcement; withdrawn on drop.
-pub struct Advertiser {
+pub(crate) struct Advertiser {
     daemon: ServiceDaemon,
     device_id: String,
     listen: SocketAddr,
@@ -37,7 +37,7 @@ pub struct Advertiser {
 
 impl Advertiser {
     /// Starts announcing `listen` for `device_id`; `None` for a loopback listener.
-    pub fn start(
+    pub(crate) fn start(
         device_id: &str,
         listen: SocketAddr,
         window_open: bool,
@@ -64,7 +64,7 @@ impl Advertiser {
     }
 
     /// Re-announces with the window's state.
-    pub fn announce(&mut self, window_open: bool) -> Result<(), AdvertiseError> {
+    pub(crate) fn announce(&mut self, window_open: bool) -> Result<(), AdvertiseError> {
         let short = &self.device_id[..self.device_id.len().min(12)];
         let host = format!("edge-{short}.local.");
         let properties = [
@@ -98,7 +98,7 @@ impl Advertiser {
     /// Withdraws the announcement (goodbye packets) and stops the responder, waiting up to a
     /// second for each, so a new announcement that follows is not undone by this one's goodbye.
     /// Blocks.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.withdraw(Duration::from_secs(1));
     }
 
@@ -127,10 +127,10 @@ impl Drop for Advertiser {
 
 /// What an announcement depends on: for each interface it is made on (the listener's, or every
 /// one but loopback for a wildcard listener), its operational state and addresses.
-pub type Links = BTreeMap<String, (String, BTreeSet<IpAddr>)>;
+pub(crate) type Links = BTreeMap<String, (String, BTreeSet<IpAddr>)>;
 
 /// The links that matter to an announcement of `listen`.
-pub fn links(interfaces: &[Interface], listen: SocketAddr) -> Links {
+pub(crate) fn links(interfaces: &[Interface], listen: SocketAddr) -> Links {
     interfaces
         .iter()
         .filter(|i| {
@@ -152,14 +152,14 @@ pub fn links(interfaces: &[Interface], listen: SocketAddr) -> Links {
 /// with and have stayed the same over two looks, so that a link still coming up (carrier, DHCP,
 /// IPv6 duplicate address detection) is not caught half-way.
 #[derive(Debug, Clone)]
-pub struct LinkWatch {
+pub(crate) struct LinkWatch {
     started_with: Links,
     last: Links,
 }
 
 impl LinkWatch {
     /// A watch over an announcement started with `links`.
-    pub fn new(links: Links) -> Self {
+    pub(crate) fn new(links: Links) -> Self {
         Self {
             started_with: links.clone(),
             last: links,
@@ -167,7 +167,7 @@ impl LinkWatch {
     }
 
     /// Takes one look; true when the announcement should be started again (with `now`).
-    pub fn observe(&mut self, now: Links) -> bool {
+    pub(crate) fn observe(&mut self, now: Links) -> bool {
         let settled = now == self.last;
         self.last = now;
         if settled && self.last != self.started_with {

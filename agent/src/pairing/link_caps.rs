@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Links served at once, in all.
-pub const MAX_LINKS: usize = 16;
+pub(crate) const MAX_LINKS: usize = 16;
 /// Links served at once from one peer.
-pub const MAX_LINKS_PER_PEER: usize = 4;
+pub(crate) const MAX_LINKS_PER_PEER: usize = 4;
 
 /// The links being served, by peer.
 #[derive(Debug, Clone)]
-pub struct LinkCaps {
+pub(crate) struct LinkCaps {
     open: Arc<Mutex<HashMap<String, usize>>>,
     total: usize,
     per_peer: usize,
@@ -21,7 +21,7 @@ pub struct LinkCaps {
 
 /// A link's place; given back when dropped.
 #[derive(Debug)]
-pub struct LinkPermit {
+pub(crate) struct LinkPermit {
     caps: LinkCaps,
     peer: String,
 }
@@ -34,7 +34,7 @@ impl Default for LinkCaps {
 
 impl LinkCaps {
     /// At most `total` links at once, `per_peer` from any one peer.
-    pub fn new(total: usize, per_peer: usize) -> Self {
+    pub(crate) fn new(total: usize, per_peer: usize) -> Self {
         Self {
             open: Arc::default(),
             total,
@@ -43,7 +43,7 @@ impl LinkCaps {
     }
 
     /// A place for a link from `peer`, or `None` when a cap is reached.
-    pub fn admit(&self, peer: &str) -> Option<LinkPermit> {
+    pub(crate) fn admit(&self, peer: &str) -> Option<LinkPermit> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = open.values().sum();
         let from_peer = open.get(peer).copied().unwrap_or(0);

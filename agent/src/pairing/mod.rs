@@ -69,7 +69,7 @@ pub enum BridgeError {
 /// What pairing leaves on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PairingRecord {
+pub(crate) struct PairingRecord {
     /// The owner's Ed25519 public key, hex; `None` while unowned.
     pub owner_key: Option<String>,
     /// Failed pairing attempts over the box's life (reset by a factory reset).
@@ -78,7 +78,7 @@ pub struct PairingRecord {
 
 /// The bridge's files in the state directory.
 #[derive(Debug, Clone)]
-pub struct BridgeFiles {
+pub(crate) struct BridgeFiles {
     /// The setup secret.
     pub setup_code: PathBuf,
     /// The owner key and failure count.
@@ -87,7 +87,7 @@ pub struct BridgeFiles {
 
 impl BridgeFiles {
     /// The files in `state_dir`.
-    pub fn in_dir(state_dir: &Path) -> Self {
+    pub(crate) fn in_dir(state_dir: &Path) -> Self {
         Self {
             setup_code: state_dir.join("setup-code"),
             pairing: state_dir.join("pairing.json"),
@@ -95,7 +95,7 @@ impl BridgeFiles {
     }
 
     /// The setup code, made (0600) if there is none yet.
-    pub fn setup_code(&self) -> Result<SetupCode, BridgeError> {
+    pub(crate) fn setup_code(&self) -> Result<SetupCode, BridgeError> {
         match std::fs::read_to_string(&self.setup_code) {
             Ok(text) => SetupCode::parse(text.trim()).map_err(|e| BridgeError::Corrupt {
                 path: self.setup_code.clone(),
@@ -114,18 +114,18 @@ impl BridgeFiles {
     }
 
     /// The pairing record; the default when there is none.
-    pub fn load(&self) -> Result<PairingRecord, BridgeError> {
+    pub(crate) fn load(&self) -> Result<PairingRecord, BridgeError> {
         Ok(durable::read_json(&self.pairing)?.unwrap_or_default())
     }
 
     /// Stores the record durably.
-    pub fn save(&self, record: &PairingRecord) -> Result<(), BridgeError> {
+    pub(crate) fn save(&self, record: &PairingRecord) -> Result<(), BridgeError> {
         Ok(durable::write_json(&self.pairing, record, 0o600)?)
     }
 }
 
 /// The QR payload for this device and code.
-pub fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
+pub(crate) fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
     QrPayload {
         device: DeviceFingerprint::of(identity.device_id()),
         code: code.clone(),
@@ -136,7 +136,7 @@ pub fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
 
 /// What the owner's `Status` request shows. The status subsystem provides it; pairing does not
 /// import it (it imports pairing's view).
-pub trait OwnerStatus: Send + Sync {
+pub(crate) trait OwnerStatus: Send + Sync {
     /// Seconds since the agent started, and the details document (GPU, capability, network,
     /// hardware).
     fn owner_status(&self) -> (u64, serde_json::Value);
@@ -150,7 +150,7 @@ struct Shared {
 }
 
 /// Serves pairing and the owner's control channel on a TCP listener.
-pub struct BridgeTask {
+pub(crate) struct BridgeTask {
     /// Bound by the caller (so the address can be shown before serving).
     pub listener: TcpListener,
     /// The device identity (pairing proof, session handshakes).
@@ -181,7 +181,7 @@ pub struct BridgeTask {
 
 /// What the bridge shows in `/status`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct BridgeView {
+pub(crate) struct BridgeView {
     /// The listening address.
     pub listen: String,
     /// Whether the box has an owner.
@@ -197,11 +197,11 @@ pub struct BridgeView {
 }
 
 /// Shared with `/status`.
-pub type BridgeStatus = Arc<Mutex<BridgeView>>;
+pub(crate) type BridgeStatus = Arc<Mutex<BridgeView>>;
 
 impl BridgeTask {
     /// Serves until `shutdown`. `button` fires when the owner presses the pairing button.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         status: BridgeStatus,
         mut button: tokio::sync::mpsc::Receiver<()>,
@@ -879,7 +879,7 @@ async fn reboot(power: Arc<dyn edge_hal::Power>) -> Response {
 
 /// Erases the owner, the owner's settings, the Wi-Fi credentials and the pairing failure count,
 /// keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
-pub fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
+pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
     let files = BridgeFiles::in_dir(state_dir);
     files.save(&PairingRecord::default())?;
     let owner = crate::config::owner_file(state_dir);

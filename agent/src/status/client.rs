@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Errors talking to a running agent.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// Nothing listens there.
     #[error(
         "cannot connect to {endpoint}: {source} (is edge-agent running? `systemctl status edge-agent`)"
@@ -43,7 +43,7 @@ pub enum ClientError {
 
 /// Where a running agent listens.
 #[derive(Debug, Clone)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// A Unix socket.
     Unix(PathBuf),
     /// A loopback TCP address.
@@ -60,7 +60,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// `GET path` from the agent; the body on 200.
-pub async fn get(endpoint: &Endpoint, path: &str) -> Result<String, ClientError> {
+pub(crate) async fn get(endpoint: &Endpoint, path: &str) -> Result<String, ClientError> {
     let name = endpoint.to_string();
     let connect_err = |source| ClientError::Connect {
         endpoint: name.clone(),

@@ -11,7 +11,7 @@ use crate::status::report::AgentState;
 use crate::version::VERSIONS;
 
 /// The exposition for the agent's current state.
-pub fn render(state: &AgentState) -> String {
+pub(crate) fn render(state: &AgentState) -> String {
     let snap = state.sources.snapshot.borrow().clone();
     let mut e = Exposition::with_capacity(4096);
     let device = state.device_id.to_string();

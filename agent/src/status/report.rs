@@ -20,7 +20,7 @@ use crate::version::{VERSIONS, Versions};
 
 /// What `/status`, `/metrics` and the owner's app read: the other subsystems' views and handles.
 #[derive(Debug)]
-pub struct AgentState {
+pub(crate) struct AgentState {
     /// Device id from the identity key.
     pub device_id: DeviceId,
     /// Hex Ed25519 public key.
@@ -45,7 +45,7 @@ pub struct AgentState {
 
 /// The report queue and the network view, for `/status` and `/metrics`.
 #[derive(Clone)]
-pub struct NetworkHandle {
+pub(crate) struct NetworkHandle {
     /// The report queue.
     pub outbox: Outbox,
     /// Registration, delivery and measurement state.
@@ -60,7 +60,7 @@ impl std::fmt::Debug for NetworkHandle {
 
 /// The `network` part of `/status`.
 #[derive(Debug, Serialize)]
-pub struct NetworkReport {
+pub(crate) struct NetworkReport {
     /// Registration, delivery, measurements.
     #[serde(flatten)]
     pub view: NetworkView,
@@ -70,14 +70,14 @@ pub struct NetworkReport {
 
 impl AgentState {
     /// Samples taken so far.
-    pub fn samples(&self) -> u64 {
+    pub(crate) fn samples(&self) -> u64 {
         self.samples.load(Ordering::Relaxed)
     }
 }
 
 /// The `/status` document.
 #[derive(Debug, Serialize)]
-pub struct StatusReport<'a> {
+pub(crate) struct StatusReport<'a> {
     /// Device id.
     pub device_id: String,
     /// Hex Ed25519 public key.
@@ -108,7 +108,7 @@ pub struct StatusReport<'a> {
 
 impl AgentState {
     /// The status document as of now.
-    pub fn report(&self) -> StatusReport<'_> {
+    pub(crate) fn report(&self) -> StatusReport<'_> {
         StatusReport {
             device_id: self.device_id.to_string(),
             public_key: &self.public_key,

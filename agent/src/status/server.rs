@@ -70,7 +70,7 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
 
 /// Bound listeners, ready to serve. Binding happens before READY=1 so that a client told the agent
 /// is ready can connect at once.
-pub struct StatusServer {
+pub(crate) struct StatusServer {
     unix: Option<(UnixListener, SocketFile)>,
     tcp: Option<TcpListener>,
     state: Arc<AgentState>,
@@ -88,7 +88,10 @@ impl Drop for SocketFile {
 impl StatusServer {
     /// Binds the configured listeners. A stale socket file left by a crashed agent is replaced;
     /// one that still answers is not.
-    pub async fn bind(config: &StatusConfig, state: Arc<AgentState>) -> Result<Self, StatusError> {
+    pub(crate) async fn bind(
+        config: &StatusConfig,
+        state: Arc<AgentState>,
+    ) -> Result<Self, StatusError> {
         let unix = match &config.socket {
             Some(path) => Some(bind_unix(path).await?),
             None => None,
@@ -110,7 +113,7 @@ impl StatusServer {
     }
 
     /// Where it listens, for logs and STATUS= lines.
-    pub fn endpoints(&self) -> Vec<String> {
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some((_, file)) = &self.unix {
             out.push(format!("unix:{}", file.0.display()));
@@ -124,7 +127,7 @@ impl StatusServer {
     }
 
     /// Serves until `shutdown`, then finishes in-flight requests.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StatusError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), StatusError> {
         let app = router(self.state);
         let unix = async {
             let Some((listener, file)) = self.unix else {
