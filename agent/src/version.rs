@@ -5,7 +5,6 @@ use serde::Serialize;
 /// Build facts shown in `/status` and `/metrics`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Versions {
-    /// This crate's version.
     pub agent: &'static str,
     /// CPU architecture the binary was built for.
     pub arch: &'static str,

@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 /// One paired box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Known {
-    /// Its device id.
     pub device_id: String,
     /// Its Ed25519 identity key, hex (learned, and proven, at pairing).
     pub device_key: String,
-    /// Where it listens.
     pub addr: SocketAddr,
 }
 

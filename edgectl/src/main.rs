@@ -70,12 +70,10 @@ enum Command {
     },
     /// The box's status, as JSON.
     Status,
-    /// The owner's settings.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Wi-Fi.
     Wifi {
         #[command(subcommand)]
         command: WifiCommand,
@@ -86,13 +84,11 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: u16,
     },
-    /// Reboot the box.
     Reboot,
     /// Give up ownership; the box can be paired again.
     Unpair,
     /// Erase the owner, the owner's settings, Wi-Fi credentials and pairing state on the box.
     FactoryReset,
-    /// The paired boxes.
     Devices,
 }
 
@@ -102,7 +98,6 @@ enum ConfigCommand {
     Get,
     /// Set one key, e.g. `gpu.max_duty_percent 50` or `gpu.allowed_hours_utc '"22-7"'`.
     Set {
-        /// Dotted key.
         key: String,
         /// Value in TOML syntax.
         value: String,
@@ -115,7 +110,6 @@ enum WifiCommand {
     Scan,
     /// Join a network; the passphrase is read from stdin (never from the command line).
     Set {
-        /// The network name.
         ssid: String,
         /// An open network: no passphrase.
         #[arg(long)]

@@ -56,14 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: OwnerCommand,
     },
-    /// List registered devices.
     Devices,
     /// Show one device: record, report counts, latest heartbeat and capability, signatures.
     Device {
-        /// Its id.
         id: String,
     },
-    /// Jobs for devices.
     Job {
         #[command(subcommand)]
         command: JobCommand,
@@ -72,7 +69,6 @@ enum Command {
     Jobs,
     /// Print every stored report of a device as JSON lines, in sequence order.
     Reports {
-        /// Its id.
         id: String,
     },
 }
@@ -84,7 +80,6 @@ enum JobCommand {
         /// The device.
         #[arg(long)]
         device: String,
-        /// The job file.
         file: PathBuf,
     },
 }
@@ -93,7 +88,6 @@ enum JobCommand {
 enum OwnerCommand {
     /// Add an owner and print its binding token (shown once; the hub keeps only its hash).
     Add {
-        /// The owner's name.
         name: String,
     },
 }

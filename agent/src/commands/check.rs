@@ -19,7 +19,6 @@ const FREE_WARN: u64 = 1 << 30;
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Level {
-    /// Fine.
     Ok,
     /// Works, but worth a look.
     Warn,
@@ -32,9 +31,7 @@ pub(super) enum Level {
 pub(super) struct Line {
     /// ok, warn or fail.
     pub level: Level,
-    /// What was checked.
     pub name: &'static str,
-    /// The finding.
     pub detail: String,
 }
 

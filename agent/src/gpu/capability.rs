@@ -36,7 +36,6 @@ pub(crate) enum CapabilityError {
 pub(crate) struct CapabilityTask {
     /// Runs the benchmark jobs.
     pub scheduler: SchedulerHandle,
-    /// The cache file.
     pub cache: PathBuf,
     /// The adapter found at start.
     pub gpu: GpuStatus,

@@ -22,25 +22,19 @@ pub(crate) enum RunJobError {
     /// The job file cannot be read.
     #[error("cannot read job file {path}: {source}")]
     Read {
-        /// The file.
         path: String,
-        /// The OS error.
         source: std::io::Error,
     },
     /// The outputs cannot be written.
     #[error("cannot write outputs to {path}: {source}")]
     Write {
-        /// The file.
         path: String,
-        /// The OS error.
         source: std::io::Error,
     },
     /// The job file is not a job.
     #[error("{path}: {source}")]
     Parse {
-        /// The file.
         path: String,
-        /// What is wrong.
         source: edge_jobs::job::JobError,
     },
     /// An unknown or malformed built-in.

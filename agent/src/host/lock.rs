@@ -14,7 +14,6 @@ pub enum LockError {
     /// Another process holds it.
     #[error("state directory {dir} is in use by another edge-agent (pid {holder})")]
     Held {
-        /// The state directory.
         dir: PathBuf,
         /// The pid written in the lock file, or `unknown`.
         holder: String,
@@ -22,9 +21,7 @@ pub enum LockError {
     /// The lock file cannot be opened or written.
     #[error("cannot lock {path}: {source}")]
     Io {
-        /// The lock file.
         path: PathBuf,
-        /// The OS error.
         source: std::io::Error,
     },
 }

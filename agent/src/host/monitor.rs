@@ -22,17 +22,13 @@ pub(crate) enum MonitorError {
 
 /// Samples the hardware on a timer.
 pub(crate) struct Monitor {
-    /// The device.
     pub hal: Hal,
     /// The state directory, whose filesystem is sampled.
     pub state_dir: PathBuf,
-    /// Time between samples.
     pub interval: Duration,
-    /// Where snapshots go.
     pub publish: watch::Sender<Arc<HardwareSnapshot>>,
     /// Marked after each sample.
     pub progress: Progress,
-    /// Counts samples.
     pub samples: Arc<AtomicU64>,
 }
 

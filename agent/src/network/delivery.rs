@@ -36,9 +36,7 @@ pub(crate) struct NetworkView {
     pub last_error: Option<String>,
     /// Echo endpoints in use.
     pub echo_urls: Vec<String>,
-    /// Latest IP report.
     pub ip: Option<edge_protocol::report::IpReport>,
-    /// Latest bandwidth measurement.
     pub bandwidth: Option<edge_protocol::report::Bandwidth>,
 }
 
@@ -58,13 +56,10 @@ enum StepError {
 
 /// Registers, then delivers until shutdown.
 pub(crate) struct DeliveryTask {
-    /// The queue.
     pub outbox: Outbox,
-    /// The hub.
     pub client: HubClient,
     /// The owner binding token.
     pub owner_token: String,
-    /// Reports per request.
     pub batch_size: usize,
     /// Longest wait between attempts.
     pub backoff_max: Duration,
@@ -83,7 +78,6 @@ pub(crate) struct DeliveryTask {
 enum Step {
     /// Something was delivered; go on at once.
     More,
-    /// Nothing waits.
     Idle,
 }
 

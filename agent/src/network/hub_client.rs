@@ -28,9 +28,7 @@ pub enum HubError {
     /// The CA file could not be read or holds no certificate.
     #[error("hub CA certificate {path}: {reason}")]
     Ca {
-        /// The file.
         path: PathBuf,
-        /// Why.
         reason: String,
     },
     /// The HTTP client could not be built.
@@ -39,19 +37,14 @@ pub enum HubError {
     /// No answer: connection refused, TLS failure, timeout. Worth retrying.
     #[error("{url}: {source}")]
     Unreachable {
-        /// What was asked.
         url: String,
-        /// Why.
         source: reqwest::Error,
     },
     /// The hub answered with an error.
     #[error("{url}: hub refused ({status}): {message}")]
     Refused {
-        /// What was asked.
         url: String,
-        /// Its status.
         status: StatusCode,
-        /// Its message.
         message: String,
     },
 }

@@ -23,13 +23,9 @@ const RETRY: Duration = Duration::from_secs(5);
 
 /// Takes jobs from the hub until shutdown.
 pub(crate) struct IntakeTask {
-    /// The hub.
     pub client: HubClient,
-    /// Signs polls.
     pub identity: Arc<Identity>,
-    /// Runs jobs.
     pub scheduler: SchedulerHandle,
-    /// Where outcomes go.
     pub outbox: Outbox,
     /// True while the hub has the device registered.
     pub registered: watch::Receiver<bool>,

@@ -35,7 +35,6 @@ static ZEROS: [u8; CHUNK] = [0; CHUNK];
 /// Errors measuring bandwidth.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MeasureError {
-    /// A request failed.
     #[error(transparent)]
     Hub(#[from] HubError),
     /// Nothing moved in the window.

@@ -34,16 +34,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 #[derive(Debug, thiserror::Error)]
 #[error("report queue {path}: {source}")]
 pub struct OutboxError {
-    /// The database file.
     pub path: PathBuf,
-    /// What SQLite said.
     pub source: rusqlite::Error,
 }
 
 /// How much the queue may hold.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
-    /// Reports waiting.
     pub max_reports: u64,
     /// Age of the oldest report.
     pub max_age: Duration,
@@ -52,18 +49,14 @@ pub(crate) struct Bounds {
 /// A queued report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Queued {
-    /// Its sequence number.
     pub seq: u64,
-    /// The signed envelope.
     pub signed: Signed,
 }
 
 /// Counts of what the queue did since the agent started (for `/metrics` and `/status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct OutboxCounts {
-    /// Reports waiting now.
     pub queued: u64,
-    /// Reports pushed.
     pub pushed: u64,
     /// Reports the hub has (accepted or duplicate) and the queue forgot.
     pub delivered: u64,

@@ -34,7 +34,6 @@ pub(crate) struct Sources {
     pub capability: watch::Receiver<Option<Compute>>,
     /// GPU discovery at start-up.
     pub gpu: GpuStatus,
-    /// The scheduler's counters.
     pub gpu_metrics: Arc<GpuMetrics>,
 }
 
@@ -83,13 +82,9 @@ pub(crate) fn host(snap: &HardwareSnapshot) -> Host {
 
 /// Pushes a heartbeat every interval, the first at once.
 pub(crate) struct HeartbeatTask {
-    /// The queue.
     pub outbox: Outbox,
-    /// What to report.
     pub sources: Sources,
-    /// Time between heartbeats.
     pub interval: Duration,
-    /// Stamps the reports.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -112,7 +107,6 @@ impl HeartbeatTask {
 
 /// Measures and pushes capability reports.
 pub(crate) struct CapabilityReportTask {
-    /// The queue.
     pub outbox: Outbox,
     /// The hub (bandwidth and echo endpoints).
     pub client: HubClient,
@@ -120,7 +114,6 @@ pub(crate) struct CapabilityReportTask {
     pub sources: Sources,
     /// Echo endpoints in use (from delivery's registration, or config).
     pub echo_urls: watch::Receiver<Vec<String>>,
-    /// Bandwidth measurement settings.
     pub bandwidth: BandwidthConfig,
     /// Time between public IP checks.
     pub ip_check_interval: Duration,

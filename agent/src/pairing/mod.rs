@@ -59,9 +59,7 @@ pub enum BridgeError {
     /// A state file holds something else.
     #[error("{path}: {reason}")]
     Corrupt {
-        /// The file.
         path: PathBuf,
-        /// What is wrong.
         reason: String,
     },
 }
@@ -79,7 +77,6 @@ pub(crate) struct PairingRecord {
 /// The bridge's files in the state directory.
 #[derive(Debug, Clone)]
 pub(crate) struct BridgeFiles {
-    /// The setup secret.
     pub setup_code: PathBuf,
     /// The owner key and failure count.
     pub pairing: PathBuf,
@@ -157,7 +154,6 @@ pub(crate) struct BridgeTask {
     pub identity: Arc<Identity>,
     /// Where its state lives.
     pub files: BridgeFiles,
-    /// The setup code.
     pub code: SetupCode,
     /// Status for the owner.
     pub status: Arc<dyn OwnerStatus>,
@@ -165,13 +161,11 @@ pub(crate) struct BridgeTask {
     pub tasks: Tasks,
     /// Where the owner's GPU policy changes go.
     pub scheduler: SchedulerHandle,
-    /// Wi-Fi and power.
     pub hal: Hal,
     /// Config file and working directory, to validate the owner's config changes.
     pub config_path: Option<PathBuf>,
     /// Working directory of the agent.
     pub cwd: PathBuf,
-    /// The state directory.
     pub state_dir: PathBuf,
     /// Announce the listener over mDNS (`_edge-agent._tcp`).
     pub mdns: bool,
@@ -182,7 +176,6 @@ pub(crate) struct BridgeTask {
 /// What the bridge shows in `/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct BridgeView {
-    /// The listening address.
     pub listen: String,
     /// Whether the box has an owner.
     pub owned: bool,

@@ -11,14 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Errors talking to a running agent.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    /// Nothing listens there.
     #[error(
         "cannot connect to {endpoint}: {source} (is edge-agent running? `systemctl status edge-agent`)"
     )]
     Connect {
         /// The socket or address.
         endpoint: String,
-        /// The OS error.
         source: std::io::Error,
     },
     /// The HTTP exchange failed.
@@ -26,7 +24,6 @@ pub(crate) enum ClientError {
     Http {
         /// The socket or address.
         endpoint: String,
-        /// What hyper said.
         source: hyper::Error,
     },
     /// The agent answered with an error status.
@@ -34,9 +31,7 @@ pub(crate) enum ClientError {
     Status {
         /// The socket or address.
         endpoint: String,
-        /// HTTP status.
         status: u16,
-        /// Response body.
         body: String,
     },
 }
@@ -44,7 +39,6 @@ pub(crate) enum ClientError {
 /// Where a running agent listens.
 #[derive(Debug, Clone)]
 pub(crate) enum Endpoint {
-    /// A Unix socket.
     Unix(PathBuf),
     /// A loopback TCP address.
     Tcp(SocketAddr),

@@ -46,7 +46,6 @@ pub(crate) struct AgentState {
 /// The report queue and the network view, for `/status` and `/metrics`.
 #[derive(Clone)]
 pub(crate) struct NetworkHandle {
-    /// The report queue.
     pub outbox: Outbox,
     /// Registration, delivery and measurement state.
     pub status: NetworkStatus,
@@ -64,7 +63,6 @@ pub(crate) struct NetworkReport {
     /// Registration, delivery, measurements.
     #[serde(flatten)]
     pub view: NetworkView,
-    /// The report queue.
     pub queue: OutboxCounts,
 }
 
@@ -78,23 +76,17 @@ impl AgentState {
 /// The `/status` document.
 #[derive(Debug, Serialize)]
 pub(crate) struct StatusReport<'a> {
-    /// Device id.
     pub device_id: String,
     /// Hex Ed25519 public key.
     pub public_key: &'a str,
-    /// Key URI.
     pub identity_key: &'a str,
-    /// Build facts.
     pub versions: &'static Versions,
     /// Seconds since the agent started.
     pub uptime_secs: f64,
     /// Start time, Unix seconds.
     pub started_at_unix: u64,
-    /// Hardware samples taken.
     pub samples: u64,
-    /// Latest hardware snapshot.
     pub hardware: Arc<HardwareSnapshot>,
-    /// GPU discovery result.
     pub gpu: &'a GpuStatus,
     /// Measured GPU capability (`null` until measured, or without a GPU).
     pub capability: Option<Compute>,

@@ -22,7 +22,6 @@ pub enum StatusError {
     /// Another process answers on the socket: most likely a second agent.
     #[error("another process answers on the status socket {path}; is an agent already running?")]
     InUse {
-        /// The socket.
         path: PathBuf,
     },
     /// Binding or preparing a listener failed.
@@ -30,7 +29,6 @@ pub enum StatusError {
     Listen {
         /// The socket path or address.
         endpoint: String,
-        /// The OS error.
         source: std::io::Error,
     },
     /// The server stopped with an error.
@@ -38,7 +36,6 @@ pub enum StatusError {
     Serve {
         /// The socket path or address.
         endpoint: String,
-        /// The error.
         source: std::io::Error,
     },
 }
