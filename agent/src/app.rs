@@ -38,7 +38,7 @@ use crate::network::hub_client::HubClient;
 use crate::network::intake::IntakeTask;
 use crate::network::outbox::{Bounds, Outbox};
 use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
-use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask};
+use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, Control};
 use crate::status::report::{AgentState, NetworkHandle};
 use crate::status::server::StatusServer;
 
@@ -301,16 +301,19 @@ impl App {
             let pressed = pairing_button(&tasks, &config, &hal)?;
             let task = BridgeTask {
                 listener: parts.listener,
-                identity,
+                identity: identity.clone(),
                 files: parts.files,
                 code: parts.code,
-                status: state.clone(),
+                control: Control {
+                    hal: hal.clone(),
+                    identity,
+                    status: state.clone(),
+                    scheduler: state.scheduler.clone(),
+                    config_path: invocation.config_path,
+                    cwd: invocation.cwd,
+                    state_dir: config.state_dir.clone(),
+                },
                 tasks: tasks.clone(),
-                scheduler: state.scheduler.clone(),
-                hal: hal.clone(),
-                config_path: invocation.config_path,
-                cwd: invocation.cwd,
-                state_dir: config.state_dir.clone(),
                 mdns: config.pairing.mdns,
                 ble: config.pairing.ble,
             };

@@ -87,9 +87,7 @@ enum JobCommand {
 #[derive(Subcommand)]
 enum OwnerCommand {
     /// Add an owner and print its binding token (shown once; the hub keeps only its hash).
-    Add {
-        name: String,
-    },
+    Add { name: String },
 }
 
 fn main() -> ExitCode {

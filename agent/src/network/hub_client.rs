@@ -27,19 +27,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum HubError {
     /// The CA file could not be read or holds no certificate.
     #[error("hub CA certificate {path}: {reason}")]
-    Ca {
-        path: PathBuf,
-        reason: String,
-    },
+    Ca { path: PathBuf, reason: String },
     /// The HTTP client could not be built.
     #[error("building the HTTPS client: {0}")]
     Client(String),
     /// No answer: connection refused, TLS failure, timeout. Worth retrying.
     #[error("{url}: {source}")]
-    Unreachable {
-        url: String,
-        source: reqwest::Error,
-    },
+    Unreachable { url: String, source: reqwest::Error },
     /// The hub answered with an error.
     #[error("{url}: hub refused ({status}): {message}")]
     Refused {

@@ -21,9 +21,7 @@ use crate::status::report::AgentState;
 pub enum StatusError {
     /// Another process answers on the socket: most likely a second agent.
     #[error("another process answers on the status socket {path}; is an agent already running?")]
-    InUse {
-        path: PathBuf,
-    },
+    InUse { path: PathBuf },
     /// Binding or preparing a listener failed.
     #[error("cannot listen on {endpoint}: {source}")]
     Listen {
