@@ -100,7 +100,7 @@ pub(crate) async fn run(
 ) -> Result<Receipt, RunJobError> {
     let mut gpu = GpuWorker::serving(worker, blobs);
     let max_outputs = output_bytes(&job);
-    let prepared = GpuWorker::prepare(&Submitted { job, outputs: true })?;
+    let prepared = crate::gpu::worker::prepare(&Submitted { job, outputs: true })?;
     gpu.send(&[&prepared], budget).await?;
     let finished = gpu
         .answer(Instant::now(), prepared.limit, max_outputs)

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Duration;
 
+use edge_jobs::digest::Sha256;
 use edge_jobs::worker::{
     Answer, Done, ExecError, Hello, Response, Submitted, request_line, take_answer, take_line,
 };
@@ -103,6 +104,84 @@ pub struct Prepared {
     json: Vec<u8>,
     /// How long the worker may take over it once it is the oldest job in flight.
     pub limit: Duration,
+    /// The job's id, and its kernel's digest (what a worker's answer must name).
+    pub job_id: String,
+    /// SHA-256 of the job's WGSL.
+    pub kernel_sha256: Sha256,
+}
+
+/// What the scheduler needs of a GPU worker: [`GpuWorker`] on the device; in the scheduler's own
+/// tests, a fake that answers on paused time, so its policy is tested without a driver.
+pub trait Worker: Send + 'static {
+    /// Whether a worker process is up (holding the device).
+    fn is_running(&self) -> bool;
+    /// Sends a batch of jobs, run in one GPU submission (see [`GpuWorker::send`]).
+    fn send(
+        &mut self,
+        batch: &[&Prepared],
+        budget: u64,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send;
+    /// The answer to the oldest job in flight (see [`GpuWorker::answer`]). Cancel-safe.
+    fn answer(
+        &mut self,
+        started: Instant,
+        limit: Duration,
+        max_outputs: u64,
+    ) -> impl Future<Output = Result<Finished, WorkerError>> + Send;
+    /// Stops the worker at once.
+    fn kill(&mut self) -> impl Future<Output = ()> + Send;
+    /// Lets an idle worker exit.
+    fn release(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Worker for GpuWorker {
+    fn is_running(&self) -> bool {
+        GpuWorker::is_running(self)
+    }
+
+    fn send(
+        &mut self,
+        batch: &[&Prepared],
+        budget: u64,
+    ) -> impl Future<Output = Result<(), WorkerError>> + Send {
+        GpuWorker::send(self, batch, budget)
+    }
+
+    fn answer(
+        &mut self,
+        started: Instant,
+        limit: Duration,
+        max_outputs: u64,
+    ) -> impl Future<Output = Result<Finished, WorkerError>> + Send {
+        GpuWorker::answer(self, started, limit, max_outputs)
+    }
+
+    fn kill(&mut self) -> impl Future<Output = ()> + Send {
+        GpuWorker::kill(self)
+    }
+
+    fn release(&mut self) -> impl Future<Output = ()> + Send {
+        GpuWorker::release(self)
+    }
+}
+
+/// Encodes `job` for a [`Worker`].
+pub fn prepare(job: &Submitted) -> Result<Prepared, WorkerError> {
+    // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
+    // for that at a conservative 100 MiB/s.
+    let bytes: u64 = job.job.bindings.iter().map(|b| b.size).sum();
+    let limit = Duration::from_millis(job.job.limits.max_runtime_ms)
+        + KILL_SLACK
+        + Duration::from_secs(bytes / (100 << 20));
+    let json = serde_json::to_vec(job).map_err(|e| WorkerError::Crashed {
+        message: format!("cannot encode the job: {e}"),
+    })?;
+    Ok(Prepared {
+        json,
+        limit,
+        job_id: job.job.id.clone(),
+        kernel_sha256: Sha256::of(job.job.kernel.wgsl.as_bytes()),
+    })
 }
 
 impl Prepared {
@@ -212,20 +291,6 @@ impl GpuWorker {
         self.running.as_mut().ok_or_else(|| WorkerError::Crashed {
             message: "worker vanished".into(),
         })
-    }
-
-    /// Encodes `job` for [`GpuWorker::send`].
-    pub fn prepare(job: &Submitted) -> Result<Prepared, WorkerError> {
-        // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
-        // for that at a conservative 100 MiB/s.
-        let bytes: u64 = job.job.bindings.iter().map(|b| b.size).sum();
-        let limit = Duration::from_millis(job.job.limits.max_runtime_ms)
-            + KILL_SLACK
-            + Duration::from_secs(bytes / (100 << 20));
-        let json = serde_json::to_vec(job).map_err(|e| WorkerError::Crashed {
-            message: format!("cannot encode the job: {e}"),
-        })?;
-        Ok(Prepared { json, limit })
     }
 
     /// Sends a batch of jobs, run in one GPU submission, starting the worker if none is up. The

@@ -14,11 +14,10 @@
 //!   starts until every zone is below `resume_below_celsius` (hysteresis).
 //! - After `idle_release` without work the worker is released, so an idle agent holds no driver.
 
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use edge_hal::{Clock, Thermal};
 use edge_identity::Identity;
@@ -33,12 +32,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gpu::worker::{Finished, GpuWorker, Prepared, WorkerError};
+mod gate;
+mod queue;
 
-/// How often a paused scheduler looks at the temperature and the clock again.
-const RECHECK: Duration = Duration::from_secs(5);
-/// How long a thermal reading stands.
-const THERMAL_EVERY: Duration = Duration::from_secs(1);
+pub use gate::wait_for_hours;
+
+use self::gate::{Gate, Held};
+use self::queue::{Queue, Queued, is_late};
+use crate::gpu::worker::{self, Finished, GpuWorker, Prepared, Worker, WorkerError};
+
+#[cfg(test)]
+mod tests;
+
 /// The largest job sent to the worker while another runs, and the largest that shares a batch.
 const AHEAD_MAX_BYTES: usize = 16 << 10;
 /// The most a batch of small jobs takes on the wire: well inside a pipe's 64 KiB buffer, which
@@ -240,37 +245,6 @@ impl SchedulerHandle {
     }
 }
 
-#[derive(Debug)]
-struct Queued {
-    job: Job,
-    outputs: bool,
-    seq: u64,
-    reply: Reply,
-    /// Runs alone, never in a batch: its last batch failed as a whole.
-    solo: bool,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == CmpOrdering::Equal
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    /// The heap's top is the highest priority, then the earliest arrival.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        self.job
-            .priority
-            .cmp(&other.job.priority)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
 /// What the scheduler needs from the rest of the agent.
 pub struct SchedulerParts {
     /// The adapter's limits, or why there is no GPU.
@@ -289,25 +263,21 @@ pub struct SchedulerParts {
     pub metrics: Arc<GpuMetrics>,
 }
 
-/// The scheduler task.
-pub struct Scheduler {
+/// The scheduler task, in front of a [`Worker`] ([`GpuWorker`] on the device).
+pub struct Scheduler<W: Worker = GpuWorker> {
     inbox: mpsc::Receiver<Msg>,
     /// The owner's policy as it changes ([`SchedulerHandle::set_policy`]).
     policy: watch::Receiver<Policy>,
     parts: SchedulerParts,
-    worker: GpuWorker,
-    queue: BinaryHeap<Queued>,
+    worker: W,
+    queue: Queue,
+    gate: Gate,
     /// Jobs sent to the worker, oldest (running) first.
     in_flight: VecDeque<InFlight>,
     /// Batches sent so far.
     batches: u64,
     /// When the oldest job in flight became the oldest: its time limit counts from here.
     head_since: Instant,
-    seq: u64,
-    hot: bool,
-    /// The last thermal reading: when, and the hottest zone.
-    thermal_read: Option<(Instant, f64)>,
-    rest_until: Instant,
     last_work: Instant,
 }
 
@@ -349,9 +319,9 @@ enum Event {
     Idle,
 }
 
-impl Scheduler {
+impl<W: Worker> Scheduler<W> {
     /// A scheduler and the handle that feeds it.
-    pub fn new(parts: SchedulerParts, worker: GpuWorker) -> (Self, SchedulerHandle) {
+    pub fn new(parts: SchedulerParts, worker: W) -> (Self, SchedulerHandle) {
         // Submissions beyond the queue bound are refused by the task; the channel only needs to
         // absorb bursts between two turns of its loop.
         let (tx, inbox) = mpsc::channel(parts.policy.queue_capacity.max(1));
@@ -362,14 +332,11 @@ impl Scheduler {
             policy: policy_rx,
             parts,
             worker,
-            queue: BinaryHeap::new(),
+            queue: Queue::default(),
+            gate: Gate::new(now),
             in_flight: VecDeque::new(),
             batches: 0,
             head_since: now,
-            seq: 0,
-            hot: false,
-            thermal_read: None,
-            rest_until: now,
             last_work: now,
         };
         (
@@ -468,13 +435,10 @@ impl Scheduler {
     /// Answers queued jobs whose deadline has passed, so they neither wait nor hold queue places.
     fn expire(&mut self) {
         let now_ms = self.parts.clock.unix_ms();
-        if !self.queue.iter().any(|q| is_late(&q.job, now_ms)) {
+        let late = self.queue.take_where(|job| is_late(job, now_ms));
+        if late.is_empty() {
             return;
         }
-        let (late, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|q| is_late(&q.job, now_ms));
-        self.queue = kept.into_iter().collect();
         for q in late {
             self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
             let _ = q.reply.send(Err(JobError::DeadlinePassed));
@@ -500,59 +464,20 @@ impl Scheduler {
         if let Some(wait) = self.policy_wait() {
             return Some(now + wait);
         }
-        Some(self.rest_until.max(now))
-    }
-
-    /// The hottest zone, read at most once per [`THERMAL_EVERY`]: a box has dozens of zones, each
-    /// a file, and temperatures move over seconds, not per job.
-    fn hottest(&mut self) -> f64 {
-        let now = Instant::now();
-        if let Some((at, celsius)) = self.thermal_read
-            && now < at + THERMAL_EVERY
-        {
-            return celsius;
-        }
-        // Fail closed: when the sensors cannot be read, a pause holds.
-        let hottest = match self.parts.thermal.zones() {
-            Ok(zones) => zones
-                .iter()
-                .map(|z| z.celsius)
-                .fold(f64::NEG_INFINITY, f64::max),
-            Err(e) if self.hot => {
-                tracing::warn!(error = %e, "thermal zones unreadable; staying paused");
-                f64::INFINITY
-            }
-            Err(_) => f64::NEG_INFINITY,
-        };
-        self.thermal_read = Some((now, hottest));
-        hottest
+        Some(self.gate.rest_until().max(now))
     }
 
     /// How long policy (heat, hours) holds jobs back from now; `None` when they may run.
     fn policy_wait(&mut self) -> Option<Duration> {
-        let hottest = self.hottest();
-        let policy = &self.parts.policy;
-        if !self.hot && hottest >= policy.pause_above_celsius {
-            tracing::warn!(celsius = hottest, "GPU paused: too hot");
-            self.hot = true;
-        } else if self.hot && hottest < policy.resume_below_celsius {
-            tracing::info!(celsius = hottest, "GPU resumed: cooled down");
-            self.hot = false;
-        }
-        let metrics = &self.parts.metrics.paused;
-        if self.hot {
-            metrics.store(1, Ordering::Relaxed);
-            return Some(RECHECK);
-        }
-        if let Some(wait) = policy
-            .allowed_hours_utc
-            .and_then(|hours| wait_for_hours(hours, self.parts.clock.wall()))
-        {
-            metrics.store(2, Ordering::Relaxed);
-            return Some(wait.min(RECHECK * 12));
-        }
-        metrics.store(0, Ordering::Relaxed);
-        None
+        let held = self.gate.held(
+            Instant::now(),
+            self.parts.clock.wall(),
+            &self.parts.policy,
+            self.parts.thermal.as_ref(),
+        );
+        let gauge = Held::gauge(held);
+        self.parts.metrics.paused.store(gauge, Ordering::Relaxed);
+        held.map(Held::recheck)
     }
 
     /// Whether another batch may be sent to the worker now. One batch runs; at full duty one more
@@ -571,7 +496,7 @@ impl Scheduler {
         };
         !self.queue.is_empty()
             && batches < depth
-            && Instant::now() >= self.rest_until
+            && !self.gate.resting(Instant::now())
             && self.policy_wait().is_none()
     }
 
@@ -606,7 +531,7 @@ impl Scheduler {
                             } else {
                                 0
                             },
-                            kernel_sha256: Sha256::of(queued.job.kernel.wgsl.as_bytes()),
+                            kernel_sha256: prepared.kernel_sha256,
                             job: queued.job,
                             outputs: queued.outputs,
                             seq: queued.seq,
@@ -672,7 +597,7 @@ impl Scheduler {
                 solo,
             } = queued;
             let submitted = Submitted { job, outputs };
-            let prepared = GpuWorker::prepare(&submitted);
+            let prepared = worker::prepare(&submitted);
             let queued = Queued {
                 job: submitted.job,
                 outputs,
@@ -710,7 +635,7 @@ impl Scheduler {
 
     /// Puts a job back on the queue.
     fn requeue(&mut self, queued: Queued) {
-        self.queue.push(queued);
+        self.queue.put_back(queued);
         self.count_queue();
     }
 
@@ -735,10 +660,8 @@ impl Scheduler {
             .fetch_add(ran.as_micros() as u64, Ordering::Relaxed);
         self.last_work = Instant::now();
         self.head_since = self.last_work;
-        let duty = self.parts.policy.max_duty;
-        if duty < 1.0 {
-            self.rest_until = self.last_work + ran.mul_f64((1.0 - duty) / duty);
-        }
+        self.gate
+            .rest_after(ran, self.parts.policy.max_duty, self.last_work);
         let result = match answer {
             Ok(Finished { done, .. })
                 if done.job_id != head.job.id || done.kernel_sha256 != head.kernel_sha256 =>
@@ -826,7 +749,7 @@ impl Scheduler {
         for job in std::mem::take(&mut self.in_flight) {
             let alone = Some(job.batch) == solo;
             if let Some(queued) = job.requeue(alone) {
-                self.queue.push(queued);
+                self.queue.put_back(queued);
             }
         }
         self.count_queue();
@@ -836,14 +759,8 @@ impl Scheduler {
     fn submit(&mut self, job: Job, outputs: bool, reply: Reply) {
         match admit(&self.parts, self.queue.len(), &job) {
             Ok(()) => {
-                self.seq += 1;
-                self.requeue(Queued {
-                    job,
-                    outputs,
-                    seq: self.seq,
-                    reply,
-                    solo: false,
-                });
+                self.queue.arrive(job, outputs, reply);
+                self.count_queue();
             }
             Err(e) => {
                 self.parts.metrics.refused.fetch_add(1, Ordering::Relaxed);
@@ -860,14 +777,10 @@ impl Scheduler {
             metrics.cancelled.fetch_add(1, Ordering::Relaxed);
             let _ = reply.send(Err(JobError::Cancelled));
         };
-        let before = self.queue.len();
-        let (cancelled, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|q| q.job.id == id);
-        self.queue = kept.into_iter().collect();
+        let cancelled = self.queue.take_where(|job| job.id == id);
         self.count_queue();
+        let mut found = !cancelled.is_empty();
         cancelled.into_iter().for_each(|q| answer(q.reply));
-        let mut found = self.queue.len() < before;
         let running = self.in_flight.front().is_some_and(|job| job.job.id == id);
         for job in self.in_flight.iter_mut().filter(|job| job.job.id == id) {
             if let Some(reply) = job.reply.take() {
@@ -911,30 +824,4 @@ fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobErro
     .map_err(|refused| JobError::Refused {
         problems: refused.problems.iter().map(Problem::to_string).collect(),
     })
-}
-
-fn is_late(job: &Job, now_ms: u64) -> bool {
-    job.deadline_unix_ms
-        .is_some_and(|deadline| deadline < now_ms)
-}
-
-/// Time until the allowed window `[start, end)` (hours UTC) opens; `None` if it is open now.
-pub fn wait_for_hours((start, end): (u8, u8), now: SystemTime) -> Option<Duration> {
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let of_day = secs % 86_400;
-    let hour = (of_day / 3600) as u8;
-    let open = if start <= end {
-        (start..end).contains(&hour)
-    } else {
-        hour >= start || hour < end
-    };
-    if open || start == end {
-        return None;
-    }
-    let start_secs = u64::from(start) * 3600;
-    let wait = (start_secs + 86_400 - of_day) % 86_400;
-    Some(Duration::from_secs(wait))
 }
