@@ -33,13 +33,14 @@ use crate::host::progress::Progress;
 use crate::host::snapshot::HardwareSnapshot;
 use crate::host::state_dir;
 use crate::host::systemd::{self, Watchdog};
+use crate::network::NetworkHandle;
 use crate::network::delivery::{DeliveryTask, NetworkStatus, NetworkView};
 use crate::network::hub_client::HubClient;
 use crate::network::intake::IntakeTask;
 use crate::network::outbox::{Bounds, Outbox};
 use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
 use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, Control};
-use crate::status::report::{AgentState, NetworkHandle};
+use crate::status::report::AgentState;
 use crate::status::server::StatusServer;
 
 /// How the agent was started: what it needs besides the config.

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use edge_hub::{ServeConfig, db_path, inspect, pki, store};
 use edge_tasks::Tasks;
 use ring::rand::{SecureRandom, SystemRandom};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The reference network service for edge agents (development, tests, fleet simulation).
 #[derive(Parser)]
@@ -92,11 +95,14 @@ enum OwnerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    // RUST_LOG as `info,edge_hub=debug` directives (the agent's `log.level` syntax).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

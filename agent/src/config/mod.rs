@@ -797,7 +797,7 @@ impl Check<'_> {
         let level = self
             .string("log.level", raw.log.level)
             .unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        if let Err(e) = level.parse::<tracing_subscriber::filter::Targets>() {
             self.fail(
                 "log.level",
                 format!("not a tracing filter ({e}); try \"info\" or \"debug\""),

@@ -2,6 +2,7 @@
 //! through the scheduler (so on the worker, like any job), cached in the state directory and
 //! measured again only when the agent version, the adapter or its driver changes.
 
+use edge_protocol::exposition::Exposition;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -182,4 +183,16 @@ pub(crate) async fn measure(
         memory_bandwidth_gbps,
         dispatch_round_trip_us: trips[trips.len() / 2],
     })
+}
+/// The `edge_gpu_capability` family.
+pub(crate) fn write_metrics(cap: &Compute, e: &mut Exposition) {
+    e.family("edge_gpu_capability", "gauge", "Measured GPU capability.");
+    for (what, value) in [
+        ("fp32_peak_gflops", cap.fp32_peak_gflops),
+        ("sgemm_gflops", cap.sgemm_gflops),
+        ("memory_bandwidth_gbps", cap.memory_bandwidth_gbps),
+        ("dispatch_round_trip_us", cap.dispatch_round_trip_us),
+    ] {
+        e.sample("edge_gpu_capability", &[("measure", what)], value);
+    }
 }

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use crate::gpu::scheduler::{PolicyView, SchedulerHandle};
 use crate::host::snapshot::HardwareSnapshot;
-use crate::network::delivery::{NetworkStatus, NetworkView};
-use crate::network::outbox::{Outbox, OutboxCounts};
+use crate::network::NetworkHandle;
+use crate::network::delivery::NetworkView;
+use crate::network::outbox::OutboxCounts;
 use crate::network::telemetry::Sources;
 use crate::pairing::{BridgeStatus, BridgeView};
 use crate::version::{VERSIONS, Versions};
@@ -41,20 +42,6 @@ pub(crate) struct AgentState {
     pub network: Option<NetworkHandle>,
     /// The owner's app; `None` without `[pairing] listen`.
     pub pairing: Option<BridgeStatus>,
-}
-
-/// The report queue and the network view, for `/status` and `/metrics`.
-#[derive(Clone)]
-pub(crate) struct NetworkHandle {
-    pub outbox: Outbox,
-    /// Registration, delivery and measurement state.
-    pub status: NetworkStatus,
-}
-
-impl std::fmt::Debug for NetworkHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetworkHandle").finish_non_exhaustive()
-    }
 }
 
 /// The `network` part of `/status`.

@@ -28,6 +28,7 @@ use edge_jobs::job::{BlobStore, Job};
 use edge_jobs::receipt::{self, Receipt};
 use edge_jobs::worker::MAX_BATCH;
 use edge_jobs::worker::Submitted;
+use edge_protocol::exposition::Exposition;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -165,6 +166,54 @@ pub struct GpuMetrics {
     pub paused: AtomicU64,
     /// 1 while a worker process holds the device.
     pub worker_up: AtomicU64,
+}
+
+impl GpuMetrics {
+    /// The `edge_gpu_*` families of the scheduler.
+    pub(crate) fn write_metrics(&self, e: &mut Exposition) {
+        let g = self;
+        let load =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        e.family("edge_gpu_queue_depth", "gauge", "GPU jobs waiting.")
+            .sample("edge_gpu_queue_depth", &[], load(&g.queue_depth));
+        e.family(
+            "edge_gpu_jobs_in_flight",
+            "gauge",
+            "GPU jobs sent to the worker (running or next).",
+        )
+        .sample("edge_gpu_jobs_in_flight", &[], load(&g.in_flight));
+        e.family("edge_gpu_jobs_total", "counter", "GPU jobs by outcome.");
+        for (outcome, counter) in [
+            ("done", &g.done),
+            ("failed", &g.failed),
+            ("refused", &g.refused),
+            ("cancelled", &g.cancelled),
+        ] {
+            e.sample(
+                "edge_gpu_jobs_total",
+                &[("outcome", outcome)],
+                load(counter),
+            );
+        }
+        e.family(
+            "edge_gpu_busy_seconds_total",
+            "counter",
+            "Time the GPU spent on jobs; its rate is the duty cycle.",
+        )
+        .sample("edge_gpu_busy_seconds_total", &[], load(&g.busy_us) / 1e6);
+        e.family(
+            "edge_gpu_paused",
+            "gauge",
+            "1 paused for heat, 2 outside the allowed hours, 0 running.",
+        )
+        .sample("edge_gpu_paused", &[], load(&g.paused));
+        e.family(
+            "edge_gpu_worker_up",
+            "gauge",
+            "1 while a GPU worker process holds the device.",
+        )
+        .sample("edge_gpu_worker_up", &[], load(&g.worker_up));
+    }
 }
 
 /// A finished job: its signed receipt and its outputs.
