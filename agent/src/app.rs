@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
-use edge_hal::{Button, GpuStatus, Hal, Wait};
+use edge_hal::{Button, Hal, Wait};
 use edge_identity::{DeviceId, Identity};
+use edge_jobs::adapter::GpuStatus;
 use edge_jobs::job::BlobStore;
 use edge_mobile_bridge::setup_code::SetupCode;
 use edge_protocol::report::Compute;

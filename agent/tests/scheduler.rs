@@ -17,8 +17,9 @@ use edge_agent::gpu::scheduler::{
 };
 use edge_agent::gpu::worker::{GpuWorker, WorkerError};
 use edge_hal::fake::{FakeClock, FakeThermal};
-use edge_hal::{GpuProbe, GpuStatus, IsolatedProbe};
+use edge_hal::{GpuProbe, IsolatedProbe};
 use edge_identity::Identity;
+use edge_jobs::adapter::GpuStatus;
 use edge_jobs::job::{BlobStore, Job};
 use edge_jobs::kernels;
 use edge_jobs::receipt;

@@ -226,7 +226,7 @@ pub fn validate_cached(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_hal::fake::lavapipe_limits as limits;
+    use edge_jobs::adapter::lavapipe_limits as limits;
     use edge_jobs::job::{Binding, Blob, JobLimits, Kernel};
 
     const DOUBLE: &str = "@group(0) @binding(0) var<storage, read> src: array<f32>;

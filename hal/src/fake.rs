@@ -10,13 +10,14 @@ use std::time::{Duration, SystemTime};
 use crate::Hal;
 use crate::button::{Button, ButtonError, Buttons, Wait};
 use crate::clock::Clock;
-use crate::gpu::{GpuLimits, GpuProbe, GpuStatus};
+use crate::gpu::GpuProbe;
 use crate::net::{Interface, Interfaces, NetError};
 use crate::storage::{Storage, StorageError, StorageUsage};
 use crate::system::{SystemError, SystemInfo, SystemSnapshot};
 use crate::thermal::{Thermal, ThermalError, ThermalZone};
 use crate::wifi::{self, Passphrase, Wifi, WifiError, WifiNetwork, WifiStatus};
 use edge_identity::{Identity, KeyError, KeyStore, KeyUri};
+use edge_jobs::adapter::GpuStatus;
 
 use zeroize::Zeroizing;
 
@@ -189,20 +190,6 @@ impl Default for FakeGpu {
 impl GpuProbe for FakeGpu {
     fn discover(&self) -> GpuStatus {
         lock(&self.0).clone()
-    }
-}
-
-/// lavapipe's limits (Mesa 22.3), as discovery reports them: for validating jobs without a GPU.
-pub fn lavapipe_limits() -> GpuLimits {
-    GpuLimits {
-        max_buffer_size: 2_147_483_647,
-        max_storage_buffer_binding_size: 134_217_728,
-        max_uniform_buffer_binding_size: 65_536,
-        max_storage_buffers_per_shader_stage: 32,
-        max_compute_workgroup_storage_size: 32_768,
-        max_compute_invocations_per_workgroup: 1024,
-        max_compute_workgroup_size: [1024, 1024, 1024],
-        max_compute_workgroups_per_dimension: 65_535,
     }
 }
 

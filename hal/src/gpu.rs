@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use edge_jobs::adapter::{GpuInfo, GpuLimits, GpuStatus};
+use edge_jobs::adapter::GpuStatus;
 
 /// GPU adapter discovery.
 pub trait GpuProbe: Send + Sync {

@@ -31,7 +31,7 @@ use edge_identity::{FileKeyStore, KeyStore};
 
 pub use button::{Button, ButtonError, Buttons, EvdevButton, EvdevButtons, Wait};
 pub use clock::{Clock, SystemClock};
-pub use gpu::{GpuInfo, GpuProbe, GpuStatus, IsolatedProbe};
+pub use gpu::{GpuProbe, IsolatedProbe};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
 pub use power::{Power, SystemdPower};
 pub use storage::{LinuxStorage, Storage, StorageUsage};

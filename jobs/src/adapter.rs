@@ -57,3 +57,18 @@ pub struct GpuLimits {
     /// Workgroups per dispatch dimension.
     pub max_compute_workgroups_per_dimension: u32,
 }
+
+/// lavapipe's limits (Mesa 22.3, the CPU Vulkan driver this project tests on), as discovery
+/// reports them: for validating jobs in tests without a GPU.
+pub fn lavapipe_limits() -> GpuLimits {
+    GpuLimits {
+        max_buffer_size: 2_147_483_647,
+        max_storage_buffer_binding_size: 134_217_728,
+        max_uniform_buffer_binding_size: 65_536,
+        max_storage_buffers_per_shader_stage: 32,
+        max_compute_workgroup_storage_size: 32_768,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size: [1024, 1024, 1024],
+        max_compute_workgroups_per_dimension: 65_535,
+    }
+}

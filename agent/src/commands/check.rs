@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use edge_hal::{GpuStatus, Hal};
+use edge_hal::Hal;
 use edge_identity::KeyError;
+use edge_jobs::adapter::GpuStatus;
 
 use crate::config::Config;
 

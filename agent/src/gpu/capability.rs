@@ -6,8 +6,8 @@ use edge_protocol::exposition::Exposition;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use edge_hal::GpuStatus;
 use edge_identity::durable;
+use edge_jobs::adapter::GpuStatus;
 use edge_jobs::kernels::{self, f32s};
 use edge_jobs::{freivalds, job::Job};
 use edge_protocol::report::Compute;

@@ -2,7 +2,8 @@
 //! IP, host) at start, when the public address or the GPU figures change, and periodically.
 //! Both only push into the report queue; delivery is [`crate::network::delivery`]'s business.
 
-use edge_hal::{Clock, GpuStatus};
+use edge_hal::Clock;
+use edge_jobs::adapter::GpuStatus;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -3,7 +3,7 @@
 //! Rendered on request from the latest snapshot, so a scrape costs one pass over a few dozen
 //! numbers and the agent keeps no metric registry between scrapes.
 
-use edge_hal::GpuStatus;
+use edge_jobs::adapter::GpuStatus;
 use edge_protocol::exposition::Exposition;
 
 use crate::status::report::AgentState;

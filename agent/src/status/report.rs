@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use edge_hal::GpuStatus;
 use edge_identity::DeviceId;
+use edge_jobs::adapter::GpuStatus;
 use edge_protocol::report::Compute;
 use serde::Serialize;
 use tokio::time::Instant;

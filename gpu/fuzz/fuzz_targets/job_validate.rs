@@ -7,7 +7,7 @@
 
 use edge_jobs::job::{Binding, BindingKind, Blob, BlobStore, Job, JobLimits, Kernel};
 use edge_gpu::validate::validate;
-use edge_hal::fake::lavapipe_limits;
+use edge_jobs::adapter::lavapipe_limits;
 use libfuzzer_sys::fuzz_target;
 
 fn check(job: Job) {

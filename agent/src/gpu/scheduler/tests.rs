@@ -4,7 +4,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use edge_hal::fake::{FakeClock, FakeThermal, lavapipe_limits};
+use edge_hal::fake::{FakeClock, FakeThermal};
+use edge_jobs::adapter::lavapipe_limits;
 use edge_jobs::job::BlobStore;
 use edge_jobs::worker::Done;
 
