@@ -6,6 +6,8 @@
 //!     cargo build --release -p edge-hal --examples
 //!     target/release/examples/read_hal 1000; target/release/examples/read_sysinfo 1000
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,10 +17,7 @@ use edge_hal::{
 };
 
 fn main() {
-    let n: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let n = common::reads();
     // The four readers the agent's sampling loop uses, and nothing else of the HAL.
     let (system, interfaces, thermal) = (
         LinuxSystem::default(),
@@ -33,16 +32,5 @@ fn main() {
             + LinuxStorage.usage(Path::new("/")).map(|_| 1).unwrap_or(0)
             + thermal.zones().map(|z| z.len()).unwrap_or(0);
     }
-    report("edge-hal", n, start, seen);
-}
-
-/// One line: reader, microseconds per read, parts seen, VmRSS.
-fn report(reader: &str, n: u32, start: Instant, seen: usize) {
-    let per_read = start.elapsed().as_secs_f64() * 1e6 / f64::from(n.max(1));
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .unwrap_or("VmRSS: ?");
-    println!("{reader}: {per_read:.1} us per read, {seen} parts, {rss}");
+    common::report("edge-hal", n, start, seen);
 }

@@ -3,6 +3,8 @@
 //! (default 1000), refreshing as an agent's sampling loop would; prints the time per read and
 //! this process's resident memory after. See `read_hal` for the comparison.
 
+mod common;
+
 use std::time::Instant;
 
 use sysinfo::{
@@ -10,10 +12,7 @@ use sysinfo::{
 };
 
 fn main() {
-    let n: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let n = common::reads();
     let mut system = or_exit(
         "system",
         System::new_with_specifics(
@@ -45,13 +44,7 @@ fn main() {
             + usize::from(model > 0)
             + usize::from(system.available_memory() > 0);
     }
-    let per_read = start.elapsed().as_secs_f64() * 1e6 / f64::from(n.max(1));
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS"))
-        .unwrap_or("VmRSS: ?");
-    println!("sysinfo: {per_read:.1} us per read, {seen} parts, {rss}");
+    common::report("sysinfo", n, start, seen);
 }
 
 fn or_exit<T>(what: &str, made: Result<T, sysinfo::Error>) -> T {

@@ -371,6 +371,19 @@ mod tests {
             .collect()
     }
 
+    /// Each text has exactly one problem, which starts with its wanted message.
+    fn each_refused_with(cases: &[(&str, &str)]) {
+        for (text, want) in cases {
+            let got = problems(text);
+            assert_eq!(got.len(), 1, "{text}: {got:?}");
+            assert!(
+                got[0].starts_with(want),
+                "{text}:\n got {:?}\nwant {want:?}",
+                got[0]
+            );
+        }
+    }
+
     #[test]
     fn empty_file_gives_the_embedded_defaults() {
         let c = from_str("", Path::new("/cwd")).expect("defaults");
@@ -515,15 +528,7 @@ mod tests {
                 "gpu.memory_budget_mib: expected whole MiB, found float 1.5",
             ),
         ];
-        for (text, want) in cases {
-            let got = problems(text);
-            assert_eq!(got.len(), 1, "{text}: {got:?}");
-            assert!(
-                got[0].starts_with(want),
-                "{text}:\n got {:?}\nwant {want:?}",
-                got[0]
-            );
-        }
+        each_refused_with(&cases);
     }
 
     #[test]
@@ -569,15 +574,7 @@ mod tests {
                 "pairing.button: expected a string, found integer 3",
             ),
         ];
-        for (text, want) in cases {
-            let got = problems(text);
-            assert_eq!(got.len(), 1, "{text}: {got:?}");
-            assert!(
-                got[0].starts_with(want),
-                "{text}:\n got {:?}\nwant {want:?}",
-                got[0]
-            );
-        }
+        each_refused_with(&cases);
     }
 
     #[test]

@@ -139,13 +139,22 @@ fn start(
     policy: Policy,
     worker: FakeWorker,
 ) -> (SchedulerHandle, CancellationToken, Arc<GpuMetrics>) {
+    start_in(policy, worker, Arc::new(FakeThermal::default()))
+}
+
+/// [`start`], on these thermal zones.
+fn start_in(
+    policy: Policy,
+    worker: FakeWorker,
+    thermal: Arc<FakeThermal>,
+) -> (SchedulerHandle, CancellationToken, Arc<GpuMetrics>) {
     let metrics = Arc::new(GpuMetrics::default());
     let (scheduler, handle) = Scheduler::new(
         SchedulerParts {
             gpu: Ok(lavapipe_limits()),
             policy,
             identity: Arc::new(Identity::generate_ephemeral().expect("key")),
-            thermal: Arc::new(FakeThermal::default()),
+            thermal,
             clock: Arc::new(FakeClock::default()),
             blobs: BlobStore {
                 dir: std::env::temp_dir().join("edge-agent-no-blobs"),
@@ -282,23 +291,7 @@ async fn a_hot_box_holds_jobs_until_it_cools() {
     let (worker, seen) = FakeWorker::new(|_| Duration::from_millis(10));
     let thermal = Arc::new(FakeThermal::default());
     thermal.set_all(90.0);
-    let metrics = Arc::new(GpuMetrics::default());
-    let (scheduler, handle) = Scheduler::new(
-        SchedulerParts {
-            gpu: Ok(lavapipe_limits()),
-            policy: policy(),
-            identity: Arc::new(Identity::generate_ephemeral().expect("key")),
-            thermal: thermal.clone(),
-            clock: Arc::new(FakeClock::default()),
-            blobs: BlobStore {
-                dir: std::env::temp_dir().join("edge-agent-no-blobs"),
-            },
-            metrics: metrics.clone(),
-        },
-        worker,
-    );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(scheduler.run(shutdown.clone()));
+    let (handle, shutdown, metrics) = start_in(policy(), worker, thermal.clone());
     let run = tokio::spawn(async move { handle.run(job("waits", 0)).await });
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(sent(&seen).is_empty(), "a job started at 90 °C");
