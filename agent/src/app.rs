@@ -533,4 +533,48 @@ mod tests {
             .expect("no panic");
         assert_eq!(rx.recv().await, None, "and drops its sender");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_app_builds_on_fakes_answers_status_and_drains_on_sigterm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("status.sock");
+        let text = format!(
+            "[agent]\nstate_dir = {:?}\n[status]\nsocket = {:?}\n",
+            dir.path().join("state").display().to_string(),
+            socket.display().to_string()
+        );
+        let config = crate::config::from_str(&text, dir.path()).expect("config");
+        let invocation = Invocation {
+            gpu_worker: dir.path().join("no-worker"),
+            config_path: None,
+            cwd: dir.path().to_owned(),
+        };
+        let app = App::build(config, Hal::fake(), invocation)
+            .await
+            .expect("builds on fakes");
+        // Built and not started: the state is locked, the socket bound, the GPU probed.
+        assert_eq!(
+            app.status_endpoints(),
+            [format!("unix:{}", socket.display())]
+        );
+        assert!(matches!(
+            app.state.sources.gpu,
+            GpuStatus::Unavailable { .. }
+        ));
+        assert!(app.network.is_none() && app.bridge.is_none());
+        let device = app.device_id();
+        let drain = app.spawn().expect("spawns");
+        let endpoint = crate::status::client::Endpoint::Unix(socket);
+        let status = crate::status::client::get(&endpoint, "/status")
+            .await
+            .expect("/status answers");
+        assert!(status.contains(&device.to_string()), "{status}");
+        // tokio's handler holds SIGTERM now: raising it reaches the drain, not the default action.
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).expect("raise");
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(30), drain.until_stopped())
+            .await
+            .expect("drained within the grace period")
+            .expect("a clean stop");
+        assert_eq!(exit, Exit::Ok);
+    }
 }
