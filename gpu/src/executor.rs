@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use edge_jobs::adapter::GpuLimits;
+use edge_jobs::adapter::{GpuInfo, GpuLimits};
 use edge_jobs::digest::Sha256;
 use edge_jobs::job::BindingKind;
 use edge_jobs::receipt::Attested;
@@ -164,6 +164,7 @@ impl Drop for Executor {
 /// runs jobs on its own thread (the GPU worker process, which saves a thread hand-off per job).
 pub struct Gpu {
     adapter: Adapter,
+    info: GpuInfo,
     device: wgpu::Device,
     queue: wgpu::Queue,
     pipelines: HashMap<(Sha256, String), wgpu::ComputePipeline>,
@@ -185,7 +186,7 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| ExecError::NoGpu {
-            reason: e.to_string(),
+            reason: crate::discover::no_adapter(&e),
         })?;
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -212,14 +213,14 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(
             |e| tracing::error!(error = %e, "uncaptured GPU error"),
         ));
-        let info = adapter.get_info();
-        let l = adapter.limits();
+        let info = crate::discover::info_of(&adapter);
         Ok(Self {
             adapter: Adapter {
-                name: info.name,
-                driver: format!("{} / {}", info.driver, info.driver_info),
-                limits: crate::discover::limits_of(&l),
+                name: info.name.clone(),
+                driver: info.driver_version(),
+                limits: info.limits.clone(),
             },
+            info,
             timestamps: timestamps.then(|| Timestamps::new(&device)),
             device,
             queue,
@@ -232,6 +233,11 @@ impl Gpu {
     /// The adapter jobs run on.
     pub fn adapter(&self) -> &Adapter {
         &self.adapter
+    }
+
+    /// The adapter jobs run on, as discovery reports it.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
     }
 
     /// Whether `result` (of [`Gpu::run`]) left the device unusable: then [`Gpu::replace`] it.

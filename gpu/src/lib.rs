@@ -2,7 +2,7 @@
 //! runs in the GPU worker process (`edge-gpu-worker`), never in the daemon: untrusted WGSL is
 //! parsed, and the Vulkan driver loaded, only in a process the agent can kill and that holds no key.
 //!
-//! - [`discover`]: which adapter there is, and its limits (`edge-gpu-worker probe`).
+//! - [`discover`]: the adapter opened, and its limits, as the worker says them (`edge-gpu-worker hello`).
 //! - [`validate`]: nothing reaches the GPU unchecked: the WGSL is parsed and validated by naga, the
 //!   shader's bindings must match the job's, then [`edge_jobs::check`] holds every size to the
 //!   adapter and the owner's memory budget. Each refusal says what and where.

@@ -1,14 +1,16 @@
 //! `edge-gpu-worker`: the process the agent runs other people's GPU jobs in.
 //!
-//!     edge-gpu-worker serve --blobs DIR   jobs on stdin, answers on stdout, until stdin closes
-//!     edge-gpu-worker probe               GPU discovery: one JSON line, then exit
+//! ```text
+//! edge-gpu-worker serve --blobs DIR   jobs on stdin, answers on stdout, until stdin closes
+//! edge-gpu-worker hello               GPU discovery: the line `serve` starts with, then exit
+//! ```
 //!
 //! It never opens the device's key or the agent's state; the agent signs receipts from its answers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: edge-gpu-worker serve --blobs DIR | edge-gpu-worker probe";
+const USAGE: &str = "usage: edge-gpu-worker serve --blobs DIR | edge-gpu-worker hello";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,19 +33,14 @@ fn main() -> ExitCode {
             // would wait for it.
             std::process::exit(0);
         }
-        ["probe"] => {
-            let status = edge_gpu::discover::WgpuProbe::default().discover();
-            match serde_json::to_string(&status) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("edge-gpu-worker: {e}");
-                    ExitCode::FAILURE
-                }
+        ["hello"] => match edge_gpu::worker::hello(std::io::stdout().lock()) {
+            // Exit at once either way: the device is not torn down (see `serve`).
+            Ok(_) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("edge-gpu-worker: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(64)

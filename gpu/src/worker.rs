@@ -24,6 +24,31 @@ enum After {
     Exit,
 }
 
+/// Opens the device and says what it is, or why there is none: the worker's first line, and all
+/// of `edge-gpu-worker hello` (the agent's discovery at start).
+pub fn hello(mut output: impl Write) -> std::io::Result<Option<Gpu>> {
+    match Gpu::open() {
+        Ok(gpu) => {
+            send(
+                &mut output,
+                &Hello::Ready {
+                    gpu: gpu.info().clone(),
+                },
+            )?;
+            Ok(Some(gpu))
+        }
+        Err(e) => {
+            send(
+                &mut output,
+                &Hello::NoGpu {
+                    reason: e.to_string(),
+                },
+            )?;
+            Ok(None)
+        }
+    }
+}
+
 /// Serves requests from `input` until it closes; answers on `output`. Returns after a timeout, too
 /// (the caller should then exit the process).
 pub fn serve(
@@ -33,25 +58,9 @@ pub fn serve(
 ) -> std::io::Result<()> {
     // The device lives on this thread: no hand-off to an executor thread per job, and a job's
     // time limit holds all the same (the wait for it is bounded).
-    let mut gpu = match Gpu::open() {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            return send(
-                &mut output,
-                &Hello::NoGpu {
-                    reason: e.to_string(),
-                },
-            );
-        }
+    let Some(mut gpu) = hello(&mut output)? else {
+        return Ok(());
     };
-    let adapter = gpu.adapter();
-    send(
-        &mut output,
-        &Hello::Ready {
-            adapter: adapter.name.clone(),
-            driver: adapter.driver.clone(),
-        },
-    )?;
     let mut shaders = ShaderCache::default();
     for line in input.lines() {
         let (answers, after) = answer(&mut gpu, &line?, blobs, &mut shaders);

@@ -1,35 +1,45 @@
-//! GPU discovery as the agent runs it: the real `edge-gpu-worker probe` binary against the real
-//! Vulkan loader (which reads `VK_ICD_FILENAMES` once per process, so each case is its own child).
+//! GPU discovery as the agent runs it: the real `edge-gpu-worker hello` binary against the real
+//! Vulkan loader (which reads `VK_ICD_FILENAMES` once per process, so each case is its own child),
+//! and the same line at the start of `serve`.
 
 #![allow(
     clippy::tests_outside_test_module,
     reason = "an integration test crate: its tests need no test module"
 )]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-fn discover_with_icd(icd: &str) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_edge-gpu-worker"))
-        .arg("probe")
+/// The first line `edge-gpu-worker MODE` writes with this loader configuration, as JSON.
+fn first_line(mode: &str, icd: &str) -> serde_json::Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gpu-worker"))
+        .args(mode.split(' '))
         .env("VK_ICD_FILENAMES", icd)
         .env("NODEVICE_SELECT", "1")
-        .output()
-        .expect("run edge-gpu-worker probe");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run edge-gpu-worker");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    // Closing its input ends `serve`; `hello` has exited already.
+    drop(child.stdin.take());
+    let status = child.wait().expect("wait");
     assert!(
-        out.status.success(),
-        "probe failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "edge-gpu-worker {mode}: {status}; said {line}"
     );
-    serde_json::from_str(stdout.trim()).expect("one GPU status as JSON")
+    serde_json::from_str(line.trim()).expect("one JSON line")
 }
 
 #[test]
 fn no_driver_is_reported_as_no_gpu_with_a_reason() {
-    let status = discover_with_icd("/nonexistent.json");
-    assert_eq!(status["status"], "unavailable", "{status}");
-    let reason = status["reason"].as_str().expect("reason");
+    let hello = first_line("hello", "/nonexistent.json");
+    let reason = hello["no_gpu"]["reason"]
+        .as_str()
+        .expect("no_gpu with a reason");
     assert!(reason.contains("no Vulkan adapter"), "{reason}");
     assert!(reason.contains("/nonexistent.json"), "{reason}");
 }
@@ -49,9 +59,10 @@ fn lavapipe_is_found_when_mesa_is_installed() {
         );
         return;
     }
-    let status = discover_with_icd(icd.to_str().expect("utf-8 path"));
-    assert_eq!(status["status"], "available", "{status}");
-    assert_eq!(status["backend"], "vulkan", "{status}");
+    let icd = icd.to_str().expect("utf-8 path");
+    let hello = first_line("hello", icd);
+    let status = &hello["ready"]["gpu"];
+    assert_eq!(status["backend"], "vulkan", "{hello}");
     assert_eq!(status["device_type"], "cpu", "{status}");
     assert!(
         status["name"].as_str().expect("name").contains("llvmpipe"),
@@ -64,6 +75,11 @@ fn lavapipe_is_found_when_mesa_is_installed() {
             >= 1 << 27,
         "{status}"
     );
+    // The worker that runs jobs starts with the same line: jobs are checked against the limits
+    // of the adapter they run on.
+    let tmp = std::env::temp_dir();
+    let serving = first_line(&format!("serve --blobs {}", tmp.display()), icd);
+    assert_eq!(serving, hello);
 }
 
 #[test]

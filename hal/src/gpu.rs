@@ -1,5 +1,6 @@
-//! GPU discovery in a child process: the GPU worker (`edge-gpu-worker probe`) prints one
-//! [`GpuStatus`] as JSON and exits. A daemon must not discover in-process: loading a Vulkan driver
+//! GPU discovery in a child process: the GPU worker (`edge-gpu-worker hello`) opens the device as
+//! it does to serve jobs, prints the first line it would serve with (an [`edge_jobs::worker::Hello`]:
+//! the adapter, its driver and limits, or why there is no GPU) and exits. A daemon must not discover in-process: loading a Vulkan driver
 //! maps it into the process for good (lavapipe's LLVM alone is ~45 MiB resident, and the loader does
 //! not unmap it on `vkDestroyInstance`), and a hung driver in a child is killed at the deadline
 //! instead of being abandoned.
@@ -11,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edge_jobs::adapter::GpuStatus;
+use edge_jobs::worker::Hello;
 
 /// GPU adapter discovery.
 pub trait GpuProbe: Send + Sync {
@@ -42,10 +44,10 @@ pub fn worker_beside(program: &Path) -> PathBuf {
 }
 
 impl IsolatedProbe {
-    /// `worker probe`, killed after 30 s (a driver that takes longer is taken for hung).
+    /// `worker hello`, killed after 30 s (a driver that takes longer is taken for hung).
     pub fn worker(worker: &Path) -> Self {
         Self {
-            command: vec![worker.into(), "probe".into()],
+            command: vec![worker.into(), "hello".into()],
             timeout: Duration::from_secs(30),
         }
     }
@@ -95,11 +97,13 @@ impl GpuProbe for IsolatedProbe {
                 "the GPU probe {shown} failed ({status}); the driver may have crashed"
             ));
         }
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| {
-            unavailable(format!(
-                "the answer of the GPU probe {shown} is not a GPU status: {e}"
-            ))
-        })
+        match serde_json::from_str::<Hello>(out.trim()) {
+            Ok(Hello::Ready { gpu }) => GpuStatus::Available(gpu),
+            Ok(Hello::NoGpu { reason }) => unavailable(reason),
+            Err(e) => unavailable(format!(
+                "the answer of the GPU probe {shown} is not the worker's hello: {e}"
+            )),
+        }
     }
 }
 
@@ -124,10 +128,7 @@ mod tests {
 
     #[test]
     fn isolated_probe_reads_the_childs_answer() {
-        let status = isolated(
-            r#"echo '{"status":"unavailable","reason":"no driver"}'"#,
-            10_000,
-        );
+        let status = isolated(r#"echo '{"no_gpu":{"reason":"no driver"}}'"#, 10_000);
         assert_eq!(reason(status), "no driver");
     }
 
@@ -153,7 +154,7 @@ mod tests {
             crashed.contains("probe sh failed") && crashed.contains("SIGSEGV"),
             "{crashed}"
         );
-        assert!(reason(isolated("echo hello", 10_000)).contains("not a GPU status"));
+        assert!(reason(isolated("echo hello", 10_000)).contains("not the worker's hello"));
         let missing = IsolatedProbe {
             command: vec!["/nonexistent/probe".into()],
             timeout: Duration::from_secs(1),

@@ -37,6 +37,13 @@ pub struct GpuInfo {
     pub limits: GpuLimits,
 }
 
+impl GpuInfo {
+    /// Driver and version as receipts name it, e.g. `llvmpipe / Mesa 22.3.6 (LLVM 15.0.6)`.
+    pub fn driver_version(&self) -> String {
+        format!("{} / {}", self.driver, self.driver_info)
+    }
+}
+
 /// Compute-relevant adapter limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuLimits {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::GpuInfo;
 use crate::digest::Sha256;
 use crate::job::Job;
 
@@ -51,16 +52,16 @@ pub enum ExecError {
     Stopped,
 }
 
-/// The worker's first line.
+/// The worker's first line: GPU discovery. The agent's discovery at start is this line too
+/// (`edge-gpu-worker hello` opens the device as `serve` does, says it, and exits), so the limits
+/// jobs are checked against are those of the adapter they run on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hello {
-    /// The device is open.
+    /// The device is open: what it is.
     Ready {
-        /// Adapter name.
-        adapter: String,
-        /// Driver and version.
-        driver: String,
+        /// The adapter, its driver and its limits.
+        gpu: GpuInfo,
     },
     /// No GPU could be opened.
     NoGpu {
@@ -343,9 +344,28 @@ mod tests {
             take_answer(&mut buf, 1 << 20),
             Err(FrameError::Json(_))
         ));
-        let mut buf = b"{\"ready\":{\"adapter\":\"a\",\"driver\":\"d\"}}\nrest".to_vec();
+        let ready = Hello::Ready {
+            gpu: GpuInfo {
+                name: "llvmpipe".into(),
+                backend: "vulkan".into(),
+                device_type: "cpu".into(),
+                driver: "llvmpipe".into(),
+                driver_info: "Mesa 22.3.6".into(),
+                vendor_id: 0x10005,
+                device_id: 0,
+                limits: crate::adapter::lavapipe_limits(),
+            },
+        };
+        let mut buf = serde_json::to_vec(&ready).expect("json");
+        buf.extend_from_slice(b"\nrest");
         let hello: Option<Hello> = take_line(&mut buf).expect("hello");
-        assert!(matches!(hello, Some(Hello::Ready { .. })));
+        match hello {
+            Some(Hello::Ready { gpu }) => {
+                assert_eq!(gpu.driver_version(), "llvmpipe / Mesa 22.3.6");
+                assert_eq!(gpu.limits, crate::adapter::lavapipe_limits());
+            }
+            other => panic!("expected ready, got {other:?}"),
+        }
         assert_eq!(buf, b"rest");
     }
 }

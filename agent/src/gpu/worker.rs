@@ -279,10 +279,10 @@ impl GpuWorker {
                 return Err(crashed(format!("it exited before saying hello ({status})")));
             };
             match hello {
-                Hello::Ready { adapter, driver } => {
-                    tracing::info!(%adapter, "GPU worker started");
-                    running.adapter = adapter;
-                    running.driver = driver;
+                Hello::Ready { gpu } => {
+                    tracing::info!(adapter = %gpu.name, "GPU worker started");
+                    running.driver = gpu.driver_version();
+                    running.adapter = gpu.name;
                     self.running = Some(running);
                 }
                 Hello::NoGpu { reason } => return Err(WorkerError::NoGpu { reason }),
