@@ -1,9 +1,10 @@
 //! GPU discovery in a child process: the GPU worker (`edge-gpu-worker hello`) opens the device as
-//! it does to serve jobs, prints the first line it would serve with (an [`edge_jobs::worker::Hello`]:
-//! the adapter, its driver and limits, or why there is no GPU) and exits. A daemon must not discover in-process: loading a Vulkan driver
-//! maps it into the process for good (lavapipe's LLVM alone is ~45 MiB resident, and the loader does
-//! not unmap it on `vkDestroyInstance`), and a hung driver in a child is killed at the deadline
-//! instead of being abandoned.
+//! it does to serve jobs, prints the first line it would serve with (an
+//! [`edge_jobs::worker::Hello`]: the adapter, its driver and limits, or why there is no GPU) and
+//! exits. A daemon must not discover in-process: loading a Vulkan driver maps it into the process
+//! for good (lavapipe's LLVM alone is ~45 MiB resident, and the loader does not unmap it on
+//! `vkDestroyInstance`), and a hung driver in a child is killed at the deadline instead of being
+//! abandoned.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -20,7 +21,7 @@ pub trait GpuProbe: Send + Sync {
     fn discover(&self) -> GpuStatus;
 }
 
-/// Discovery in a child process that prints one [`GpuStatus`] as JSON on stdout.
+/// Discovery in a child process that prints the worker's hello (one JSON line) on stdout.
 #[derive(Debug, Clone)]
 pub struct IsolatedProbe {
     /// Program and arguments.
