@@ -202,14 +202,15 @@ fn main() {
         let (scheduler, handle) = Scheduler::new(
             SchedulerParts {
                 gpu: Ok(gpu.adapter().limits.clone()),
+                // No thermal pause and no idle release within a run: the bench measures the
+                // scheduler, not the policy.
                 policy: Policy {
                     queue_capacity: 1000,
                     memory_budget: 1 << 30,
-                    max_duty: 1.0,
-                    allowed_hours_utc: None,
                     pause_above_celsius: 200.0,
                     resume_below_celsius: 150.0,
                     idle_release: Duration::from_secs(600),
+                    ..Policy::default()
                 },
                 identity: Arc::new(Identity::generate_ephemeral().expect("key")),
                 thermal: Arc::new(SysfsThermal::default()),

@@ -514,6 +514,12 @@ impl From<&GpuConfig> for Policy {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_schedulers_default_policy_is_the_embedded_defaults() {
+        let config = crate::config::from_str("", std::path::Path::new("/")).expect("defaults");
+        assert_eq!(Policy::from(&config.gpu), Policy::default());
+    }
+
     #[tokio::test]
     async fn button_presses_reach_the_bridge_until_the_device_ends() {
         let buttons = edge_hal::fake::FakeButtons::default();

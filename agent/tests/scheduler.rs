@@ -15,7 +15,7 @@ use std::time::Duration;
 use edge_agent::gpu::scheduler::{
     GpuMetrics, JobError, JobResult, Policy, Scheduler, SchedulerHandle, SchedulerParts,
 };
-use edge_agent::gpu::worker::{GpuWorker, WorkerError};
+use edge_agent::gpu::worker::GpuWorker;
 use edge_hal::fake::{FakeClock, FakeThermal};
 use edge_hal::{GpuProbe, IsolatedProbe};
 use edge_identity::Identity;
@@ -30,11 +30,7 @@ fn policy() -> Policy {
     Policy {
         queue_capacity: 4,
         memory_budget: 256 << 20,
-        max_duty: 1.0,
-        allowed_hours_utc: None,
-        pause_above_celsius: 85.0,
-        resume_below_celsius: 75.0,
-        idle_release: Duration::from_secs(60),
+        ..Policy::default()
     }
 }
 
@@ -235,10 +231,7 @@ async fn a_runaway_kernel_fails_at_its_limit_and_the_next_job_runs() {
     let runaway = kernels::runaway(300);
     let err = rig.handle.run(runaway).await.expect_err("overruns");
     assert!(
-        matches!(
-            err,
-            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
-        ),
+        matches!(err, JobError::Exec(ExecError::Timeout { .. })),
         "{err:?}"
     );
     let after = rig
@@ -386,10 +379,7 @@ async fn a_batch_that_overruns_runs_its_jobs_again_alone_and_only_the_runaway_fa
     let runaway = tasks.next().expect("runaway").await.expect("join");
     let err = runaway.expect_err("overruns");
     assert!(
-        matches!(
-            err,
-            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
-        ),
+        matches!(err, JobError::Exec(ExecError::Timeout { .. })),
         "{err:?}"
     );
     for task in tasks {
@@ -427,10 +417,7 @@ async fn a_job_sent_ahead_of_a_runaway_is_run_again_on_a_fresh_worker() {
     assert_eq!(ahead.receipt.body.what.job_id, "ahead");
     let err = runaway.await.expect("join").expect_err("overruns");
     assert!(
-        matches!(
-            err,
-            JobError::Worker(WorkerError::Exec(ExecError::Timeout { .. }))
-        ),
+        matches!(err, JobError::Exec(ExecError::Timeout { .. })),
         "{err:?}"
     );
     assert_eq!(rig.metrics.failed.load(Ordering::SeqCst), 1);

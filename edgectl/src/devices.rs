@@ -7,7 +7,8 @@ use edge_mobile_bridge::client::PairedDevice;
 use edge_mobile_bridge::setup_code::DeviceFingerprint;
 use serde::{Deserialize, Serialize};
 
-/// One paired box.
+/// One paired box as `devices.json` keeps it: its id, its identity key, and the address it was
+/// paired at (where later sessions go).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Known {
     pub device_id: String,
@@ -62,12 +63,12 @@ impl Devices {
         self.known.push(known);
     }
 
-    /// Drops a box.
+    /// Drops the box with this id, if known; the file changes only at [`Devices::save`].
     pub(crate) fn forget(&mut self, device_id: &str) {
         self.known.retain(|k| k.device_id != device_id);
     }
 
-    /// Every box.
+    /// Every box, oldest pairing first (pairing a box again moves it last).
     pub(crate) fn all(&self) -> &[Known] {
         &self.known
     }

@@ -10,7 +10,8 @@ use crate::CtlError;
 /// The DNS-SD service type the agent announces.
 const SERVICE: &str = "_edge-agent._tcp.local.";
 
-/// One box seen.
+/// One box seen: its TXT `id`, its addresses with the service's port (sorted), and its TXT
+/// `pairing` (`unknown` if absent).
 #[derive(Debug, serde::Serialize)]
 struct Seen {
     device_id: String,

@@ -80,7 +80,7 @@ enum Command {
     },
     /// The box's most recent log lines.
     Logs {
-        /// How many.
+        /// How many lines, at most 256.
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: u16,
     },
@@ -106,7 +106,7 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum WifiCommand {
-    /// Networks the box sees.
+    /// Networks the box sees, strongest first, one line per SSID.
     Scan,
     /// Join a network; the passphrase is read from stdin (never from the command line).
     Set {

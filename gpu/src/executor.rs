@@ -71,7 +71,7 @@ impl JobOutput {
 /// The adapter the executor runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adapter {
-    /// Adapter name.
+    /// The adapter's name as wgpu reports it, e.g. `Adreno (TM) 650`.
     pub name: String,
     /// Driver and version, e.g. `llvmpipe / Mesa 22.3.6 (LLVM 15.0.6)`.
     pub driver: String,

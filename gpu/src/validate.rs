@@ -14,7 +14,7 @@ use naga::{AddressSpace, ShaderStage, StorageAccess};
 /// A job that passed every check, with its inputs resolved and padded.
 #[derive(Debug, Clone)]
 pub struct ValidJob {
-    /// The job as sent.
+    /// The job as sent, unchanged; its inputs resolved are in `inputs`.
     pub job: Job,
     /// SHA-256 of the WGSL source: the pipeline cache key and the receipt's kernel hash.
     pub kernel_sha256: Sha256,

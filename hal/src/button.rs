@@ -42,23 +42,23 @@ pub enum ButtonError {
     /// The device could not be opened.
     #[error("cannot open input device {path}: {source}")]
     Open {
-        /// The device.
+        /// The device path as configured: a `by-path` link is named, not its target.
         path: PathBuf,
-        /// Why.
+        /// The OS error from the non-blocking open, e.g. `EACCES` for a user outside `input`.
         source: std::io::Error,
     },
     /// The device could not be read (it went away: `ENODEV`).
     #[error("cannot read input device {path}: {source}")]
     Read {
-        /// The device.
+        /// The device path as configured.
         path: PathBuf,
-        /// Why.
+        /// The OS error from `poll(2)` or `read(2)`; `ENODEV` once the device is unplugged.
         source: std::io::Error,
     },
     /// The input ended inside a record.
     #[error("input device {path} ended inside an event ({bytes} of {EVENT_SIZE} bytes)")]
     Truncated {
-        /// The device.
+        /// The device path as configured.
         path: PathBuf,
         /// Bytes of the last, partial record.
         bytes: usize,
@@ -68,7 +68,7 @@ pub enum ButtonError {
 /// What a wait on the button saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// The key was pressed.
+    /// The key was pressed: one key-down, possibly read before this wait began.
     Pressed,
     /// No press within the timeout.
     TimedOut,
@@ -76,14 +76,14 @@ pub enum Wait {
     Ended,
 }
 
-/// One opened button.
+/// One opened button, read by the thread that waits on it.
 pub trait Button: Send {
     /// Waits up to `timeout` for the next press; presses that came while nobody waited are
     /// reported one per call.
     fn wait(&mut self, timeout: Duration) -> Result<Wait, ButtonError>;
 }
 
-/// Opens buttons.
+/// Opens buttons: [`EvdevButtons`], or the fakes' for tests.
 pub trait Buttons: Send + Sync {
     /// The button that is key `key` on input device `device`.
     fn open(&self, device: &Path, key: u16) -> Result<Box<dyn Button>, ButtonError>;

@@ -52,7 +52,7 @@ impl SystemInfo for FakeSystem {
     }
 }
 
-/// Interfaces the test sets.
+/// Interfaces the test sets; [`Interfaces::list`] returns them as they are, unsorted.
 #[derive(Debug, Default)]
 pub struct FakeInterfaces(pub Mutex<Vec<Interface>>);
 
@@ -196,7 +196,7 @@ impl GpuProbe for FakeGpu {
 /// One accepted [`Wifi::connect`], without the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeConnect {
-    /// The network asked for.
+    /// The SSID as passed to [`Wifi::connect`].
     pub ssid: String,
     /// Whether a passphrase was given (false: an open network).
     pub with_passphrase: bool,
@@ -304,7 +304,7 @@ impl Hal {
     }
 }
 
-/// Counts reboot requests.
+/// Counts reboot requests; every one succeeds.
 #[derive(Debug, Default)]
 pub struct FakePower(pub std::sync::atomic::AtomicU32);
 

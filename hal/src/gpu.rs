@@ -24,7 +24,7 @@ pub trait GpuProbe: Send + Sync {
 /// Discovery in a child process that prints the worker's hello (one JSON line) on stdout.
 #[derive(Debug, Clone)]
 pub struct IsolatedProbe {
-    /// Program and arguments.
+    /// Program and arguments, the program first; [`IsolatedProbe::worker`] makes `<worker> hello`.
     pub command: Vec<OsString>,
     /// Deadline; the child is killed when it passes.
     pub timeout: Duration,

@@ -53,17 +53,17 @@ pub struct Hal {
     pub interfaces: Arc<dyn Interfaces>,
     /// Capacity of the filesystem holding a path.
     pub storage: Arc<dyn Storage>,
-    /// Thermal zones.
+    /// Thermal zones and their temperatures; an empty list on machines without any.
     pub thermal: Arc<dyn Thermal>,
-    /// Monotonic and wall time.
+    /// Monotonic and wall time; the fake's moves only when a test advances it.
     pub clock: Arc<dyn Clock>,
-    /// The identity key store.
+    /// Opens and creates the identity key (files with mode 0600 on the real device).
     pub keys: Arc<dyn KeyStore>,
     /// GPU adapter discovery.
     pub gpu: Arc<dyn GpuProbe>,
     /// Wi-Fi scanning and provisioning.
     pub wifi: Arc<dyn Wifi>,
-    /// Reboot.
+    /// Reboots the box (`systemctl reboot` on the real device).
     pub power: Arc<dyn Power>,
     /// Input devices: the pairing button.
     pub buttons: Arc<dyn Buttons>,

@@ -17,7 +17,7 @@ pub enum NetError {
     /// The net class directory cannot be read.
     #[error("cannot list network interfaces in {path}: {source}")]
     List {
-        /// The directory.
+        /// `<sysfs>/class/net`, from [`LinuxInterfaces::sysfs`].
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -30,16 +30,16 @@ pub enum NetError {
 /// An address on an interface with its prefix length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Address {
-    /// The address.
+    /// The address as `getifaddrs(3)` gives it (an IPv6 one without its scope id).
     pub ip: IpAddr,
-    /// Prefix length of its network.
+    /// Prefix length of its network; 0 where the kernel gave no netmask.
     pub prefix: u8,
 }
 
 /// Kernel counters for one interface since it came up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
-    /// Bytes received.
+    /// Bytes received (`statistics/rx_bytes`); 0 where unreadable, as for each counter here.
     pub rx_bytes: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
@@ -49,24 +49,25 @@ pub struct Counters {
     pub tx_packets: u64,
 }
 
-/// One network interface.
+/// One network interface: an entry of `<sysfs>/class/net`, with the addresses `getifaddrs(3)`
+/// lists under its name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interface {
     /// Kernel name, e.g. `eth0`.
     pub name: String,
     /// Hardware address, where the interface has one.
     pub mac: Option<String>,
-    /// Addresses assigned to it.
+    /// Its IPv4 and IPv6 addresses, in `getifaddrs(3)` order; empty if it has none.
     pub addresses: Vec<Address>,
     /// Operational state as the kernel says (`up`, `down`, `unknown` for loopback, ...).
     pub oper_state: String,
     /// Link speed in Mbit/s, where the driver reports it.
     pub speed_mbps: Option<u64>,
-    /// Traffic counters.
+    /// The kernel's traffic counters since the interface came up.
     pub counters: Counters,
 }
 
-/// Network interfaces.
+/// Lists the machine's network interfaces: [`LinuxInterfaces`], or the fakes' for tests.
 pub trait Interfaces: Send + Sync {
     /// All interfaces, sorted by name.
     fn list(&self) -> Result<Vec<Interface>, NetError>;

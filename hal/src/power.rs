@@ -12,23 +12,23 @@ pub enum PowerError {
     /// The command could not run or failed.
     #[error("{program}: {reason}")]
     Command {
-        /// What was run.
+        /// The `systemctl` path as configured ([`SystemdPower::systemctl`]).
         program: PathBuf,
-        /// Why it failed.
+        /// The OS error starting it, or its exit status and trimmed stderr.
         reason: String,
     },
 }
 
-/// Reboots the machine.
+/// Reboots the machine: [`SystemdPower`], or a fake that counts requests.
 pub trait Power: Send + Sync {
     /// Asks for an orderly reboot; returns once it is requested.
     fn reboot(&self) -> Result<(), PowerError>;
 }
 
-/// Reboot through systemd.
+/// Reboot through systemd (`systemctl reboot`), so services stop in order first.
 #[derive(Debug, Clone)]
 pub struct SystemdPower {
-    /// `systemctl`.
+    /// The `systemctl` program; the default, a bare name, is looked up on `PATH`.
     pub systemctl: PathBuf,
 }
 

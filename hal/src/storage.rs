@@ -10,7 +10,7 @@ pub enum StorageError {
     /// `statvfs` failed for the path.
     #[error("cannot stat the filesystem of {path}: {source}")]
     Statvfs {
-        /// The path asked about.
+        /// The path asked about, as given (the agent asks about its state directory).
         path: PathBuf,
         /// The OS error.
         source: nix::Error,
@@ -20,15 +20,15 @@ pub enum StorageError {
 /// Size and free space of one filesystem, in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StorageUsage {
-    /// The path asked about.
+    /// The path asked about, as given.
     pub path: PathBuf,
-    /// Total size.
+    /// Total size: `f_blocks` times the fragment size.
     pub total_bytes: u64,
-    /// Free space an unprivileged process may use.
+    /// Free space an unprivileged process may use (`f_bavail`; root's reserve left out).
     pub available_bytes: u64,
 }
 
-/// Filesystem capacity.
+/// Filesystem capacity: [`LinuxStorage`], or the fakes' for tests.
 pub trait Storage: Send + Sync {
     /// Capacity of the filesystem holding `path`.
     fn usage(&self, path: &Path) -> Result<StorageUsage, StorageError>;

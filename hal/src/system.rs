@@ -13,7 +13,7 @@ pub enum SystemError {
     /// A file that every Linux system has could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// The file under [`LinuxSystem::procfs`], e.g. `<procfs>/meminfo`.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -21,7 +21,7 @@ pub enum SystemError {
     /// A file was read but did not say what it should.
     #[error("{path}: {what}")]
     Parse {
-        /// The file.
+        /// The file that did not parse: `<procfs>/loadavg`, `meminfo` or `uptime`.
         path: PathBuf,
         /// What was missing or malformed.
         what: String,
@@ -50,11 +50,11 @@ pub struct SystemSnapshot {
     pub cpus: Vec<Cpu>,
     /// Load averages over 1, 5 and 15 minutes.
     pub load: [f64; 3],
-    /// Physical memory in bytes.
+    /// Physical memory in bytes (`MemTotal`).
     pub memory_total_bytes: u64,
     /// Memory available for new work without swapping, in bytes (`MemAvailable`).
     pub memory_available_bytes: u64,
-    /// Seconds since boot.
+    /// Seconds since boot, with fractions (the first field of `/proc/uptime`).
     pub uptime_secs: f64,
     /// Kernel release, e.g. `6.1.0-27-arm64`.
     pub kernel: String,
@@ -64,9 +64,10 @@ pub struct SystemSnapshot {
     pub boot_id: String,
 }
 
-/// Host information.
+/// Host information: [`LinuxSystem`], or the fakes' for tests.
 pub trait SystemInfo: Send + Sync {
-    /// Read everything now.
+    /// Reads everything now. A missing procfs file is an error; a missing os-release reads as
+    /// `unknown`.
     fn snapshot(&self) -> Result<SystemSnapshot, SystemError>;
 }
 

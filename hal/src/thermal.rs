@@ -12,7 +12,7 @@ pub enum ThermalError {
     /// The thermal class directory exists but cannot be read.
     #[error("cannot list thermal zones in {path}: {source}")]
     List {
-        /// The directory.
+        /// `<sysfs>/class/thermal`; a missing one is an empty list, not this error.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -30,7 +30,7 @@ pub struct ThermalZone {
     pub celsius: f64,
 }
 
-/// Temperatures.
+/// Temperatures: [`SysfsThermal`], or the fakes' for tests.
 pub trait Thermal: Send + Sync {
     /// All readable zones; an empty list where the machine has none (VMs, containers).
     fn zones(&self) -> Result<Vec<ThermalZone>, ThermalError>;

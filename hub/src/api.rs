@@ -37,7 +37,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// What the handlers share.
 pub struct Hub {
-    /// The database.
+    /// The database; writes go to its writer thread.
     pub store: Store,
     /// Per-device request limits.
     pub limiter: RateLimiter,
@@ -86,7 +86,7 @@ pub fn router(hub: Arc<Hub>, max_body: usize) -> Router {
         .with_state(hub)
 }
 
-/// An error reply.
+/// An error reply: its status, and the message sent as `{"error": ...}`.
 struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::store::{self, StoreError};
 
-/// One line per device.
+/// A table, one line per device under a header: id, owner, last seq, stored reports, last seen
+/// (seconds before `now_ms`), clock skew and last IP.
 pub fn devices(db: &Path, now_ms: u64) -> Result<String, StoreError> {
     let conn = store::open(db)?;
     let sqlite = sqlite_err(db);

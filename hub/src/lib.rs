@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 pub struct ServeConfig {
     /// Directory with `init`'s files and the database.
     pub dir: PathBuf,
-    /// Main listener.
+    /// Address of the main listener: the API, including the first IP echo.
     pub listen: SocketAddr,
     /// Second listener (IP echo from a second address; serves the same API).
     pub echo_listen: Option<SocketAddr>,
@@ -53,15 +53,16 @@ pub enum HubError {
     /// TLS material.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The database.
+    /// The database could not be opened or its schema applied.
     #[error(transparent)]
     Store(#[from] store::StoreError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// Where.
+        /// The address asked for; when `local_addr` fails, the main listener's, whichever
+        /// listener it was.
         addr: SocketAddr,
-        /// Why.
+        /// The OS error, e.g. `EADDRINUSE`.
         source: std::io::Error,
     },
     /// The signal handlers could not be installed.
@@ -70,9 +71,9 @@ pub enum HubError {
     /// A listener task failed.
     #[error("task {task} failed: {message}")]
     Task {
-        /// Its name.
+        /// Its name as spawned: `main listener` or `echo listener`.
         task: &'static str,
-        /// Its error.
+        /// Its error's text, or `panicked: ...`.
         message: String,
     },
 }

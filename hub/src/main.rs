@@ -35,7 +35,7 @@ enum Command {
     },
     /// Serve the API over HTTPS (TLS 1.3).
     Serve {
-        /// Main listener.
+        /// Address of the main listener: the API, including the first IP echo.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         /// Second listener, so devices see their address from two endpoints.
@@ -80,7 +80,7 @@ enum Command {
 enum JobCommand {
     /// Queue a job (format v1, docs/jobs.md) for a device; it takes it at its next poll.
     Submit {
-        /// The device.
+        /// The device's id, 32 hex digits as `edge-hub devices` lists it.
         #[arg(long)]
         device: String,
         file: PathBuf,

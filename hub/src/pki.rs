@@ -22,9 +22,9 @@ pub struct PkiFiles {
     pub ca_cert: PathBuf,
     /// The CA key.
     pub ca_key: PathBuf,
-    /// The server certificate.
+    /// The server certificate for the `init` names, signed by the CA; mode 0644.
     pub server_cert: PathBuf,
-    /// The server key.
+    /// The server key, mode 0600; `init` refuses to overwrite it.
     pub server_key: PathBuf,
 }
 

@@ -74,9 +74,9 @@ pub enum StoreError {
     /// SQLite refused.
     #[error("database {path}: {source}")]
     Sqlite {
-        /// The database file.
+        /// The database file, `<dir>/hub.db` when the hub serves.
         path: PathBuf,
-        /// Why.
+        /// SQLite's error (a constraint, a locked or corrupt file, I/O).
         source: rusqlite::Error,
     },
     /// The writer thread is gone (the hub is shutting down).
@@ -94,9 +94,9 @@ pub enum StoreError {
     /// A registration older than one already stored.
     #[error("registration seq {seq} is not above the device's last registration ({last})")]
     StaleRegistration {
-        /// Its seq.
+        /// The new registration envelope's seq.
         seq: u64,
-        /// The stored one.
+        /// The seq of the registration already stored for the device.
         last: u64,
     },
 }
@@ -104,7 +104,7 @@ pub enum StoreError {
 /// A registration, verified by the caller.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    /// The device.
+    /// The device id the envelope names (32 hex digits), checked against the public key.
     pub device_id: String,
     /// Its public key, hex.
     pub public_key: String,
@@ -114,7 +114,7 @@ pub struct Registration {
     pub agent_version: String,
     /// The registration envelope's seq.
     pub seq: u64,
-    /// Where it came from.
+    /// The TCP peer's IP address as text; proxies' headers are not read.
     pub peer_ip: String,
     /// When it arrived, Unix ms.
     pub now_ms: u64,
@@ -132,13 +132,13 @@ pub struct Registered {
 /// One report of a batch, as far as the caller got with it.
 #[derive(Debug)]
 pub enum Checked {
-    /// Signature verified.
+    /// Signature verified against the device's registered key: the report and its signed form.
     Verified(Box<(Envelope, Signed)>),
     /// Refused before the store (unparsable, unknown device, bad signature): the reason.
     Refused {
         /// Its seq, where readable.
         seq: Option<u64>,
-        /// Why.
+        /// Why, in words for the device, e.g. `device ... is not registered`.
         error: String,
     },
 }
@@ -179,17 +179,9 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open(path).map_err(err)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(err)?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
-    conn.execute_batch(SCHEMA).map_err(err)?;
-    Ok(conn)
+    // Foreign keys are a setting of the connection, not of the file: on for this one.
+    edge_identity::database::open(path, &format!("PRAGMA foreign_keys = ON;\n{SCHEMA}"))
+        .map_err(err)
 }
 
 impl Store {

@@ -25,9 +25,9 @@ pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
     #[error("reading {path}: {reason} (run `edge-hub init` first?)")]
     Pem {
-        /// Which file.
+        /// The certificate chain or key file, `server.pem` or `server.key` in the hub's directory.
         path: PathBuf,
-        /// Why.
+        /// The PEM reader's error: the file cannot be read, is not PEM, or holds no key.
         reason: String,
     },
     /// rustls refused the pair.
@@ -66,7 +66,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `app` over TLS on `listener` until the set's shutdown; each connection is a task of
-/// `tasks`, ended gracefully (the request in flight is answered) within [`DRAIN`].
+/// `tasks`, ended gracefully (the request in flight is answered) within 5 s.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,

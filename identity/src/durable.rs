@@ -21,9 +21,11 @@ use serde::de::DeserializeOwned;
 pub struct FileError {
     /// What was being done (`create`, `write`, `rename into place`, `read`, `parse`, ...).
     pub op: &'static str,
-    /// The file.
+    /// The target file, the temporary beside it (`.<name>.<pid>.<n>.tmp`), or for `sync` its
+    /// directory.
     pub path: PathBuf,
-    /// Why.
+    /// The OS's error; for `parse`, serde_json's wrapped as `InvalidData`, for `encode` as
+    /// `Other`.
     #[source]
     pub source: std::io::Error,
 }

@@ -42,9 +42,9 @@ pub enum KeyError {
         "key file {path} has mode {mode:04o}: group/others may read it; refusing to use it (it may be compromised: `chmod 600` only if you know it was not)"
     )]
     Insecure {
-        /// The file.
+        /// The key file as its URI names it (not canonicalised).
         path: PathBuf,
-        /// Its permission bits.
+        /// Its permission bits (`st_mode & 0o7777`); at least one of `0o077` is set.
         mode: u32,
     },
     /// The key file belongs to another user.
@@ -52,9 +52,9 @@ pub enum KeyError {
         "key file {path} is owned by uid {uid}, not by this process (uid {euid}); refusing to use it"
     )]
     Owner {
-        /// The file.
+        /// The key file as its URI names it (not canonicalised).
         path: PathBuf,
-        /// Its owner.
+        /// The file's owner (`st_uid`).
         uid: u32,
         /// This process's effective uid.
         euid: u32,
@@ -62,35 +62,38 @@ pub enum KeyError {
     /// The path is not a regular file (a directory, a device, a FIFO).
     #[error("key file {path} is not a regular file")]
     NotRegular {
-        /// The path.
+        /// The key path as its URI names it.
         path: PathBuf,
     },
     /// The file is shorter than the key it starts to encode.
     #[error("key file {path} is truncated: {len} of {expected} bytes")]
     Truncated {
-        /// The file.
+        /// The path given to [`Identity::from_pkcs8`]: the key file, or `(fake)` from the fake
+        /// store.
         path: PathBuf,
-        /// Bytes present.
+        /// Bytes read (at most 4096).
         len: usize,
-        /// Bytes its header announces.
+        /// Bytes the DER header announces: its one-byte length plus the 2 header bytes.
         expected: usize,
     },
     /// The file is not an Ed25519 PKCS#8 key.
     #[error("key file {path} is not an Ed25519 PKCS#8 key ({len} bytes): {reason}")]
     Corrupt {
-        /// The file.
+        /// The path given to [`Identity::from_pkcs8`]: the key file, or `(fake)` from the fake
+        /// store.
         path: PathBuf,
-        /// Its length.
+        /// Bytes read (at most 4096).
         len: usize,
-        /// What ring said.
+        /// ring's `KeyRejected` reason, e.g. `InvalidEncoding` or `WrongAlgorithm`.
         reason: String,
     },
     /// An I/O operation on the key or its directory failed.
     #[error("cannot {op} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// The step that failed, e.g. `read key file`, `create key directory`, `link key file into
+        /// place`.
         op: &'static str,
-        /// The path.
+        /// What the step worked on: the key file, its directory, or the temporary file beside it.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -238,7 +241,7 @@ impl Identity {
         Self::from_pkcs8(KeyUri::File(path.clone()), &path, generate(&path)?)
     }
 
-    /// Where the key lives.
+    /// The URI the key was opened from; `file://(memory)` for an ephemeral key.
     pub fn uri(&self) -> &KeyUri {
         &self.uri
     }

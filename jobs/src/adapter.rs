@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What discovery found.
+/// What discovery found; in JSON, `status` is `available` or `unavailable`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum GpuStatus {
@@ -57,11 +57,11 @@ pub struct GpuLimits {
     pub max_storage_buffers_per_shader_stage: u32,
     /// Workgroup shared memory, in bytes.
     pub max_compute_workgroup_storage_size: u32,
-    /// Invocations per workgroup.
+    /// Invocations per workgroup: the most a `@workgroup_size`'s three sizes may multiply to.
     pub max_compute_invocations_per_workgroup: u32,
     /// Workgroup size in x, y and z.
     pub max_compute_workgroup_size: [u32; 3],
-    /// Workgroups per dispatch dimension.
+    /// Workgroups per dispatch dimension; each of a job's `dispatch` must be at most this.
     pub max_compute_workgroups_per_dimension: u32,
 }
 

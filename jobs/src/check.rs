@@ -20,7 +20,8 @@ pub const MAX_RUNTIME_MS: u64 = 600_000;
 pub struct Problem {
     /// Where: a JSON path (`bindings[1].size`) or a shader position (`kernel.wgsl:3:14`).
     pub at: String,
-    /// What is wrong.
+    /// What is wrong, with the value found and the bound it broke where there is one, e.g.
+    /// `0 is out of range 1 to 600000`.
     pub message: String,
 }
 
@@ -30,12 +31,12 @@ impl fmt::Display for Problem {
     }
 }
 
-/// The job was refused.
+/// The job was refused; it displays as `job "<id>" refused:` and one problem per line.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct Refused {
     /// The job's id as sent.
     pub job_id: String,
-    /// Every problem found.
+    /// Every problem found, in the order checked; never empty.
     pub problems: Vec<Problem>,
 }
 
@@ -51,7 +52,7 @@ impl fmt::Display for Refused {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    /// Adds one.
+    /// Adds the problem `message` at `at` (a JSON path or a shader position).
     pub fn fail(&mut self, at: &str, message: String) {
         self.0.push(Problem {
             at: at.to_owned(),

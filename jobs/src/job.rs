@@ -23,7 +23,7 @@ pub struct Job {
     pub version: u32,
     /// Caller's id for the job: 1 to 128 of `A-Z a-z 0-9 . _ -`.
     pub id: String,
-    /// The kernel.
+    /// The shader: WGSL source and the `@compute` entry point to run.
     pub kernel: Kernel,
     /// Buffers bound at `@group(0)`, one per `@binding` the entry point uses.
     pub bindings: Vec<Binding>,
@@ -62,7 +62,7 @@ pub enum BindingKind {
     Uniform,
 }
 
-/// One buffer.
+/// One buffer bound at `@group(0)`: its binding number, kind, size and initial contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
@@ -77,7 +77,8 @@ pub struct Binding {
     pub input: Option<Blob>,
 }
 
-/// Input bytes.
+/// A binding's initial contents. In JSON, `{"base64": "..."}` inline or
+/// `{"sha256": "<64 hex>"}` for a blob in the [`BlobStore`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Blob {
@@ -88,7 +89,7 @@ pub enum Blob {
 }
 
 impl Blob {
-    /// Inline bytes.
+    /// `bytes` inline, as standard base64 with padding.
     pub fn inline(bytes: &[u8]) -> Self {
         Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
     }
@@ -130,25 +131,25 @@ pub enum JobError {
         line: usize,
         /// 1-based column.
         column: usize,
-        /// What serde said.
+        /// serde_json's message, which ends with the position again (`... at line 3 column 1`).
         message: String,
     },
     /// A blob named by hash is not in the store.
     #[error("blob {sha256} is not in the blob store {dir}")]
     MissingBlob {
-        /// Its hash.
+        /// The hash the job named, which is also the file name looked for in `dir`.
         sha256: Sha256,
-        /// The store.
+        /// The store's directory, [`BlobStore::dir`].
         dir: PathBuf,
     },
     /// A stored blob's bytes do not hash to its name.
     #[error("blob {sha256} in {dir} is corrupt: its bytes hash to {actual}")]
     CorruptBlob {
-        /// The name.
+        /// The hash the job named, which is also the file's name.
         sha256: Sha256,
         /// What the bytes hash to.
         actual: Sha256,
-        /// The store.
+        /// The store's directory, [`BlobStore::dir`].
         dir: PathBuf,
     },
     /// Inline data is not base64.
@@ -157,11 +158,12 @@ pub enum JobError {
     /// The blob store could not be read.
     #[error("cannot read blob {sha256} in {dir}: {source}")]
     Io {
-        /// The blob.
+        /// The hash the job named.
         sha256: Sha256,
-        /// The store.
+        /// The store's directory, [`BlobStore::dir`].
         dir: PathBuf,
-        /// The OS error.
+        /// The OS error (`ELOOP` for a symlink), or `not a regular file` for a FIFO, device or
+        /// directory.
         source: std::io::Error,
     },
 }
@@ -180,7 +182,8 @@ impl Job {
 /// Content-addressed input blobs: a directory of files named by their SHA-256.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    /// The directory.
+    /// One file per blob, named by its SHA-256 in lowercase hex; the agent uses
+    /// `<state_dir>/blobs`.
     pub dir: PathBuf,
 }
 

@@ -376,11 +376,11 @@ pub enum BuiltinError {
     /// Sizes the kernel does not tile.
     #[error("{what} must be a positive multiple of {multiple}, not {value}")]
     Size {
-        /// Which parameter.
+        /// The built-in's parameter, e.g. `m`, `n`, `k`, `bytes` or `count`.
         what: &'static str,
-        /// Required multiple.
+        /// The multiple it must be: the kernel's tile or vector size along it (1: only not 0).
         multiple: u32,
-        /// What was given.
+        /// The value given, which is 0 or not a multiple.
         value: u32,
     },
 }

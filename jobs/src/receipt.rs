@@ -24,15 +24,15 @@ pub struct ReceiptBody {
     pub device_id: String,
     /// The device's Ed25519 public key, hex.
     pub public_key: String,
-    /// What is attested.
+    /// What is attested; its fields sit beside these in the JSON (flattened).
     #[serde(flatten)]
     pub what: Attested,
 }
 
-/// A signed receipt.
+/// A signed receipt: the body's fields and `signature`, all in one flat JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// What is attested.
+    /// The signed part: format, device, key and what ran.
     #[serde(flatten)]
     pub body: ReceiptBody,
     /// Ed25519 signature over [`ReceiptBody::signed_bytes`], hex.
@@ -48,7 +48,7 @@ pub enum ReceiptError {
     /// The public key belongs to another device id.
     #[error("receipt public key belongs to device {actual}, not {claimed}")]
     DeviceId {
-        /// What the receipt says.
+        /// The device id the receipt names.
         claimed: String,
         /// What the key hashes to.
         actual: String,
@@ -56,10 +56,10 @@ pub enum ReceiptError {
     /// The signature does not hold.
     #[error("receipt signature does not verify for job {job_id}")]
     Signature {
-        /// The job.
+        /// The job id the receipt names.
         job_id: String,
     },
-    /// Unknown format.
+    /// A receipt format other than 1; the `version` it has.
     #[error("receipt format {0} is not supported")]
     Version(u32),
 }
@@ -85,9 +85,9 @@ pub struct Attested {
     pub input_sha256: Sha256,
     /// SHA-256 of every `storage_read_write` binding's final contents, in binding order.
     pub output_sha256: Sha256,
-    /// Adapter name.
+    /// The adapter it ran on, as wgpu names it, e.g. `Adreno (TM) 650`.
     pub adapter: String,
-    /// Driver and version.
+    /// The driver as `<driver> / <version>`, e.g. `llvmpipe / Mesa 22.3.6 (LLVM 15.0.6)`.
     pub driver: String,
     /// Submission time, Unix milliseconds.
     pub started_at_unix_ms: u64,

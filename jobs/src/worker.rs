@@ -30,7 +30,8 @@ pub enum ExecError {
     /// There is no usable GPU.
     #[error("no GPU: {reason}")]
     NoGpu {
-        /// Why.
+        /// Why the device could not be opened, e.g. `no Vulkan adapter found: ...` (with
+        /// `VK_ICD_FILENAMES` where set), or the device refused to open.
         reason: String,
     },
     /// The kernel ran past the job's limit.
@@ -38,13 +39,14 @@ pub enum ExecError {
         "the kernel ran past its limit of {limit:?}; the job was failed and the device replaced"
     )]
     Timeout {
-        /// The limit.
+        /// The job's `max_runtime_ms`; for a batch, the sum of its jobs' limits.
         limit: Duration,
     },
     /// The driver refused or failed the work.
     #[error("the GPU driver failed the job: {message}")]
     Driver {
-        /// What wgpu said.
+        /// wgpu's error (validation, out of memory, device lost), or the executor's own, such as a
+        /// batch over [`MAX_BATCH`].
         message: String,
     },
     /// The executor thread is gone.
@@ -65,7 +67,7 @@ pub enum Hello {
     },
     /// No GPU could be opened.
     NoGpu {
-        /// Why.
+        /// The error opening the device, as displayed, e.g. `no GPU: no Vulkan adapter found: ...`.
         reason: String,
     },
 }
@@ -84,7 +86,7 @@ pub struct Request {
 /// One job of a [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submitted {
-    /// The job as submitted.
+    /// The job as the consumer sent it; the worker validates it against `budget` before running.
     pub job: Job,
     /// Send the outputs back (else only their hash, in `Done::output_sha256`).
     #[serde(default = "yes")]
@@ -111,7 +113,7 @@ fn yes() -> bool {
 /// What a finished job produced: everything a receipt needs, and the outputs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Done {
-    /// The job id.
+    /// [`Job::id`], copied from the job.
     pub job_id: String,
     /// SHA-256 of the WGSL.
     pub kernel_sha256: Sha256,
@@ -162,16 +164,17 @@ impl Done {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    /// It ran.
+    /// It ran, alone or in a batch; its outputs follow the line if they were asked for.
     Done(Done),
-    /// Validation refused it.
+    /// Validation refused it; it never reached the GPU.
     Refused {
         /// Every problem, `at: message`.
         problems: Vec<String>,
     },
     /// The GPU failed it.
     Failed {
-        /// What happened.
+        /// The executor's error. After an [`ExecError::Timeout`] the worker exits once it has
+        /// answered.
         error: ExecError,
     },
     /// The batch it ran in failed as a whole (a driver error or a timeout cannot be pinned on one
@@ -185,7 +188,7 @@ pub enum Response {
 /// One answer as read off the wire: the response and, for [`Response::Done`], the outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// The response.
+    /// The answer's JSON line, parsed.
     pub response: Response,
     /// Each output binding's bytes, in binding order.
     pub outputs: Vec<Vec<u8>>,
@@ -200,7 +203,7 @@ pub enum FrameError {
     /// An answer claims more output than its job can have.
     #[error("the answer claims {claimed} bytes of outputs; at most {max} were expected")]
     TooLarge {
-        /// What it claims.
+        /// The sum of the answer's `output_bytes`, in bytes (saturating).
         claimed: u64,
         /// The most the job's outputs can be.
         max: u64,

@@ -18,7 +18,7 @@ pub enum ClientError {
     /// The QR payload or typed code is not valid.
     #[error(transparent)]
     SetupCode(#[from] SetupCodeError),
-    /// Pairing failed.
+    /// Pairing failed, on this side or refused by the device.
     #[error(transparent)]
     Pairing(#[from] PairingError),
     /// The session or its records failed.
@@ -27,7 +27,7 @@ pub enum ClientError {
     /// The device answered with something other than a response.
     #[error("expected a response, got {got}")]
     NotAResponse {
-        /// What arrived.
+        /// The type that came instead, as [`Message::kind`] spells it.
         got: &'static str,
     },
 }
@@ -192,7 +192,7 @@ pub struct Control {
 }
 
 impl Control {
-    /// Seals a request.
+    /// Seals a request into the next record, ready to send.
     pub fn request(&mut self, request: Request) -> Result<Vec<u8>, ClientError> {
         Ok(self.channel.seal(&Message::Request(request))?)
     }

@@ -25,37 +25,40 @@ pub enum FrameError {
     /// The frame is shorter than its header.
     #[error("frame of {len} bytes is shorter than its {needed}-byte header")]
     Truncated {
-        /// Bytes received.
+        /// The frame's whole length.
         len: usize,
-        /// Bytes the header needs.
+        /// [`HEADER_LEN`], or [`FIRST_HEADER_LEN`] for a frame with the FIRST flag.
         needed: usize,
     },
     /// Unknown flag bits, or flags that contradict the index.
     #[error("bad frame header: {reason}")]
     BadHeader {
-        /// What is wrong.
+        /// A fixed phrase: `unknown flag bits`, `FIRST flag and index 0 go together` or
+        /// `empty payload`.
         reason: &'static str,
     },
     /// The announced message length is zero or over the limit.
     #[error("message length {len} is outside 1..={max}")]
     TooLarge {
-        /// The length.
+        /// The length a FIRST frame announced, the length of a message given to [`fragment`], or a
+        /// stream frame's length prefix.
         len: usize,
-        /// The limit.
+        /// The [`Reassembler`]'s `max_message`, [`MAX_MESSAGE`] when fragmenting, or
+        /// [`LAN_MAX_FRAME`] for a stream frame.
         max: usize,
     },
     /// A continuation frame arrived with no message in progress.
     #[error("fragment {index} of message {msg_id} arrived with no message in progress")]
     NoMessage {
-        /// Its message id.
+        /// The stray frame's message id (byte 0).
         msg_id: u8,
-        /// Its index.
+        /// The stray frame's fragment index (never 0: a FIRST frame starts a message).
         index: u16,
     },
     /// A frame of another message arrived while one was in progress.
     #[error("frame of message {got} arrived while message {expected} was in progress")]
     WrongMessage {
-        /// The message in progress.
+        /// The id of the message in progress.
         expected: u8,
         /// The frame's message id.
         got: u8,
@@ -63,15 +66,15 @@ pub enum FrameError {
     /// A frame repeated one already received.
     #[error("duplicate fragment {index} of message {msg_id}")]
     Duplicate {
-        /// The message id.
+        /// The id of the message in progress.
         msg_id: u8,
-        /// The repeated index.
+        /// The repeated index; 0 when the message's FIRST frame came again.
         index: u16,
     },
-    /// A frame skipped ahead.
+    /// A frame skipped ahead: at least one fragment was lost or reordered.
     #[error("fragment {got} of message {msg_id} arrived, expected {expected}")]
     OutOfOrder {
-        /// The message id.
+        /// The id of the message in progress.
         msg_id: u8,
         /// The next index expected.
         expected: u16,
@@ -81,33 +84,34 @@ pub enum FrameError {
     /// The frames carry more bytes than the first frame announced.
     #[error("message {msg_id} overran its announced length of {total} bytes")]
     Overrun {
-        /// The message id.
+        /// The id of the message that overran.
         msg_id: u8,
-        /// The announced length.
+        /// The length its FIRST frame announced, in bytes.
         total: usize,
     },
     /// The LAST frame came before the announced length was reached.
     #[error("message {msg_id} ended at {got} of its {total} bytes")]
     EndsShort {
-        /// The message id.
+        /// The id of the message that ended short.
         msg_id: u8,
-        /// Bytes received.
+        /// Payload bytes received, all its frames together.
         got: usize,
-        /// The announced length.
+        /// The length its FIRST frame announced, in bytes.
         total: usize,
     },
     /// A FIRST frame arrived while another message was partial; that one is dropped.
     #[error("message {msg_id} was abandoned unfinished; a new message started")]
     Abandoned {
-        /// The abandoned message.
+        /// The id of the partial message that was dropped.
         msg_id: u8,
     },
     /// The frame size is too small to carry a header and a byte of payload.
     #[error("frame size {max_frame} is below the minimum of {min}")]
     FrameSize {
-        /// The size asked for.
+        /// The `max_frame` asked for, or, from [`stream_encode`], the length of a frame that is
+        /// empty or over [`LAN_MAX_FRAME`].
         max_frame: usize,
-        /// The smallest usable size.
+        /// Always [`MIN_FRAME`].
         min: usize,
     },
 }

@@ -18,7 +18,7 @@ pub struct LanLink<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
-    /// Wraps a connected stream.
+    /// Wraps a connected stream; messages up to [`MAX_MESSAGE`] bytes go both ways.
     pub fn new(stream: S) -> Result<Self, TransportError> {
         Ok(Self {
             stream,
@@ -28,7 +28,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LanLink<S> {
         })
     }
 
-    /// Sends one whole message.
+    /// Sends one whole message as length-prefixed frames in one write, then flushes.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
         let mut out = Vec::with_capacity(message.len() + 64);
         for frame in self.fragmenter.fragment(message)? {

@@ -9,7 +9,8 @@ use crate::frame::FrameError;
 /// Errors of a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The connection failed.
+    /// Reading or writing the connection failed; a peer that closes inside a message reads as
+    /// `UnexpectedEof`.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     /// The peer sent something that is not a frame stream; the connection cannot go on.
@@ -23,7 +24,7 @@ pub enum TransportError {
 
 /// Whole messages in and out over one connection.
 pub trait Link: Send {
-    /// Sends one whole message.
+    /// Sends one whole message, cut into as many frames as the link needs, and flushes it.
     fn send(&mut self, message: &[u8]) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// The next whole message; `None` when the peer closed the link between messages.

@@ -8,12 +8,12 @@
 //! | type | message          | sent          | body                                    |
 //! |------|------------------|---------------|-----------------------------------------|
 //! | 0x01 | `PakeStart`      | plain         | SPAKE2 message (33 bytes)               |
-//! | 0x02 | `PakeReply`      | plain         | SPAKE2 message, device MAC [32]         |
-//! | 0x03 | `PakeConfirm`    | plain         | client MAC [32]                         |
-//! | 0x04 | `OwnerHello`     | in a record   | owner key [32], challenge [32]          |
-//! | 0x05 | `DeviceProof`    | in a record   | device key [32], signature (64 bytes)   |
-//! | 0x10 | `SessionHello`   | plain         | client key [32], X25519 key [32]        |
-//! | 0x11 | `SessionAccept`  | plain         | device key [32], X25519 key [32], sig   |
+//! | 0x02 | `PakeReply`      | plain         | SPAKE2 message, device MAC \[32\]         |
+//! | 0x03 | `PakeConfirm`    | plain         | client MAC \[32\]                         |
+//! | 0x04 | `OwnerHello`     | in a record   | owner key \[32\], challenge \[32\]          |
+//! | 0x05 | `DeviceProof`    | in a record   | device key \[32\], signature (64 bytes)   |
+//! | 0x10 | `SessionHello`   | plain         | client key \[32\], X25519 key \[32\]        |
+//! | 0x11 | `SessionAccept`  | plain         | device key \[32\], X25519 key \[32\], sig   |
 //! | 0x12 | `SessionFinish`  | plain         | signature (64 bytes)                    |
 //! | 0x20 | `Record`         | plain         | counter (u64), sealed bytes             |
 //! | 0x30-0x38 | requests    | in a record   | see [`Request`]                         |
@@ -32,7 +32,7 @@ use crate::frame::MAX_MESSAGE;
 pub const VERSION: u8 = 1;
 /// Length of a SPAKE2 message (a side byte and an Ed25519 point).
 pub const PAKE_MESSAGE_LEN: usize = 33;
-/// Largest config key.
+/// Largest config key in bytes (a dotted path such as `limits.gpu_duty_cycle`).
 pub const MAX_CONFIG_KEY: usize = 128;
 /// Largest config value, config document or status details.
 pub const MAX_TEXT: usize = 12 * 1024;
@@ -42,7 +42,7 @@ pub const MAX_SSID: usize = 32;
 pub const MAX_PASSPHRASE: usize = 64;
 /// Most log lines asked for or returned.
 pub const MAX_LOG_LINES: u16 = 256;
-/// Largest log line.
+/// Largest log line in bytes; the agent cuts longer lines to this before it answers.
 pub const MAX_LOG_LINE: usize = 1024;
 /// Most Wi-Fi networks in a scan result.
 pub const MAX_NETWORKS: usize = 64;
@@ -59,43 +59,43 @@ pub enum MessageError {
     /// Fewer than the two header bytes.
     #[error("message of {len} bytes is shorter than its 2-byte header")]
     Truncated {
-        /// Bytes received.
+        /// The whole message's length: 0 or 1.
         len: usize,
     },
     /// A protocol version this build does not speak.
     #[error("protocol version {version} is not supported (this build speaks {VERSION})")]
     Version {
-        /// The version byte.
+        /// The first byte as received; only [`VERSION`] is accepted.
         version: u8,
     },
-    /// An unknown message type.
+    /// A type byte that is not in the module's table.
     #[error("unknown message type 0x{tag:02x}")]
     UnknownType {
-        /// The type byte.
+        /// The second byte as received.
         tag: u8,
     },
     /// The body does not parse.
     #[error("malformed {kind} body: {source}")]
     Malformed {
-        /// The message type.
+        /// The type name as [`Message::kind`] spells it, e.g. `"Request::Logs"`.
         kind: &'static str,
-        /// What postcard said.
+        /// postcard's error: input ending inside a field, a bad varint, invalid UTF-8, and so on.
         source: postcard::Error,
     },
-    /// Bytes follow the body.
+    /// Bytes follow the body, or follow the header of a message that has no body.
     #[error("{extra} bytes trail the {kind} body")]
     Trailing {
-        /// The message type.
+        /// The type name as [`Message::kind`] spells it.
         kind: &'static str,
-        /// How many.
+        /// How many bytes were left over.
         extra: usize,
     },
     /// A fixed-size field has the wrong length.
     #[error("field {field} is {len} bytes, expected {expected}")]
     FieldLength {
-        /// The field.
+        /// The struct field's name: `pake` or `signature`.
         field: &'static str,
-        /// Its length.
+        /// Its length in bytes, as given or received.
         len: usize,
         /// The length it must have.
         expected: usize,
@@ -103,31 +103,31 @@ pub enum MessageError {
     /// A field is over its limit.
     #[error("field {field} is {len} long, over the limit of {max}")]
     FieldTooLong {
-        /// The field.
+        /// The field's name (`ssid`, `line`), or `networks`/`lines` when a list has too many items.
         field: &'static str,
         /// Its length (bytes, or items for a list).
         len: usize,
-        /// The limit.
+        /// The field's limit: one of this module's `MAX_*` constants.
         max: usize,
     },
     /// An error code this build does not know.
     #[error("unknown error code {code}")]
     UnknownErrorCode {
-        /// The code.
+        /// The byte as received; 1 to 10 are known.
         code: u8,
     },
     /// The bytes decode, but are not the message's one encoding (an overlong varint, say).
     #[error("{kind} is not canonically encoded")]
     NonCanonical {
-        /// The message type.
+        /// The type name as [`Message::kind`] spells it.
         kind: &'static str,
     },
     /// The encoded message is over the size limit.
     #[error("encoded message is {len} bytes, over the limit of {max}")]
     TooLarge {
-        /// Its size.
+        /// The encoded size in bytes, header included.
         len: usize,
-        /// The limit.
+        /// Always [`MAX_MESSAGE`], the largest message the framing carries.
         max: usize,
     },
 }
@@ -276,7 +276,7 @@ pub struct Record {
 pub enum Request {
     /// The device's status.
     Status,
-    /// The current configuration.
+    /// Asks for the owner's settings file; answered with [`Response::Config`].
     ConfigGet,
     /// Set one config key; the agent validates it like the config file.
     ConfigSet {
@@ -289,7 +289,7 @@ pub enum Request {
     WifiScan,
     /// Join a Wi-Fi network.
     WifiSet {
-        /// The network name.
+        /// The SSID, at most [`MAX_SSID`] bytes of UTF-8.
         ssid: String,
         /// The passphrase (empty for an open network); a secret.
         passphrase: Zeroizing<String>,
@@ -299,7 +299,7 @@ pub enum Request {
         /// How many lines, at most [`MAX_LOG_LINES`].
         max_lines: u16,
     },
-    /// Reboot the device.
+    /// Reboot the device. The agent answers `Ok` once the reboot is queued, before it goes down.
     Reboot,
     /// Forget the owner; the device can be paired again.
     Unpair,
@@ -341,7 +341,7 @@ pub struct StatusReport {
     pub device_id: String,
     /// The agent's version.
     pub agent_version: String,
-    /// Seconds since boot.
+    /// Seconds since the agent started (not since the OS booted).
     pub uptime_s: u64,
     /// Health, GPU and network figures as a JSON object; its shape belongs to the agent.
     pub details_json: String,
@@ -350,7 +350,7 @@ pub struct StatusReport {
 /// A Wi-Fi network seen in a scan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WifiNetwork {
-    /// The network name.
+    /// The SSID as the scan reported it, at most [`MAX_SSID`] bytes.
     pub ssid: String,
     /// Signal strength in dBm.
     pub signal_dbm: i16,
@@ -365,19 +365,21 @@ pub enum Response {
     Status(StatusReport),
     /// The configuration, as TOML.
     Config {
-        /// The document.
+        /// The owner's settings file as saved on the device (only the keys the owner set);
+        /// empty if the owner has set none. At most [`MAX_TEXT`] bytes.
         toml: String,
     },
     /// Networks found by a scan.
     WifiNetworks(Vec<WifiNetwork>),
     /// Recent log lines, oldest first.
     Logs {
-        /// The lines.
+        /// At most [`MAX_LOG_LINES`] formatted lines of at most [`MAX_LOG_LINE`] bytes each.
         lines: Vec<String>,
     },
-    /// Done.
+    /// The request succeeded and has nothing to return (a setting saved, Wi-Fi credentials
+    /// handed to the manager, a reboot queued).
     Ok,
-    /// The request failed.
+    /// The request failed, or, sent in the clear, a handshake was refused.
     Error {
         /// Why, as a code.
         code: ErrorCode,
@@ -415,15 +417,15 @@ pub enum Message {
     SessionAccept(SessionAccept),
     /// Session handshake step 3.
     SessionFinish(SessionFinish),
-    /// An encrypted message.
+    /// An encrypted message; a request or response travels inside one.
     Record(Record),
-    /// A control request.
+    /// A control request; valid only inside a [`Record`].
     Request(Request),
-    /// A control response.
+    /// A control response; valid only inside a [`Record`], except an `Error` refusing a handshake.
     Response(Response),
 }
 
-/// Type bytes.
+/// The second byte of every message, as in the module's table.
 mod tag {
     pub(super) const PAKE_START: u8 = 0x01;
     pub(super) const PAKE_REPLY: u8 = 0x02;

@@ -65,13 +65,13 @@ pub enum PairingError {
     /// Too many failures over the device's life: pairing needs a factory reset.
     #[error("pairing is locked after {failures} failed attempts: factory reset required")]
     Locked {
-        /// The persistent failure count.
+        /// The persistent failure count, at least [`LOCK_AT`].
         failures: u32,
     },
-    /// The window is closed.
+    /// The window has closed and stays closed; only a new [`PairingWindow`] pairs again.
     #[error("the pairing window is closed: {reason:?}")]
     WindowClosed {
-        /// Why.
+        /// Why it closed; never [`CloseReason::Locked`], which is [`PairingError::Locked`] instead.
         reason: CloseReason,
     },
     /// Another handshake is in progress.
@@ -80,15 +80,16 @@ pub enum PairingError {
     /// The handshake took longer than [`HANDSHAKE_TIMEOUT`].
     #[error("the pairing handshake took longer than {limit:?}")]
     Timeout {
-        /// The limit.
+        /// Always [`HANDSHAKE_TIMEOUT`].
         limit: Duration,
     },
     /// A message came that this step does not take.
     #[error("unexpected {got} during pairing (expected {expected})")]
     Unexpected {
-        /// What was expected.
+        /// The message type this step takes, e.g. `"PakeStart"`.
         expected: &'static str,
-        /// What arrived.
+        /// The type that came, as [`Message::kind`] spells it, or `"a later pairing message"`
+        /// when no handshake is in progress.
         got: &'static str,
     },
     /// Key confirmation failed: the setup code was wrong, or the handshake was tampered with.
@@ -109,7 +110,7 @@ pub enum PairingError {
     /// The device refused with an error response.
     #[error("refused by the device: {code:?}: {message}")]
     Refused {
-        /// The code.
+        /// The code in the device's `Error` response.
         code: ErrorCode,
         /// The device's message.
         message: String,
@@ -117,7 +118,8 @@ pub enum PairingError {
     /// A message did not decode.
     #[error(transparent)]
     Message(#[from] MessageError),
-    /// The record layer failed.
+    /// Sealing or opening the `OwnerHello`/`DeviceProof` records failed, or deriving their keys
+    /// or the challenge did.
     #[error(transparent)]
     Session(#[from] SessionError),
 }
@@ -148,7 +150,7 @@ impl PairingError {
     }
 }
 
-/// Why a window closed.
+/// Why a window closed. Nothing reopens it: a new window is a new [`PairingWindow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// [`WINDOW_LIFETIME`] passed.
@@ -157,7 +159,7 @@ pub enum CloseReason {
     TooManyFailures,
     /// The persistent count reached [`LOCK_AT`].
     Locked,
-    /// A client paired.
+    /// A client paired; the window serves no second pairing.
     Paired,
 }
 

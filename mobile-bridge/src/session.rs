@@ -58,7 +58,7 @@ pub enum SessionError {
         /// The lowest counter still acceptable.
         expected: u64,
     },
-    /// A record failed authentication.
+    /// A record's AEAD tag did not verify.
     #[error("record {counter} failed authentication (tampered, or sealed under another key)")]
     Tampered {
         /// The record's counter.
@@ -70,9 +70,10 @@ pub enum SessionError {
     /// Something other than the expected message arrived.
     #[error("expected {expected}, got {got}")]
     Unexpected {
-        /// What was expected.
+        /// What this step takes: a type name such as `"SessionAccept"`, or `"a message that
+        /// travels in a record"`.
         expected: &'static str,
-        /// What arrived.
+        /// The type that came, as [`Message::kind`] spells it.
         got: &'static str,
     },
     /// The device has no owner, so no session can be opened.
@@ -87,7 +88,7 @@ pub enum SessionError {
     /// A handshake signature did not verify.
     #[error("the {who}'s handshake signature does not verify")]
     BadSignature {
-        /// Whose signature.
+        /// `"device"` (checked by the client) or `"client"` (checked by the device).
         who: &'static str,
     },
     /// The peer's ephemeral key is unusable (a low-order point).
@@ -98,13 +99,13 @@ pub enum SessionError {
     Timeout {
         /// Time since the handshake began.
         elapsed: Duration,
-        /// The limit.
+        /// Always [`SESSION_HANDSHAKE_TIMEOUT`].
         limit: Duration,
     },
     /// The peer refused with an error response.
     #[error("refused by the device: {code:?}: {message}")]
     Refused {
-        /// The code.
+        /// The code in the peer's `Error` response.
         code: ErrorCode,
         /// The device's message.
         message: String,
@@ -112,7 +113,7 @@ pub enum SessionError {
     /// The system random source or a key derivation failed.
     #[error("cryptographic failure: {what}")]
     Crypto {
-        /// What failed.
+        /// The step, e.g. `"HKDF expand"`, `"AEAD seal"`, `"X25519 key"`, `"system random source"`.
         what: &'static str,
     },
 }
@@ -140,7 +141,7 @@ impl SessionError {
 pub enum Role {
     /// The owner's app.
     Client,
-    /// The device.
+    /// The device: it answers the handshake and signs with its identity key.
     Device,
 }
 

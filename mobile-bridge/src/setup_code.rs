@@ -23,7 +23,7 @@ pub enum SetupCodeError {
     Length {
         /// Digits found (after removing spaces and dashes).
         len: usize,
-        /// Digits expected.
+        /// Always 11: ten random digits and the check digit.
         expected: usize,
     },
     /// A character other than a digit, space or dash.
@@ -188,7 +188,7 @@ impl DeviceFingerprint {
         self.0 == DeviceId::from_public_key(public_key).to_string()
     }
 
-    /// The lowercase hex form.
+    /// The 32 lowercase hex digits, whichever case the QR payload used.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -211,7 +211,8 @@ impl fmt::Debug for DeviceFingerprint {
 pub struct QrPayload {
     /// The device the code belongs to.
     pub device: DeviceFingerprint,
-    /// The setup code.
+    /// The setup code: the secret that enters SPAKE2, checked (check digit, not trivial) when
+    /// parsed.
     pub code: SetupCode,
 }
 

@@ -32,7 +32,7 @@ pub const MAX_BATCH: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
-    /// The reports.
+    /// At most [`MAX_BATCH`] reports from one device; the hub rejects any report from another.
     pub reports: Vec<Signed>,
 }
 
@@ -40,7 +40,7 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchReply {
-    /// One per report.
+    /// One per report of the batch, in its order; one that did not parse has a `null` `seq`.
     pub results: Vec<ReportResult>,
 }
 

@@ -30,7 +30,7 @@ pub struct Envelope {
     pub boot_id: String,
     /// When the device made the message, Unix milliseconds (device clock).
     pub sent_at_ms: u64,
-    /// What it says.
+    /// The report itself; its kind is the JSON's `type` field, beside the body's own fields.
     pub body: Body,
 }
 
@@ -76,30 +76,30 @@ pub struct Signed {
 /// Why an envelope is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    /// Too large to parse.
+    /// The envelope text is over [`MAX_ENVELOPE_BYTES`]; refused before it is parsed.
     #[error("envelope is {len} bytes, over the limit of {max}")]
     TooLarge {
-        /// Its size.
+        /// The envelope text's length in bytes.
         len: usize,
-        /// The limit.
+        /// Always [`MAX_ENVELOPE_BYTES`].
         max: usize,
     },
-    /// Not an envelope.
+    /// The text is not JSON of an [`Envelope`] (an unknown field included); serde_json's message.
     #[error("envelope is not valid v1 JSON: {0}")]
     Malformed(String),
-    /// Another version.
+    /// An envelope whose `v` is not [`VERSION`]; the `v` it has.
     #[error("envelope version {0} is not supported (this side speaks {VERSION})")]
     Version(u32),
     /// The signature is not 64 bytes of hex, or does not hold for the key.
     #[error("signature does not verify for device {device_id}")]
     Signature {
-        /// The claimed sender.
+        /// The device id the envelope claims (it matched the key; the signature did not).
         device_id: String,
     },
     /// The public key does not hash to the claimed device id.
     #[error("public key belongs to device {actual}, not {claimed}")]
     DeviceId {
-        /// What the envelope says.
+        /// The device id the envelope claims.
         claimed: String,
         /// What the key hashes to.
         actual: String,

@@ -40,7 +40,7 @@ impl Exposition {
         self
     }
 
-    /// The text.
+    /// The text, every line newline-terminated, to serve as `text/plain; version=0.0.4`.
     pub fn finish(self) -> String {
         self.out
     }

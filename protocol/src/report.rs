@@ -53,7 +53,7 @@ pub struct Capability {
     pub bandwidth: Option<Bandwidth>,
     /// The public address as the network sees it; `null` if not measured.
     pub ip: Option<IpReport>,
-    /// The host.
+    /// The host's CPU, memory, storage and OS; a figure that could not be read is 0 or empty.
     pub host: Host,
 }
 
@@ -63,9 +63,10 @@ pub struct Capability {
 pub struct Compute {
     /// Agent version that measured it.
     pub agent_version: String,
-    /// Adapter name.
+    /// The adapter's name as wgpu reports it, e.g. `Adreno (TM) 650`.
     pub adapter: String,
-    /// Driver version string.
+    /// The driver's version string, e.g. `Mesa 22.3.6 (LLVM 15.0.6)`. The agent measures again
+    /// when this, `adapter` or its own version changes.
     pub driver: String,
     /// When, Unix seconds.
     pub measured_at_unix: u64,
@@ -89,7 +90,7 @@ pub struct Bandwidth {
     pub method: String,
     /// The test endpoint's base URL.
     pub server: String,
-    /// Parallel streams per direction.
+    /// Parallel HTTPS transfers per direction (`network.bandwidth_streams`).
     pub streams: u32,
     /// Download, megabits per second, over the measurement window (warm-up excluded).
     pub down_mbps: f64,
@@ -143,11 +144,11 @@ pub struct IpReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpObservation {
-    /// The endpoint asked.
+    /// The echo endpoint's URL, as configured in `network.echo_urls`.
     pub endpoint: String,
     /// The address it saw, or `null` if it failed.
     pub ip: Option<String>,
-    /// Why it failed.
+    /// The HTTP client's error when it failed; `null` when `ip` is set.
     pub error: Option<String>,
 }
 
@@ -169,9 +170,9 @@ pub struct Host {
     pub max_temp_celsius: Option<f64>,
     /// Seconds since boot.
     pub uptime_secs: u64,
-    /// Kernel release.
+    /// Kernel release (`/proc/sys/kernel/osrelease`, e.g. `6.1.0-18-arm64`).
     pub kernel: String,
-    /// OS name (os-release `PRETTY_NAME`).
+    /// OS name (os-release `PRETTY_NAME`); `unknown` where the image has no os-release.
     pub os: String,
 }
 
@@ -179,13 +180,15 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dropped {
-    /// How many.
+    /// How many reports were dropped, over every drop not yet reported.
     pub count: u64,
-    /// Lowest sequence number dropped.
+    /// Lowest sequence number dropped. Merged drops give one range, which can span reports that
+    /// were delivered.
     pub first_seq: u64,
     /// Highest sequence number dropped.
     pub last_seq: u64,
-    /// `full` (over the size bound) or `expired` (over the age bound).
+    /// `full` (over the size bound) or `expired` (over the age bound); both, comma-separated,
+    /// when drops of both kinds were merged.
     pub reason: String,
 }
 
@@ -195,7 +198,7 @@ pub struct Dropped {
 pub struct JobReport {
     /// The job's id, as handed out.
     pub job_id: String,
-    /// What became of it.
+    /// Its receipt if it ran, or the error that stopped it; the JSON's `status` says which.
     pub outcome: JobOutcome,
 }
 
@@ -205,17 +208,17 @@ pub struct JobReport {
 pub enum JobOutcome {
     /// It ran; the receipt is signed by the device key (`docs/jobs.md`).
     Done {
-        /// The signed receipt.
+        /// The receipt as the agent signed it; the hub checks it names this job and this device.
         receipt: Box<Receipt>,
     },
     /// The agent refused it before it ran (invalid, no GPU, queue full, past its deadline).
     Refused {
-        /// Why.
+        /// The agent's error as displayed, e.g. the worker's shader problems with their positions.
         error: String,
     },
     /// It started and failed (driver error, time limit, cancelled).
     Failed {
-        /// Why.
+        /// The agent's error as displayed, e.g. the driver's message or the time limit hit.
         error: String,
     },
 }

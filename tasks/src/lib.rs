@@ -51,7 +51,7 @@ pub struct Tasks {
 /// The drain's grace period ran out with tasks still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StillRunning {
-    /// How many.
+    /// Tasks still running when the grace period ended, blocking ones included.
     pub tasks: usize,
 }
 

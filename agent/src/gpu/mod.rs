@@ -3,6 +3,7 @@
 //! worker (`edge-gpu-worker`) parses, validates and runs shaders.
 
 pub(crate) mod capability;
+mod job_error;
 pub(crate) mod run_job;
 pub mod scheduler;
 pub mod worker;

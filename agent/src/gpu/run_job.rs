@@ -14,7 +14,8 @@ use edge_jobs::receipt::{self, Receipt};
 use edge_jobs::worker::Submitted;
 use tokio::time::Instant;
 
-use crate::gpu::worker::{GpuWorker, WorkerError};
+use crate::gpu::scheduler::JobError;
+use crate::gpu::worker::GpuWorker;
 
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub(crate) enum RunJobError {
     Builtin(String),
     /// The worker refused it, the GPU failed it, or there is none.
     #[error(transparent)]
-    Worker(#[from] WorkerError),
+    Job(#[from] JobError),
 }
 
 /// A built-in job by name, or the job in a file.

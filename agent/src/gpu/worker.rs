@@ -8,56 +8,19 @@ use std::time::Duration;
 
 use edge_jobs::digest::Sha256;
 use edge_jobs::worker::{
-    Answer, Done, ExecError, Hello, Response, Submitted, request_line, take_answer, take_line,
+    Answer, Done, Hello, Response, Submitted, request_line, take_answer, take_line,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::Instant;
+
+use crate::gpu::job_error::JobError;
 
 /// How long the worker may take to open the device.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack beyond a job's own limit before the agent kills the worker (the worker enforces the limit
 /// itself; this catches a worker that is wedged outside the dispatch).
 const KILL_SLACK: Duration = Duration::from_secs(5);
-
-/// Why the worker did not return a result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkerError {
-    /// The worker could not open a GPU.
-    #[error("no GPU: {reason}")]
-    NoGpu {
-        /// Why.
-        reason: String,
-    },
-    /// The job was refused by the worker's validation.
-    #[error("job refused: {}", problems.join("; "))]
-    Refused {
-        /// Every problem.
-        problems: Vec<String>,
-    },
-    /// The GPU failed the job.
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    /// The worker did not answer in time and was killed.
-    #[error("the GPU worker did not answer within {limit:?} and was killed")]
-    Killed {
-        /// How long it had.
-        limit: Duration,
-    },
-    /// The job's batch failed as a whole (the worker could not tell which job caused it); it
-    /// should run again alone.
-    #[error("its batch failed as a whole: {reason}")]
-    Unsettled {
-        /// What happened to the batch.
-        reason: String,
-    },
-    /// The worker died or spoke nonsense.
-    #[error("the GPU worker failed: {message}")]
-    Crashed {
-        /// What happened.
-        message: String,
-    },
-}
 
 struct Running {
     child: Child,
@@ -120,14 +83,14 @@ pub trait Worker: Send + 'static {
         &mut self,
         batch: &[&Prepared],
         budget: u64,
-    ) -> impl Future<Output = Result<(), WorkerError>> + Send;
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
     /// The answer to the oldest job in flight (see [`GpuWorker::answer`]). Cancel-safe.
     fn answer(
         &mut self,
         started: Instant,
         limit: Duration,
         max_outputs: u64,
-    ) -> impl Future<Output = Result<Finished, WorkerError>> + Send;
+    ) -> impl Future<Output = Result<Finished, JobError>> + Send;
     /// Stops the worker at once.
     fn kill(&mut self) -> impl Future<Output = ()> + Send;
     /// Lets an idle worker exit.
@@ -143,7 +106,7 @@ impl Worker for GpuWorker {
         &mut self,
         batch: &[&Prepared],
         budget: u64,
-    ) -> impl Future<Output = Result<(), WorkerError>> + Send {
+    ) -> impl Future<Output = Result<(), JobError>> + Send {
         GpuWorker::send(self, batch, budget)
     }
 
@@ -152,7 +115,7 @@ impl Worker for GpuWorker {
         started: Instant,
         limit: Duration,
         max_outputs: u64,
-    ) -> impl Future<Output = Result<Finished, WorkerError>> + Send {
+    ) -> impl Future<Output = Result<Finished, JobError>> + Send {
         GpuWorker::answer(self, started, limit, max_outputs)
     }
 
@@ -166,14 +129,14 @@ impl Worker for GpuWorker {
 }
 
 /// Encodes `job` for a [`Worker`].
-pub fn prepare(job: &Submitted) -> Result<Prepared, WorkerError> {
+pub fn prepare(job: &Submitted) -> Result<Prepared, JobError> {
     // Beyond the kernel's own limit the worker resolves, hashes and uploads the inputs: allow
     // for that at a conservative 100 MiB/s.
     let bytes: u64 = job.job.bindings.iter().map(|b| b.size).sum();
     let limit = Duration::from_millis(job.job.limits.max_runtime_ms)
         + KILL_SLACK
         + Duration::from_secs(bytes / (100 << 20));
-    let json = serde_json::to_vec(job).map_err(|e| WorkerError::Crashed {
+    let json = serde_json::to_vec(job).map_err(|e| JobError::Crashed {
         message: format!("cannot encode the job: {e}"),
     })?;
     Ok(Prepared {
@@ -216,7 +179,7 @@ impl GpuWorker {
         self.running.is_some()
     }
 
-    async fn start(&mut self) -> Result<&mut Running, WorkerError> {
+    async fn start(&mut self) -> Result<&mut Running, JobError> {
         // A worker that died while idle (OOM killer, driver crash) is replaced, not written to.
         if let Some(running) = &mut self.running
             && !matches!(running.child.try_wait(), Ok(None))
@@ -225,7 +188,7 @@ impl GpuWorker {
             self.running = None;
         }
         if self.running.is_none() {
-            let crashed = |message: String| WorkerError::Crashed { message };
+            let crashed = |message: String| JobError::Crashed { message };
             let (program, args) = self
                 .command
                 .split_first()
@@ -265,7 +228,7 @@ impl GpuWorker {
                 }
             })
             .await
-            .map_err(|_| WorkerError::Killed {
+            .map_err(|_| JobError::Killed {
                 limit: START_TIMEOUT,
             })?
             .map_err(|e: String| crashed(format!("reading its hello: {e}")))?;
@@ -285,10 +248,10 @@ impl GpuWorker {
                     running.adapter = gpu.name;
                     self.running = Some(running);
                 }
-                Hello::NoGpu { reason } => return Err(WorkerError::NoGpu { reason }),
+                Hello::NoGpu { reason } => return Err(JobError::NoGpu { reason }),
             }
         }
-        self.running.as_mut().ok_or_else(|| WorkerError::Crashed {
+        self.running.as_mut().ok_or_else(|| JobError::Crashed {
             message: "worker vanished".into(),
         })
     }
@@ -297,13 +260,13 @@ impl GpuWorker {
     /// worker runs batches in the order sent and answers each job in turn
     /// ([`GpuWorker::answer`]); a batch sent while another runs waits in the pipe, so the worker
     /// starts it the moment the previous one is done. `budget` is the GPU memory budget per job.
-    pub async fn send(&mut self, batch: &[&Prepared], budget: u64) -> Result<(), WorkerError> {
+    pub async fn send(&mut self, batch: &[&Prepared], budget: u64) -> Result<(), JobError> {
         // A worker that died with jobs in flight is not replaced here: their answers must come
         // from the process they were sent to (its end is read as a crash by `answer`).
         let running = if self.in_flight == 0 {
             self.start().await?
         } else {
-            self.running.as_mut().ok_or_else(|| WorkerError::Crashed {
+            self.running.as_mut().ok_or_else(|| JobError::Crashed {
                 message: "the worker is gone".into(),
             })?
         };
@@ -312,7 +275,7 @@ impl GpuWorker {
             .stdin
             .write_all(&line)
             .await
-            .map_err(|e| WorkerError::Crashed {
+            .map_err(|e| JobError::Crashed {
                 message: format!("cannot send the job: {e}"),
             })?;
         self.in_flight += batch.len();
@@ -332,10 +295,10 @@ impl GpuWorker {
         started: Instant,
         limit: Duration,
         max_outputs: u64,
-    ) -> Result<Finished, WorkerError> {
+    ) -> Result<Finished, JobError> {
         let result = self.read_answer(started + limit, limit, max_outputs).await;
         match &result {
-            Ok(_) | Err(WorkerError::Refused { .. }) => self.in_flight -= 1,
+            Ok(_) | Err(JobError::Refused { .. }) => self.in_flight -= 1,
             // No await here: the caller may drop this future as soon as it yields, and the
             // answer must not be lost half-way through stopping the worker.
             Err(_) => self.abandon(),
@@ -356,8 +319,8 @@ impl GpuWorker {
         deadline: Instant,
         limit: Duration,
         max_outputs: u64,
-    ) -> Result<Finished, WorkerError> {
-        let crashed = |message: String| WorkerError::Crashed { message };
+    ) -> Result<Finished, JobError> {
+        let crashed = |message: String| JobError::Crashed { message };
         let running = self
             .running
             .as_mut()
@@ -371,7 +334,7 @@ impl GpuWorker {
             }
             let more = tokio::time::timeout_at(deadline, running.read_more())
                 .await
-                .map_err(|_| WorkerError::Killed { limit })?
+                .map_err(|_| JobError::Killed { limit })?
                 .map_err(|e| crashed(e.to_string()))?;
             if !more {
                 return Err(crashed("the worker exited while running the job".into()));
@@ -384,9 +347,9 @@ impl GpuWorker {
                 adapter: running.adapter.clone(),
                 driver: running.driver.clone(),
             }),
-            Response::Refused { problems } => Err(WorkerError::Refused { problems }),
-            Response::Failed { error } => Err(WorkerError::Exec(error)),
-            Response::Unsettled { reason } => Err(WorkerError::Unsettled { reason }),
+            Response::Refused { problems } => Err(JobError::Refused { problems }),
+            Response::Failed { error } => Err(JobError::Exec(error)),
+            Response::Unsettled { reason } => Err(JobError::Unsettled { reason }),
         }
     }
 

@@ -91,25 +91,24 @@ fn outcome(result: Result<edge_jobs::receipt::Receipt, JobError>) -> JobOutcome 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::worker::WorkerError;
 
     #[test]
     fn a_job_the_worker_refuses_is_reported_refused_not_failed() {
         // The worker parses the shader; the agent does not. Before, its refusal reached the
         // network as `failed`, against docs/protocol.md.
-        let refused = JobError::from(WorkerError::Refused {
+        let refused = JobError::Refused {
             problems: vec!["kernel.wgsl:3:1: expected `;`".into()],
-        });
+        };
         assert!(
             matches!(outcome(Err(refused)), JobOutcome::Refused { ref error } if error.contains("kernel.wgsl:3:1")),
         );
-        let no_gpu = JobError::from(WorkerError::NoGpu {
+        let no_gpu = JobError::NoGpu {
             reason: "no adapter".into(),
-        });
+        };
         assert!(matches!(outcome(Err(no_gpu)), JobOutcome::Refused { .. }));
-        let crashed = JobError::from(WorkerError::Crashed {
+        let crashed = JobError::Crashed {
             message: "exited".into(),
-        });
+        };
         assert!(matches!(outcome(Err(crashed)), JobOutcome::Failed { .. }));
     }
 }

@@ -118,13 +118,7 @@ impl Outbox {
             path: path.to_owned(),
             source,
         };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let conn = edge_identity::database::open(path, SCHEMA).map_err(err)?;
         let queued = conn
             .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
             .map_err(err)? as u64;

@@ -57,7 +57,8 @@ pub enum WifiError {
     /// No Wi-Fi manager's client is installed.
     #[error("no Wi-Fi manager on this machine: found neither {tool} on PATH")]
     NotFound {
-        /// The tools looked for.
+        /// Both clients, as one phrase for the message: `nmcli (NetworkManager) nor wpa_cli
+        /// (wpa_supplicant)`.
         tool: &'static str,
     },
     /// A credential was refused before anything was run or written.
@@ -71,7 +72,7 @@ pub enum WifiError {
     /// The tool could not be started.
     #[error("cannot run {}: {source}", program.display())]
     Spawn {
-        /// The tool.
+        /// The client's path as found on the search path, e.g. `/usr/bin/nmcli`.
         program: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -79,11 +80,11 @@ pub enum WifiError {
     /// The tool ran and failed.
     #[error("`{} {command}` failed ({status}): {stderr}", program.display())]
     Command {
-        /// The tool.
+        /// The client's path as found on the search path, e.g. `/usr/bin/nmcli`.
         program: PathBuf,
         /// Its arguments, which never hold a secret.
         command: String,
-        /// How it exited.
+        /// Its exit status: a non-zero code, or the signal that killed it.
         status: ExitStatus,
         /// What it printed on stderr, trimmed and capped at 2 KiB.
         stderr: String,
@@ -91,19 +92,20 @@ pub enum WifiError {
     /// The tool exited cleanly but refused the request (`wpa_cli` answering `FAIL`).
     #[error("`{} {command}` answered {reply:?}", program.display())]
     Rejected {
-        /// The tool.
+        /// `wpa_cli`'s path as found on the search path.
         program: PathBuf,
-        /// Its arguments.
+        /// Its arguments, `-i <interface> <command>`; never a secret.
         command: String,
-        /// Its answer.
+        /// Its reply, trimmed, e.g. `FAIL`.
         reply: String,
     },
     /// A file or directory could not be read or written.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
-        /// What was being done.
+        /// The step: `create`, `list`, `remove`, `read`, `write`, `rename into place` or `sync`.
         op: &'static str,
-        /// The file or directory.
+        /// A credentials file, the temporary written beside it, or the directory (`create`, `list`,
+        /// `sync`).
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
@@ -114,7 +116,8 @@ pub enum WifiError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Security {
-    /// No authentication.
+    /// No authentication: nmcli's SECURITY is empty or `--`, or wpa_supplicant's flags name no
+    /// WPA, RSN, WEP, OWE or OSEN.
     Open,
     /// WPA or WPA2 personal (pre-shared key), including WPA2/WPA3 transition networks.
     Wpa2Psk,
@@ -127,12 +130,13 @@ pub enum Security {
 /// One network a scan saw: one entry per SSID, from its strongest access point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WifiNetwork {
-    /// Network name.
+    /// The SSID, never empty (hidden networks are left out). From wpa_supplicant, bytes that are
+    /// not UTF-8 become U+FFFD.
     pub ssid: String,
     /// Signal quality, 0 to 100 (see [`dbm_to_percent`] for wpa_supplicant's dBm, and
     /// [`percent_to_dbm`] for the way back).
     pub signal_percent: u8,
-    /// How it authenticates.
+    /// How its strongest access point authenticates.
     pub security: Security,
     /// Whether the box is connected to it now.
     pub in_use: bool,
@@ -269,7 +273,7 @@ pub trait Wifi: Send + Sync {
     /// manager to use them. An empty passphrase means an open network.
     fn connect(&self, ssid: &str, passphrase: &Passphrase) -> Result<(), WifiError>;
 
-    /// The link now.
+    /// The SSID the box is associated with and the Wi-Fi interface, as the manager reports them.
     fn status(&self) -> Result<WifiStatus, WifiError>;
 
     /// Erases every Wi-Fi credential this agent provisioned, and nothing else (factory reset).

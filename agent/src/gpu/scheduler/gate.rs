@@ -161,12 +161,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             queue_capacity: 8,
-            memory_budget: 1 << 30,
-            max_duty: 1.0,
-            allowed_hours_utc: None,
-            pause_above_celsius: 85.0,
-            resume_below_celsius: 75.0,
-            idle_release: Duration::from_secs(60),
+            ..Policy::default()
         }
     }
 

@@ -40,7 +40,8 @@ pub use gate::wait_for_hours;
 
 use self::gate::{Gate, Held};
 use self::queue::{Queue, Queued, is_late};
-use crate::gpu::worker::{self, Finished, GpuWorker, Prepared, Worker, WorkerError};
+pub use crate::gpu::job_error::JobError;
+use crate::gpu::worker::{self, Finished, GpuWorker, Prepared, Worker};
 
 #[cfg(test)]
 mod tests;
@@ -50,54 +51,6 @@ const AHEAD_MAX_BYTES: usize = 16 << 10;
 /// The most a batch of small jobs takes on the wire: well inside a pipe's 64 KiB buffer, which
 /// holds at most one batch waiting.
 const BATCH_MAX_BYTES: usize = 32 << 10;
-
-/// Why a job produced no receipt.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobError {
-    /// There is no GPU.
-    #[error("no GPU: {reason}")]
-    NoGpu {
-        /// Why.
-        reason: String,
-    },
-    /// Validation refused it.
-    #[error("job refused: {}", problems.join("; "))]
-    Refused {
-        /// Every problem, `at: message`.
-        problems: Vec<String>,
-    },
-    /// The queue is full.
-    #[error("the job queue is full ({capacity} jobs); try again later")]
-    QueueFull {
-        /// The bound.
-        capacity: usize,
-    },
-    /// Its deadline passed before it could start.
-    #[error("the job's deadline passed before it could start")]
-    DeadlinePassed,
-    /// Cancelled before it finished.
-    #[error("the job was cancelled")]
-    Cancelled,
-    /// The agent is shutting down.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-    /// The worker failed it (a refusal or a missing GPU from the worker is not this: see the
-    /// `From` below).
-    #[error(transparent)]
-    Worker(WorkerError),
-}
-
-impl From<WorkerError> for JobError {
-    /// The worker checks the shader, which the agent does not parse: its refusal is a refusal
-    /// like the agent's own (the network is told `refused`, not `failed`).
-    fn from(e: WorkerError) -> Self {
-        match e {
-            WorkerError::Refused { problems } => Self::Refused { problems },
-            WorkerError::NoGpu { reason } => Self::NoGpu { reason },
-            other => Self::Worker(other),
-        }
-    }
-}
 
 /// The owner's GPU policy and the queue's bounds.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +69,22 @@ pub struct Policy {
     pub resume_below_celsius: f64,
     /// Release the worker after this long without work.
     pub idle_release: Duration,
+}
+
+impl Default for Policy {
+    /// The policy of the embedded defaults (an empty config file; a test in `app` holds the two
+    /// together).
+    fn default() -> Self {
+        Self {
+            queue_capacity: 64,
+            memory_budget: 2048 << 20,
+            max_duty: 1.0,
+            allowed_hours_utc: None,
+            pause_above_celsius: 85.0,
+            resume_below_celsius: 75.0,
+            idle_release: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The owner's part of the policy, as `/status` shows it (the names of the config keys).
@@ -363,7 +332,7 @@ impl InFlight {
 enum Event {
     Shutdown,
     Inbox(Option<Msg>),
-    Answer(Result<Finished, WorkerError>),
+    Answer(Result<Finished, JobError>),
     Wake,
     Idle,
 }
@@ -606,7 +575,7 @@ impl<W: Worker> Scheduler<W> {
                     for (queued, _) in batch {
                         self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(job = %queued.job.id, error = %e, "GPU job failed");
-                        let _ = queued.reply.send(Err(e.clone().into()));
+                        let _ = queued.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -658,7 +627,7 @@ impl<W: Worker> Scheduler<W> {
                 Ok(prepared) => prepared,
                 Err(e) => {
                     self.parts.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                    let _ = queued.reply.send(Err(e.into()));
+                    let _ = queued.reply.send(Err(e));
                     continue;
                 }
             };
@@ -689,7 +658,7 @@ impl<W: Worker> Scheduler<W> {
     }
 
     /// Takes the oldest job in flight's answer and hands it to its submitter.
-    async fn finish(&mut self, answer: Result<Finished, WorkerError>) {
+    async fn finish(&mut self, answer: Result<Finished, JobError>) {
         let Some(head) = self.in_flight.pop_front() else {
             return;
         };
@@ -701,7 +670,7 @@ impl<W: Worker> Scheduler<W> {
             Ok(Finished { done, .. }) => {
                 Duration::from_micros(done.duration_us / u64::from(done.batch.max(1)))
             }
-            Err(WorkerError::Refused { .. } | WorkerError::NoGpu { .. }) => Duration::ZERO,
+            Err(JobError::Refused { .. } | JobError::NoGpu { .. }) => Duration::ZERO,
             Err(_) => self.head_since.elapsed(),
         };
         metrics
@@ -719,12 +688,12 @@ impl<W: Worker> Scheduler<W> {
                 // is not about the job it was given.
                 self.abandon_worker().await;
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
-                Err(JobError::Worker(WorkerError::Crashed {
+                Err(JobError::Crashed {
                     message: format!(
                         "the worker answered for job {:?} (kernel {}) when asked for {:?} (kernel {})",
                         done.job_id, done.kernel_sha256, head.job.id, head.kernel_sha256
                     ),
-                }))
+                })
             }
             Ok(Finished {
                 done,
@@ -742,7 +711,7 @@ impl<W: Worker> Scheduler<W> {
                 }
                 return self.drop_cancelled_head(head.batch).await;
             }
-            Err(WorkerError::Unsettled { reason }) => {
+            Err(JobError::Unsettled { reason }) => {
                 // Its batch failed as a whole, and the worker is gone (`answer` killed it): each
                 // job of the batch runs again alone, so that only the one to blame fails.
                 tracing::warn!(job = %head.job.id, %reason, "GPU batch failed; its jobs run again alone");
@@ -754,13 +723,13 @@ impl<W: Worker> Scheduler<W> {
                 return self.drop_cancelled_head(batch).await;
             }
             Err(e) => {
-                if !matches!(e, WorkerError::Refused { .. }) {
+                if !matches!(e, JobError::Refused { .. }) {
                     // The worker is gone (`answer` killed it): what was sent ahead runs again.
                     self.requeue_in_flight(None);
                 }
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(job = %head.job.id, error = %e, "GPU job failed");
-                Err(e.into())
+                Err(e)
             }
         };
         if let Some(reply) = head.reply {

@@ -54,7 +54,7 @@ impl Worker for FakeWorker {
         self.running
     }
 
-    async fn send(&mut self, batch: &[&Prepared], _budget: u64) -> Result<(), WorkerError> {
+    async fn send(&mut self, batch: &[&Prepared], _budget: u64) -> Result<(), JobError> {
         self.running = true;
         for job in batch {
             self.saw(Seen::Sent(job.job_id.clone(), self.born.elapsed()));
@@ -69,8 +69,8 @@ impl Worker for FakeWorker {
         started: Instant,
         limit: Duration,
         _max_outputs: u64,
-    ) -> Result<Finished, WorkerError> {
-        let (id, kernel) = self.pending.front().cloned().ok_or(WorkerError::Crashed {
+    ) -> Result<Finished, JobError> {
+        let (id, kernel) = self.pending.front().cloned().ok_or(JobError::Crashed {
             message: "nothing in flight".into(),
         })?;
         let runs = (self.run_for)(&id);
@@ -78,7 +78,7 @@ impl Worker for FakeWorker {
         if runs > limit {
             tokio::time::sleep_until(started + limit).await;
             self.kill().await;
-            return Err(WorkerError::Killed { limit });
+            return Err(JobError::Killed { limit });
         }
         tokio::time::sleep_until(started + runs).await;
         self.pending.pop_front();
@@ -118,11 +118,7 @@ fn policy() -> Policy {
     Policy {
         queue_capacity: 8,
         memory_budget: 256 << 20,
-        max_duty: 1.0,
-        allowed_hours_utc: None,
-        pause_above_celsius: 85.0,
-        resume_below_celsius: 75.0,
-        idle_release: Duration::from_secs(60),
+        ..Policy::default()
     }
 }
 
@@ -241,10 +237,7 @@ async fn an_overrun_kills_the_worker_and_the_next_job_runs_on_a_fresh_one() {
     });
     let (handle, shutdown, metrics) = start(policy(), worker);
     let stuck = handle.run(job("stuck", 0)).await;
-    assert!(
-        matches!(stuck, Err(JobError::Worker(WorkerError::Killed { .. }))),
-        "{stuck:?}"
-    );
+    assert!(matches!(stuck, Err(JobError::Killed { .. })), "{stuck:?}");
     handle.run(job("next", 0)).await.expect("the next job runs");
     assert!(seen.lock().expect("log").contains(&Seen::Killed));
     assert_eq!(metrics.failed.load(Ordering::Relaxed), 1);
@@ -258,7 +251,7 @@ async fn an_answer_about_another_job_is_never_signed() {
     let (handle, shutdown, _) = start(policy(), worker);
     let result = handle.run(job("asked", 0)).await;
     match result {
-        Err(JobError::Worker(WorkerError::Crashed { message })) => {
+        Err(JobError::Crashed { message }) => {
             assert!(message.contains("asked"), "{message}");
         }
         other => panic!("expected a refusal to sign, got {other:?}"),
