@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edge_tests::hub::HubDir;
+use edge_tests::hub::Across;
 use edge_tests::netns::{Link, unavailable};
 use edge_tests::{NotifySocket, Running, Sandbox, bin, cpu_secs, in_ns};
 
@@ -96,14 +96,8 @@ fn iperf3(link: &Link, reverse: bool) -> (f64, u64) {
 fn bandwidth_row(mbit: u32) {
     let link = Link::new();
     link.shape(mbit);
-    let hub = HubDir::init(&[&link.hub_ip]);
-    let server = hub.serve(
-        &format!("{}:0", link.hub_ip),
-        &format!("{}:0", link.hub_ip),
-        Some(&link.hub_ns),
-    );
-    let sandbox = hub.agent_sandbox(
-        &format!("https://{}:{}", link.hub_ip, server.main.port()),
+    let across = Across::link(&link);
+    let sandbox = across.agent_sandbox(
         &format!("bandwidth_warmup_secs = {WARMUP_SECS}\nbandwidth_window_secs = {WINDOW_SECS}\nbandwidth_streams = 4\n"),
     );
     let before = wire_bytes(&link.device_ns, &link.device_if());
@@ -152,19 +146,13 @@ fn start_agent(sandbox: &Sandbox, ns: Option<&str>) -> Running {
 
 fn reporting_cost(window: u64) {
     let link = Link::new();
-    let hub = HubDir::init(&[&link.hub_ip]);
-    let server = hub.serve(
-        &format!("{}:0", link.hub_ip),
-        &format!("{}:0", link.hub_ip),
-        Some(&link.hub_ns),
-    );
+    let across = Across::link(&link);
     // Defaults for everything that costs: heartbeat 30 s, capability at start, job long-poll on.
     let reporting = Sandbox::new(&format!(
-        "[network]\nhub_url = \"https://{}:{}\"\nca_cert = \"{}\"\nowner_token = \"{}\"\nmeasure_bandwidth = false\n",
-        link.hub_ip,
-        server.main.port(),
-        hub.ca().display(),
-        hub.token
+        "[network]\nhub_url = \"{}\"\nca_cert = \"{}\"\nowner_token = \"{}\"\nmeasure_bandwidth = false\n",
+        across.url(),
+        across.hub.ca().display(),
+        across.hub.token
     ));
     let quiet = Sandbox::new("");
     let mut agents = [

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::netns::Link;
 use crate::{Sandbox, bin};
 
 /// A hub's directory (certificates, database) with one owner, `alice`.
@@ -23,6 +24,34 @@ pub struct HubProcess {
     pub main: SocketAddr,
     /// The echo listener.
     pub echo: SocketAddr,
+}
+
+/// A hub serving inside a [`Link`]'s hub namespace, for an agent in its device namespace.
+pub struct Across {
+    /// The hub's directory.
+    pub hub: HubDir,
+    /// The hub, listening on the link's hub address (main and echo).
+    pub server: HubProcess,
+}
+
+impl Across {
+    /// `edge-hub init` and `serve` on `link`'s hub side.
+    pub fn link(link: &Link) -> Self {
+        let hub = HubDir::init(&[&link.hub_ip]);
+        let any_port = format!("{}:0", link.hub_ip);
+        let server = hub.serve(&any_port, &any_port, Some(&link.hub_ns));
+        Self { hub, server }
+    }
+
+    /// The hub's main URL as the device namespace reaches it.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.server.main)
+    }
+
+    /// [`HubDir::agent_sandbox`] pointed at this hub.
+    pub fn agent_sandbox(&self, extra: &str) -> Sandbox {
+        self.hub.agent_sandbox(&self.url(), extra)
+    }
 }
 
 impl HubDir {

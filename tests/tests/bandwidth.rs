@@ -6,7 +6,7 @@
     reason = "an integration test crate: its tests need no test module"
 )]
 
-use edge_tests::hub::HubDir;
+use edge_tests::hub::Across;
 use edge_tests::netns::{Link, emulated, unavailable};
 
 /// Runs `edge-agent measure` in the device namespace against a hub in the hub namespace, over a
@@ -14,14 +14,8 @@ use edge_tests::netns::{Link, emulated, unavailable};
 pub fn measure_over(mbit: u32) -> serde_json::Value {
     let link = Link::new();
     link.shape(mbit);
-    let hub = HubDir::init(&[&link.hub_ip]);
-    let server = hub.serve(
-        &format!("{}:0", link.hub_ip),
-        &format!("{}:0", link.hub_ip),
-        Some(&link.hub_ns),
-    );
-    let sandbox = hub.agent_sandbox(
-        &format!("https://{}:{}", link.hub_ip, server.main.port()),
+    let across = Across::link(&link);
+    let sandbox = across.agent_sandbox(
         "bandwidth_warmup_secs = 1\nbandwidth_window_secs = 4\nbandwidth_streams = 4\n",
     );
     let out = std::process::Command::new("ip")

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use edge_tests::hub::{DelayProxy, HubDir, eventually, outbox};
+use edge_tests::hub::{Across, DelayProxy, HubDir, eventually, outbox};
 use edge_tests::netns::{Link, unavailable};
 use edge_tests::{NotifySocket, Running, Sandbox, wait_exit};
 use nix::sys::signal::{Signal, kill};
@@ -214,16 +214,9 @@ fn reports_cross_a_lossy_link() {
     }
     let link = Link::new();
     link.lose(10);
-    let hub = HubDir::init(&[&link.hub_ip]);
-    let server = hub.serve(
-        &format!("{}:0", link.hub_ip),
-        &format!("{}:0", link.hub_ip),
-        Some(&link.hub_ns),
-    );
-    let sandbox = hub.agent_sandbox(
-        &format!("https://{}:{}", link.hub_ip, server.main.port()),
-        "",
-    );
+    let across = Across::link(&link);
+    let hub = &across.hub;
+    let sandbox = across.agent_sandbox("");
     let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", &link.device_ns])
@@ -246,7 +239,7 @@ fn reports_cross_a_lossy_link() {
     .expect("heartbeats arrive across 10% loss, and the link drops some packets");
     assert!(drained(&sandbox, Duration::from_secs(60)));
     stop(agent);
-    let seqs = stored(&hub, &id);
+    let seqs = stored(hub, &id);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert!(outbox(&sandbox.state()).is_empty(), "{device}");
 }
