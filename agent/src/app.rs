@@ -38,7 +38,7 @@ use crate::network::NetworkHandle;
 use crate::network::delivery::{DeliveryTask, NetworkStatus, NetworkView};
 use crate::network::hub_client::HubClient;
 use crate::network::intake::IntakeTask;
-use crate::network::outbox::{Bounds, Outbox};
+use crate::network::outbox::{Bounds, LOW_SPACE, Outbox};
 use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
 use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, Control};
 use crate::status::report::AgentState;
@@ -177,16 +177,19 @@ impl App {
             Some(hub) => {
                 systemd::status("starting: opening the report queue");
                 let client = HubClient::new(&hub.url, &hub.ca_cert)?;
-                let (path, id, bounds) = (
+                let (path, id, clock) = (
                     config.state_dir.join("outbox.db"),
                     identity.clone(),
-                    Bounds {
-                        max_reports: config.network.queue_max_reports,
-                        max_age: config.network.queue_max_age,
-                    },
+                    hal.clock.clone(),
                 );
+                let bounds = Bounds {
+                    max_reports: config.network.queue_max_reports,
+                    max_age: config.network.queue_max_age,
+                    min_free_bytes: LOW_SPACE,
+                };
                 let outbox =
-                    edge_tasks::blocking(move || Outbox::open(&path, id, boot_id, bounds)).await?;
+                    edge_tasks::blocking(move || Outbox::open(&path, id, boot_id, bounds, clock))
+                        .await;
                 let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
                     hub: hub.url.clone(),
                     ..NetworkView::default()
@@ -212,6 +215,11 @@ impl App {
             scheduler: scheduler_handle,
             network: network.as_ref().map(|(_, handle)| handle.clone()),
             pairing: bridge.as_ref().map(|b| b.status.clone()),
+            owner_ignored: config
+                .owner_ignored
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         });
         let status = StatusServer::bind(&config.status, state.clone()).await?;
         Ok(Self {
@@ -399,7 +407,6 @@ fn spawn_network(
         outbox: outbox.clone(),
         sources: state.sources.clone(),
         interval: network.heartbeat_interval,
-        clock: clock.clone(),
     };
     tasks.spawn("heartbeat", heartbeat.run(shutdown.clone()));
     if network.accept_jobs {

@@ -8,7 +8,6 @@ use edge_identity::durable::FileError;
 
 use crate::host::lock::LockError;
 use crate::network::hub_client::HubError;
-use crate::network::outbox::OutboxError;
 use crate::pairing::BridgeError;
 use crate::status::server::StatusError;
 
@@ -59,9 +58,6 @@ pub enum AgentError {
     /// The hub client could not be set up (its CA file, usually).
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The report queue could not be opened.
-    #[error(transparent)]
-    Outbox(#[from] OutboxError),
     /// The pairing state (setup code, owner record) could not be read or made.
     #[error(transparent)]
     Bridge(#[from] BridgeError),
@@ -94,9 +90,8 @@ impl AgentError {
             Self::Identity(KeyError::Io { .. } | KeyError::Random { .. }) => Exit::CannotCreate,
             Self::Identity(KeyError::Uri { .. }) => Exit::Config,
             Self::Identity(_) => Exit::KeyRefused,
-            Self::Status(_) | Self::Outbox(_) | Self::Listen { .. } => Exit::CannotCreate,
-            Self::Bridge(BridgeError::File(_)) => Exit::CannotCreate,
-            Self::Bridge(BridgeError::Corrupt { .. }) => Exit::KeyRefused,
+            Self::Status(_) | Self::Listen { .. } => Exit::CannotCreate,
+            Self::Bridge(_) => Exit::CannotCreate,
             Self::Hub(_) => Exit::Config,
             Self::Task { .. } => Exit::TaskFailed,
         }

@@ -93,6 +93,9 @@ fn main() -> ExitCode {
         "warn"
     };
     logging::init(cli.log_format.unwrap_or(config.log.format), level);
+    for problem in &config.owner_ignored {
+        tracing::warn!(%problem, "an owner setting is left out");
+    }
     let hal = Hal::linux();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use edge_identity::{FileKeyStore, KeyStore};
 
 pub use button::{Button, ButtonError, Buttons, EvdevButton, EvdevButtons, Wait};
-pub use clock::{Clock, SystemClock};
+pub use clock::{CLOCK_FLOOR_UNIX_S, Clock, SystemClock};
 pub use gpu::{GpuProbe, IsolatedProbe};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
 pub use power::{Power, SystemdPower};

@@ -133,6 +133,22 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, FileErro
     })
 }
 
+/// Moves a file that could not be used to `<path>.corrupt`, for a person to look at, replacing
+/// an earlier one so that repeated damage cannot fill the disk; where even the move fails, removes
+/// it. The caller then starts afresh; the file is never read again.
+pub fn set_aside(path: &Path) -> Result<PathBuf, FileError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".corrupt");
+    let aside = PathBuf::from(aside);
+    match std::fs::rename(path, &aside) {
+        Ok(()) => Ok(aside),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(aside),
+        Err(_) => std::fs::remove_file(path)
+            .map(|()| aside)
+            .map_err(FileError::at("remove", path)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,8 +187,13 @@ pub struct Dropped {
     pub first_seq: u64,
     /// Highest sequence number dropped.
     pub last_seq: u64,
-    /// `full` (over the size bound) or `expired` (over the age bound); both, comma-separated,
-    /// when drops of both kinds were merged.
+    /// Why, comma-separated when drops of several kinds were merged:
+    /// - `full` (over the size bound) or `expired` (over the age bound);
+    /// - `lost`: the queue file was unreadable and was set aside; `count` is 0 (unknown) and the
+    ///   range is every number handed out before (some were delivered);
+    /// - `unwritten` (could not be stored: a disk error) or `low_space` (a heartbeat or
+    ///   capability report not stored while space was low): they never had numbers; the range is
+    ///   the number of the first report stored after them.
     pub reason: String,
 }
 

@@ -11,8 +11,6 @@ use edge_jobs::adapter::GpuStatus;
 
 use crate::config::Config;
 
-/// A wall clock before this is certainly wrong (an RTC-less box that booted in 1970).
-const CLOCK_FLOOR_UNIX: u64 = 1_767_225_600; // 2026-01-01
 /// Free space under which the state directory is a failure, and under which it is a warning.
 const FREE_FAIL: u64 = 64 << 20;
 const FREE_WARN: u64 = 1 << 30;
@@ -155,7 +153,7 @@ fn clock(wall: SystemTime) -> Line {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
-    if secs < CLOCK_FLOOR_UNIX {
+    if secs < edge_hal::CLOCK_FLOOR_UNIX_S {
         line(
             Level::Fail,
             "clock",

@@ -193,6 +193,7 @@ impl Check<'_> {
         let network = self.network(cwd);
         let pairing = self.pairing(cwd);
         Some(Config {
+            owner_ignored: Vec::new(),
             sources,
             state_dir: state_dir?,
             identity_key: identity_key?,

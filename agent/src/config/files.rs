@@ -41,7 +41,7 @@ pub(super) fn load_files(path: Option<&Path>) -> Loader {
     loader
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Loader {
     merged: Table,
     /// Which file set each leaf (by dotted key), for error messages.
@@ -61,15 +61,18 @@ impl Loader {
 
     pub(super) fn merge_file(&mut self, file: &Path, text: &str) {
         match text.parse::<Table>() {
-            Ok(table) => {
-                self.sources.push(file.to_owned());
-                merge(&mut self.merged, table, file, "", &mut self.origins);
-            }
+            Ok(table) => self.merge_table(file, table),
             Err(e) => {
                 let message = e.to_string().trim_end().replace('\n', "\n    ");
                 self.problem(Some(file), None, format!("not valid TOML: {message}"));
             }
         }
+    }
+
+    /// Merges a table read from `file` (already parsed) on top.
+    pub(super) fn merge_table(&mut self, file: &Path, table: Table) {
+        self.sources.push(file.to_owned());
+        merge(&mut self.merged, table, file, "", &mut self.origins);
     }
 
     pub(super) fn finish(mut self, cwd: &Path) -> Result<Config, ConfigError> {

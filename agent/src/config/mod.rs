@@ -135,6 +135,9 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The owner's app: pairing and the control channel over the LAN.
     pub pairing: PairingConfig,
+    /// Settings of the owner's file that were left out, each with why (logged at start, shown in
+    /// `/status` and counted in `/metrics`).
+    pub owner_ignored: Vec<Problem>,
 }
 
 /// Where the owner's app reaches the device.
@@ -237,18 +240,25 @@ pub struct GpuConfig {
 /// the `config.d/*.toml` drop-ins beside it in name order, then the owner's settings
 /// (`<state_dir>/owner.toml`, written through the paired app; only the keys the field table marks
 /// as the owner's). `cwd` resolves relative paths.
+///
+/// The owner's file never stops the agent: a key this release does not know (a newer release
+/// wrote it, and this one runs after a rollback), a value it refuses, or a file that is not TOML
+/// is left out and listed in [`Config::owner_ignored`], and the rest apply. Only the files under
+/// `/etc` (the image's, a person's) can make the config invalid.
 pub fn load(path: Option<&Path>, cwd: &Path) -> Result<Config, ConfigError> {
-    let config = load_files(path).finish(cwd)?;
+    let files = load_files(path);
+    let config = files.clone().finish(cwd)?;
     let owner = owner_file(&config.state_dir);
     match std::fs::read_to_string(&owner) {
-        Ok(text) => load_with_owner(path, cwd, &owner, &text),
+        Ok(text) => Ok(with_owner(&files, cwd, &owner, &text, config)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(config),
-        Err(e) => Err(ConfigError {
-            problems: vec![Problem {
+        Err(e) => Ok(Config {
+            owner_ignored: vec![Problem {
                 file: Some(owner),
                 key: None,
                 message: format!("cannot read: {e}"),
             }],
+            ..config
         }),
     }
 }
@@ -258,34 +268,65 @@ pub fn owner_file(state_dir: &Path) -> PathBuf {
     state_dir.join("owner.toml")
 }
 
-/// Loads the config files with `owner_text` (the would-be contents of `owner_path`) on top.
-pub fn load_with_owner(
-    path: Option<&Path>,
-    cwd: &Path,
-    owner_path: &Path,
-    owner_text: &str,
-) -> Result<Config, ConfigError> {
-    let mut loader = load_files(path);
+/// `base` (the config of `files`) with every usable key of the owner's `text` on top, in the
+/// file's order: a key is kept when the settings with it still check, so one bad value (or two
+/// that disagree, such as a resume temperature above the pause) cannot take the others with it.
+fn with_owner(files: &Loader, cwd: &Path, owner_path: &Path, text: &str, base: Config) -> Config {
+    let mut ignored = Vec::new();
+    let mut config = base;
+    let table = match text.parse::<Table>() {
+        Ok(table) => table,
+        Err(e) => {
+            let message = e.to_string().trim_end().replace('\n', " ");
+            ignored.push(Problem {
+                file: Some(owner_path.to_owned()),
+                key: None,
+                message: format!("not valid TOML, every owner setting ignored: {message}"),
+            });
+            Table::new()
+        }
+    };
     let owner_keys = fields::owner_keys();
-    if let Ok(table) = owner_text.parse::<Table>() {
-        for key in leaf_keys(&table, "") {
-            if !owner_keys.contains(&key.as_str()) {
-                loader.problem(
-                    Some(owner_path),
-                    Some(&key),
-                    format!(
-                        "not settable by the owner; settable: {}",
-                        owner_keys.join(", ")
-                    ),
-                );
+    let mut accepted = Table::new();
+    for (key, value) in leaf_values(&table, "") {
+        if !owner_keys.contains(&key.as_str()) {
+            ignored.push(Problem {
+                file: Some(owner_path.to_owned()),
+                key: Some(key),
+                message: format!(
+                    "not an owner setting of this release (ignored); settable: {}",
+                    owner_keys.join(", ")
+                ),
+            });
+            continue;
+        }
+        let mut trial = accepted.clone();
+        insert_dotted(&mut trial, &key, value);
+        let mut loader = files.clone();
+        loader.merge_table(owner_path, trial.clone());
+        match loader.finish(cwd) {
+            Ok(with_key) => {
+                accepted = trial;
+                config = with_key;
             }
+            // Each problem is put on the key that was left out, even when the check reported it at
+            // another (a pause below the owner's resume temperature is the pause's problem).
+            Err(e) => ignored.extend(e.problems.into_iter().map(|p| Problem {
+                message: match &p.key {
+                    Some(at) if *at != key => format!("{at}: {} (ignored)", p.message),
+                    _ => format!("{} (ignored)", p.message),
+                },
+                file: Some(owner_path.to_owned()),
+                key: Some(key.clone()),
+            })),
         }
     }
-    loader.merge_file(owner_path, owner_text);
-    loader.finish(cwd)
+    config.owner_ignored = ignored;
+    config
 }
 
-fn leaf_keys(table: &Table, prefix: &str) -> Vec<String> {
+/// Every leaf of `table` with its dotted key, in the table's order.
+fn leaf_values(table: &Table, prefix: &str) -> Vec<(String, Value)> {
     table
         .iter()
         .flat_map(|(key, value)| {
@@ -295,15 +336,30 @@ fn leaf_keys(table: &Table, prefix: &str) -> Vec<String> {
                 format!("{prefix}.{key}")
             };
             match value {
-                Value::Table(inner) => leaf_keys(inner, &path),
-                _ => vec![path],
+                Value::Table(inner) => leaf_values(inner, &path),
+                _ => vec![(path, value.clone())],
             }
         })
         .collect()
 }
 
+/// Sets `section.field` in `table`, making the section a table where it is not one.
+fn insert_dotted(table: &mut Table, key: &str, value: Value) {
+    let (section, field) = key.split_once('.').unwrap_or((key, ""));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !entry.is_table() {
+        *entry = Value::Table(Table::new());
+    }
+    if let Value::Table(inner) = entry {
+        inner.insert(field.to_owned(), value);
+    }
+}
+
 /// The owner's settings with `key` set to `value` (TOML syntax), checked like the config file
-/// with everything else; the new file's text, or every problem.
+/// with everything else; the new file's text, or why the new value was refused. Keys already in
+/// the file that this release ignores (see [`load`]) stay in it and do not block the new one.
 pub fn set_owner_key(
     path: Option<&Path>,
     cwd: &Path,
@@ -339,16 +395,25 @@ pub fn set_owner_key(
         Ok(text) => text.parse::<Table>().unwrap_or_default(),
         Err(_) => Table::new(),
     };
-    let (section, field) = key.split_once('.').unwrap_or((key, ""));
-    let entry = table
-        .entry(section.to_owned())
-        .or_insert_with(|| Value::Table(Table::new()));
-    if let Value::Table(inner) = entry {
-        inner.insert(field.to_owned(), parsed);
-    }
+    insert_dotted(&mut table, key, parsed);
     let text = toml::to_string(&table).map_err(|e| one(e.to_string()))?;
-    load_with_owner(path, cwd, &owner_path, &text)?;
-    Ok(text)
+    let files = load_files(path);
+    let base = files.clone().finish(cwd)?;
+    let config = with_owner(&files, cwd, &owner_path, &text, base);
+    let refused: Vec<Problem> = config
+        .owner_ignored
+        .into_iter()
+        .filter(|p| p.key.as_deref() == Some(key))
+        .map(|p| Problem {
+            message: p.message.trim_end_matches(" (ignored)").to_owned(),
+            ..p
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(text)
+    } else {
+        Err(ConfigError { problems: refused })
+    }
 }
 
 /// Validates one TOML document on its own (used for tests and for checking a file by hand).
@@ -382,6 +447,100 @@ mod tests {
                 got[0]
             );
         }
+    }
+
+    /// A config file whose state directory holds `owner` as `owner.toml`.
+    fn with_owner_file(owner: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("state dir");
+        std::fs::write(owner_file(&state), owner).expect("owner file");
+        let config = dir.path().join("config.toml");
+        let text = format!("[agent]\nstate_dir = \"{}\"\n", state.display());
+        std::fs::write(&config, text).expect("config");
+        (dir, config)
+    }
+
+    fn ignored_keys(config: &Config) -> Vec<Option<&str>> {
+        config
+            .owner_ignored
+            .iter()
+            .map(|p| p.key.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn an_owner_file_from_a_newer_release_or_with_a_bad_value_leaves_the_rest_working() {
+        // Before, each of these stopped the agent with exit 64 at every start (and the unit
+        // does not restart on 64): the box was gone until someone with a shell came.
+        let (dir, config) = with_owner_file(
+            "[gpu]\nmax_duty_percent = 50\nmemory_budget_mib = -3\nshader_cache = true\n\
+             [network]\naccept_jobs = false\n[render]\nfps = 60\n",
+        );
+        let c = load(Some(&config), dir.path()).expect("loads");
+        assert!((c.gpu.max_duty - 0.5).abs() < 1e-9, "{:?}", c.gpu.max_duty);
+        assert!(!c.network.accept_jobs);
+        assert_eq!(c.gpu.memory_budget, 2048 << 20, "the bad value is left out");
+        assert_eq!(
+            ignored_keys(&c),
+            [
+                Some("gpu.memory_budget_mib"),
+                Some("gpu.shader_cache"),
+                Some("render.fps")
+            ],
+            "{:?}",
+            c.owner_ignored
+        );
+    }
+
+    #[test]
+    fn two_owner_values_that_disagree_keep_the_first() {
+        let (dir, config) =
+            with_owner_file("[gpu]\nresume_below_celsius = 70\npause_above_celsius = 60\n");
+        let c = load(Some(&config), dir.path()).expect("loads");
+        assert_eq!(c.gpu.resume_below_celsius, 70.0);
+        assert_eq!(c.gpu.pause_above_celsius, 85.0);
+        assert_eq!(ignored_keys(&c), [Some("gpu.pause_above_celsius")]);
+    }
+
+    #[test]
+    fn an_owner_file_that_is_not_toml_is_ignored_whole() {
+        let (dir, config) = with_owner_file("\u{0}\u{0}garbage = = [");
+        let c = load(Some(&config), dir.path()).expect("loads");
+        assert_eq!(c.gpu.max_duty, 1.0);
+        assert_eq!(ignored_keys(&c), [None]);
+        assert!(c.owner_ignored[0].message.contains("not valid TOML"));
+    }
+
+    #[test]
+    fn setting_a_key_keeps_a_newer_releases_keys_and_refuses_only_a_bad_value() {
+        let (dir, config) = with_owner_file("[render]\nfps = 60\n");
+        let state = dir.path().join("state");
+        let text = set_owner_key(
+            Some(&config),
+            dir.path(),
+            &state,
+            "gpu.max_duty_percent",
+            "40",
+        )
+        .expect("set");
+        assert!(
+            text.contains("fps = 60") && text.contains("max_duty_percent = 40"),
+            "{text}"
+        );
+        let refused = set_owner_key(
+            Some(&config),
+            dir.path(),
+            &state,
+            "gpu.max_duty_percent",
+            "400",
+        )
+        .expect_err("out of range");
+        assert_eq!(refused.problems.len(), 1, "{refused}");
+        assert!(
+            !refused.problems[0].message.contains("ignored"),
+            "{refused}"
+        );
     }
 
     #[test]

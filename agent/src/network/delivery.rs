@@ -151,9 +151,10 @@ impl DeliveryTask {
             owner_token: self.owner_token.clone(),
             agent_version: VERSIONS.agent.into(),
         });
-        let now = self.clock.unix_ms();
-        let signed = edge_tasks::blocking(move || outbox.seal_unqueued(body, now)).await?;
+        let signed = edge_tasks::blocking(move || outbox.seal_unqueued(body)).await?;
         let registered = self.client.register(&signed).await?;
+        let (outbox, next) = (self.outbox.clone(), registered.last_seq + 1);
+        edge_tasks::blocking(move || outbox.raise_next(next)).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
         let echo_urls = if self.configured_echo_urls.is_empty() {
             self.client.info().await?.echo_urls
@@ -174,7 +175,7 @@ impl DeliveryTask {
     async fn deliver_once(&self, batch_size: &mut usize) -> Result<Step, StepError> {
         let (outbox, n) = (self.outbox.clone(), *batch_size);
         let now = self.clock.unix_ms();
-        let batch = edge_tasks::blocking(move || outbox.peek(n, now)).await?;
+        let batch = edge_tasks::blocking(move || outbox.peek(n)).await?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }

@@ -3,6 +3,7 @@
 //! `job_result` report, which store-and-forward delivers like any other.
 
 use edge_hal::Clock;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gpu::scheduler::{JobError, SchedulerHandle};
 use crate::network::hub_client::HubClient;
-use crate::network::outbox::{Outbox, OutboxError};
+use crate::network::outbox::Outbox;
 
 /// How long the hub holds a poll open.
 const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -34,8 +35,8 @@ pub(crate) struct IntakeTask {
 }
 
 impl IntakeTask {
-    /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    /// Runs until `shutdown`; an outcome that cannot be stored is counted by the queue.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), Infallible> {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -63,7 +64,7 @@ impl IntakeTask {
                 result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
             };
             let report = Body::JobResult(Box::new(JobReport { job_id, outcome }));
-            self.outbox.push(report, self.clock.unix_ms()).await?;
+            self.outbox.push(report).await;
         }
     }
 }

@@ -59,10 +59,25 @@ impl NetworkHandle {
                 "Reports dropped undelivered (queue bounds).",
                 q.dropped,
             ),
+            (
+                "edge_reports_unwritten_total",
+                "Reports that could not be stored (disk errors, low space).",
+                q.unwritten,
+            ),
         ] {
             e.family(name, "counter", help)
                 .sample(name, &[], value as f64);
         }
+        e.family(
+            "edge_reports_queue_on_disk",
+            "gauge",
+            "1 while the queue is on disk; 0 when it could not be opened and is held in memory.",
+        )
+        .sample(
+            "edge_reports_queue_on_disk",
+            &[],
+            f64::from(u8::from(q.on_disk)),
+        );
         e.family(
             "edge_hub_registered",
             "gauge",

@@ -4,6 +4,7 @@
 
 use edge_hal::Clock;
 use edge_jobs::adapter::GpuStatus;
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use crate::host::snapshot::HardwareSnapshot;
 use crate::network::delivery::NetworkStatus;
 use crate::network::hub_client::HubClient;
 use crate::network::measure;
-use crate::network::outbox::{Outbox, OutboxError};
+use crate::network::outbox::Outbox;
 use crate::version::VERSIONS;
 
 /// How long the first capability report waits for the GPU benchmark.
@@ -86,12 +87,11 @@ pub(crate) struct HeartbeatTask {
     pub outbox: Outbox,
     pub sources: Sources,
     pub interval: Duration,
-    pub clock: Arc<dyn Clock>,
 }
 
 impl HeartbeatTask {
-    /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    /// Runs until `shutdown`; a heartbeat that cannot be stored is counted by the queue.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), Infallible> {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -99,7 +99,7 @@ impl HeartbeatTask {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     let body = Body::Heartbeat(heartbeat(&self.sources));
-                    self.outbox.push(body, self.clock.unix_ms()).await?;
+                    self.outbox.push(body).await;
                 }
             }
         }
@@ -127,8 +127,8 @@ pub(crate) struct CapabilityReportTask {
 }
 
 impl CapabilityReportTask {
-    /// Runs until `shutdown`; fails only if the queue cannot be written.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), OutboxError> {
+    /// Runs until `shutdown`; a report that cannot be stored is counted by the queue.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), Infallible> {
         let mut compute = self.sources.capability.clone();
         let waits_for_gpu = matches!(self.sources.gpu, GpuStatus::Available(_));
         if waits_for_gpu && compute.borrow().is_none() {
@@ -145,7 +145,7 @@ impl CapabilityReportTask {
         let mut ip = self.measure_ip().await;
         let mut bandwidth = self.measure_bandwidth().await;
         let figures = compute.borrow_and_update().clone();
-        self.push(&figures, &bandwidth, &ip).await?;
+        self.push(&figures, &bandwidth, &ip).await;
         let mut ip_check = tokio::time::interval_at(
             tokio::time::Instant::now() + self.ip_check_interval,
             self.ip_check_interval,
@@ -172,7 +172,7 @@ impl CapabilityReportTask {
                 Ok(()) = compute.changed() => {}
             }
             let figures = compute.borrow_and_update().clone();
-            self.push(&figures, &bandwidth, &ip).await?;
+            self.push(&figures, &bandwidth, &ip).await;
         }
     }
 
@@ -217,12 +217,7 @@ impl CapabilityReportTask {
         }
     }
 
-    async fn push(
-        &self,
-        compute: &Option<Compute>,
-        bandwidth: &Option<Bandwidth>,
-        ip: &IpReport,
-    ) -> Result<(), OutboxError> {
+    async fn push(&self, compute: &Option<Compute>, bandwidth: &Option<Bandwidth>, ip: &IpReport) {
         let body = Body::Capability(Box::new(Capability {
             agent_version: VERSIONS.agent.into(),
             compute: compute.clone(),
@@ -230,9 +225,6 @@ impl CapabilityReportTask {
             ip: Some(ip.clone()),
             host: host(&self.sources.snapshot.borrow()),
         }));
-        self.outbox
-            .push(body, self.clock.unix_ms())
-            .await
-            .map(|_| ())
+        self.outbox.push(body).await;
     }
 }

@@ -16,9 +16,9 @@ pub enum BridgeError {
     /// A state file could not be read or written.
     #[error(transparent)]
     File(#[from] durable::FileError),
-    /// A state file holds something else.
-    #[error("{path}: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    /// No setup code could be made (the system's random source failed).
+    #[error("{path}: cannot make a setup code: {reason}")]
+    Random { path: PathBuf, reason: String },
 }
 
 /// What pairing leaves on disk.
@@ -29,6 +29,10 @@ pub(crate) struct PairingRecord {
     pub owner_key: Option<String>,
     /// Failed pairing attempts over the box's life (reset by a factory reset).
     pub failures: u32,
+    /// Whether the box has had an owner since its last factory reset (or may have: its record
+    /// was unreadable). Then no pairing window opens at start; only the pairing button opens one.
+    #[serde(default)]
+    pub paired_before: bool,
 }
 
 /// The bridge's files in the state directory.
@@ -48,28 +52,52 @@ impl BridgeFiles {
         }
     }
 
-    /// The setup code, made (0600) if there is none yet.
+    /// The setup code, made (0600) if there is none yet. An unreadable one is set aside and a new
+    /// one made: the label's code no longer works, and `edge-agent pairing-code` shows the new
+    /// one (a box with a screen would show it there), but the box keeps running and reporting.
     pub(crate) fn setup_code(&self) -> Result<SetupCode, BridgeError> {
         match std::fs::read_to_string(&self.setup_code) {
-            Ok(text) => SetupCode::parse(text.trim()).map_err(|e| BridgeError::Corrupt {
-                path: self.setup_code.clone(),
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let code = SetupCode::generate().map_err(|e| BridgeError::Corrupt {
-                    path: self.setup_code.clone(),
-                    reason: e.to_string(),
-                })?;
-                durable::write(&self.setup_code, code.digits().as_bytes(), 0o600)?;
-                Ok(code)
-            }
+            Ok(text) => match SetupCode::parse(text.trim()) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    tracing::error!(path = %self.setup_code.display(), error = %e, "the setup code is unreadable; it is set aside and a new one made (the label's no longer works)");
+                    durable::set_aside(&self.setup_code)?;
+                    self.new_setup_code()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.new_setup_code(),
             Err(e) => Err(durable::FileError::at("read", &self.setup_code)(e).into()),
         }
     }
 
-    /// The pairing record; the default when there is none.
+    fn new_setup_code(&self) -> Result<SetupCode, BridgeError> {
+        let code = SetupCode::generate().map_err(|e| BridgeError::Random {
+            path: self.setup_code.clone(),
+            reason: e.to_string(),
+        })?;
+        durable::write(&self.setup_code, code.digits().as_bytes(), 0o600)?;
+        Ok(code)
+    }
+
+    /// The pairing record; the default when there is none. An unreadable one is set aside and
+    /// replaced by an unowned record that may have had an owner (so only the pairing button opens
+    /// a window): nobody nearby can take the box because its file was damaged, and the owner
+    /// pairs again with a press.
     pub(crate) fn load(&self) -> Result<PairingRecord, BridgeError> {
-        Ok(durable::read_json(&self.pairing)?.unwrap_or_default())
+        match durable::read_json(&self.pairing) {
+            Ok(record) => Ok(record.unwrap_or_default()),
+            Err(e) if e.op == "parse" => {
+                tracing::error!(error = %e, "the pairing record is unreadable; it is set aside, and pairing needs the button");
+                durable::set_aside(&self.pairing)?;
+                let record = PairingRecord {
+                    paired_before: true,
+                    ..PairingRecord::default()
+                };
+                self.save(&record)?;
+                Ok(record)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores the record durably.
@@ -103,4 +131,56 @@ pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeErr
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_record_is_set_aside_and_pairing_then_needs_the_button() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = BridgeFiles::in_dir(dir.path());
+        std::fs::write(&files.pairing, b"{\"owner_key\": \"ab").expect("torn write");
+        // Before, this was an error that stopped the agent at every start (exit 65).
+        let record = files.load().expect("a fresh record");
+        assert_eq!(
+            record,
+            PairingRecord {
+                owner_key: None,
+                failures: 0,
+                paired_before: true
+            }
+        );
+        assert!(dir.path().join("pairing.json.corrupt").exists());
+        assert_eq!(files.load().expect("reads back"), record);
+    }
+
+    #[test]
+    fn an_unreadable_setup_code_is_replaced_by_a_new_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = BridgeFiles::in_dir(dir.path());
+        std::fs::write(&files.setup_code, b"12x").expect("garbage");
+        let code = files.setup_code().expect("a new code");
+        assert!(dir.path().join("setup-code.corrupt").exists());
+        assert_eq!(
+            files.setup_code().expect("the same code").digits(),
+            code.digits()
+        );
+    }
+
+    #[test]
+    fn a_record_of_an_older_release_reads_as_never_paired_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = BridgeFiles::in_dir(dir.path());
+        std::fs::write(&files.pairing, b"{\"owner_key\": null, \"failures\": 2}").expect("old");
+        assert_eq!(
+            files.load().expect("reads"),
+            PairingRecord {
+                owner_key: None,
+                failures: 2,
+                paired_before: false
+            }
+        );
+    }
 }

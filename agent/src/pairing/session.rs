@@ -80,6 +80,7 @@ impl Served {
                     let record = PairingRecord {
                         owner_key: Some(edge_identity::hex::encode(&paired.owner_key)),
                         failures: paired.failures,
+                        paired_before: true,
                     };
                     self.save(record).await?;
                     {
@@ -205,6 +206,9 @@ impl Served {
             .save(PairingRecord {
                 owner_key: None,
                 failures,
+                // An unpaired box opens a window now (the owner asked), later ones on a press;
+                // a reset box is new again.
+                paired_before: !factory,
             })
             .await
         {

@@ -101,7 +101,7 @@ impl BridgeTask {
             Ok(addr) if self.mdns && !addr.ip().is_loopback() => {
                 let interfaces = self.control.hal.interfaces.clone();
                 let id = self.identity.device_id().to_string();
-                let window_open = record.owner_key.is_none();
+                let window_open = record.owner_key.is_none() && !record.paired_before;
                 let (now, started) = edge_tasks::blocking(move || {
                     let now = interfaces.list().unwrap_or_default();
                     (now, Advertiser::start(&id, addr, window_open))
@@ -127,7 +127,15 @@ impl BridgeTask {
             listen,
             caps: LinkCaps::default(),
         });
-        this.open_window("start");
+        let needs_button = {
+            let record = &this.lock().record;
+            record.paired_before && record.owner_key.is_none()
+        };
+        if needs_button {
+            tracing::info!("unowned, but paired before: press the pairing button to open a window");
+        } else {
+            this.open_window("start");
+        }
         #[cfg(not(feature = "ble"))]
         if this.task.ble {
             tracing::warn!(

@@ -47,6 +47,16 @@ pub(crate) fn render(state: &AgentState) -> String {
     )
     .sample("edge_agent_sample_errors", &[], snap.errors.len() as f64);
     e.family(
+        "edge_agent_owner_settings_ignored",
+        "gauge",
+        "Owner settings left out at start (unknown to this release, or refused).",
+    )
+    .sample(
+        "edge_agent_owner_settings_ignored",
+        &[],
+        state.owner_ignored.len() as f64,
+    );
+    e.family(
         "edge_agent_gpu_available",
         "gauge",
         "1 if a GPU adapter was found at start.",

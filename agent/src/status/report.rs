@@ -42,6 +42,8 @@ pub(crate) struct AgentState {
     pub network: Option<NetworkHandle>,
     /// The owner's app; `None` without `[pairing] listen`.
     pub pairing: Option<BridgeStatus>,
+    /// Owner settings left out at start (`key: why`): unknown to this release, or refused.
+    pub owner_ignored: Vec<String>,
 }
 
 /// The `network` part of `/status`.
@@ -83,6 +85,8 @@ pub(crate) struct StatusReport<'a> {
     pub network: Option<NetworkReport>,
     /// Pairing and the owner (`null` without `[pairing] listen`).
     pub pairing: Option<BridgeView>,
+    /// Owner settings left out at start, each `key: why`.
+    pub owner_settings_ignored: &'a [String],
 }
 
 impl AgentState {
@@ -111,6 +115,7 @@ impl AgentState {
                 .pairing
                 .as_ref()
                 .map(|p| p.lock().map(|v| v.clone()).unwrap_or_default()),
+            owner_settings_ignored: &self.owner_ignored,
         }
     }
 }
