@@ -22,6 +22,10 @@ echo edge-box > "$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tedge-box\n' > "$ROOT/etc/hosts"
 printf '/dev/vda\t/\text4\trw,noatime\t0\t1\n' > "$ROOT/etc/fstab"
 
+# Time: systemd-timesyncd (enabled by its package) sets the clock by NTP, and at boot moves it
+# forward to the last time it saved, so a box without a battery-backed clock does not start in
+# 1970 after its first sync; the agent's unit waits for time-sync.target.
+
 # The journal survives reboots (what happened before a crash is there after it), within 64 MiB of
 # the UFS; and goes to the console as well, so that the serial line shows what the box does.
 install -d "$ROOT/etc/systemd/journald.conf.d" "$ROOT/var/log/journal"

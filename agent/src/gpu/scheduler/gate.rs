@@ -1,6 +1,8 @@
 //! The owner's policy gate between jobs: the heat pause (with hysteresis, failing closed when the
-//! sensors cannot be read while paused), the allowed hours (UTC) and the duty-cycle rest. Pure
-//! but for the thermal read it is handed: tested on paused time with fake sensors.
+//! sensors cannot be read while paused), the allowed hours (UTC; held while the wall clock is not
+//! yet believable, so a box that booted in 1970 does not run jobs in the owner's quiet hours) and
+//! the duty-cycle rest. Pure but for the thermal read it is handed: tested on paused time with
+//! fake sensors.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,23 +24,28 @@ pub(super) enum Held {
     Hot,
     /// Outside the allowed hours; the window opens in this long.
     Hours(Duration),
+    /// Allowed hours are set, but the wall clock is before [`edge_hal::CLOCK_FLOOR_UNIX_S`]:
+    /// nobody knows the hour until NTP sets it.
+    Clock,
 }
 
 impl Held {
     /// When to look again.
     pub(super) fn recheck(self) -> Duration {
         match self {
-            Self::Hot => RECHECK,
+            Self::Hot | Self::Clock => RECHECK,
             Self::Hours(wait) => wait.min(RECHECK * 12),
         }
     }
 
-    /// The `edge_agent_gpu_paused` gauge: 1 for heat, 2 for hours (0: running).
+    /// The `edge_gpu_paused` gauge: 1 for heat, 2 for hours, 3 for an unset clock (0:
+    /// running).
     pub(super) fn gauge(held: Option<Self>) -> u64 {
         match held {
             None => 0,
             Some(Self::Hot) => 1,
             Some(Self::Hours(_)) => 2,
+            Some(Self::Clock) => 3,
         }
     }
 }
@@ -80,10 +87,14 @@ impl Gate {
         if self.hot {
             return Some(Held::Hot);
         }
-        policy
-            .allowed_hours_utc
-            .and_then(|hours| wait_for_hours(hours, wall))
-            .map(Held::Hours)
+        let hours = policy.allowed_hours_utc?;
+        let secs = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs < edge_hal::CLOCK_FLOOR_UNIX_S {
+            return Some(Held::Clock);
+        }
+        wait_for_hours(hours, wall).map(Held::Hours)
     }
 
     /// Whether the GPU is still resting after the last job.
@@ -254,6 +265,23 @@ mod tests {
             gate.held(Instant::now(), midnight, &night_only, &sensors),
             None
         );
+    }
+
+    #[test]
+    fn allowed_hours_hold_jobs_while_the_clock_is_unset_and_nothing_else_does() {
+        let night_only = Policy {
+            allowed_hours_utc: Some((22, 6)),
+            ..policy()
+        };
+        let sensors = Sensors::default();
+        let mut gate = Gate::new(Instant::now());
+        // 00:30 on 1970-01-01 is inside 22-6, but a box without an RTC reads that before NTP:
+        // before, its jobs ran whatever the hour really was.
+        let booted = SystemTime::UNIX_EPOCH + Duration::from_secs(1800);
+        let held = gate.held(Instant::now(), booted, &night_only, &sensors);
+        assert_eq!(held, Some(Held::Clock));
+        assert_eq!(Held::gauge(held), 3);
+        assert_eq!(gate.held(Instant::now(), booted, &policy(), &sensors), None);
     }
 
     #[tokio::test(start_paused = true)]

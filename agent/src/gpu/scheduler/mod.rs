@@ -173,7 +173,7 @@ impl GpuMetrics {
         e.family(
             "edge_gpu_paused",
             "gauge",
-            "1 paused for heat, 2 outside the allowed hours, 0 running.",
+            "1 paused for heat, 2 outside the allowed hours, 3 hours set but the clock not yet, 0 running.",
         )
         .sample("edge_gpu_paused", &[], load(&g.paused));
         e.family(
