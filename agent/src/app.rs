@@ -32,8 +32,8 @@ use crate::host::lock::StateLock;
 use crate::host::monitor::Monitor;
 use crate::host::progress::Progress;
 use crate::host::snapshot::HardwareSnapshot;
-use crate::host::state_dir;
 use crate::host::systemd::{self, Watchdog};
+use crate::host::{reserve, state_dir};
 use crate::network::NetworkHandle;
 use crate::network::delivery::{DeliveryTask, NetworkStatus, NetworkView};
 use crate::network::hub_client::HubClient;
@@ -110,6 +110,8 @@ impl App {
         systemd::status("starting: preparing state directory");
         state_dir::create(&config.state_dir).map_err(AgentError::StateDir)?;
         let lock = StateLock::acquire(&config.state_dir)?;
+        let dir = config.state_dir.clone();
+        edge_tasks::blocking(move || reserve::ensure(&dir)).await;
 
         systemd::status("starting: opening identity key");
         let (keys, uri) = (hal.keys.clone(), config.identity_key.clone());

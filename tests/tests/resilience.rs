@@ -219,7 +219,13 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
         eprintln!("SKIPPED a_full_state_filesystem_degrades_reporting_not_the_agent: {why}");
         return;
     }
-    let (hub, _server, sandbox) = reporting();
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let pairing = format!("127.0.0.1:{}", edge_tests::free_port());
+    let sandbox = hub.agent_sandbox(
+        &format!("https://127.0.0.1:{}", server.main.port()),
+        &format!("[pairing]\nlisten = \"{pairing}\"\n"),
+    );
     let _tmpfs = Tmpfs::mount(&sandbox.state(), "32m");
     let agent = start(&sandbox);
     let id = status(&sandbox)["device_id"]
@@ -245,6 +251,28 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
         "the agent stopped on a full disk"
     );
     let last = stored(&hub, &id).last().map_or(0, |r| r.0);
+
+    // The owner can still pair: the pairing record is written into the state directory's reserve.
+    // Before, the save failed with ENOSPC and the pairing with it.
+    let code = sandbox
+        .agent(&["pairing-code", "--json"])
+        .output()
+        .expect("pairing-code");
+    let code: serde_json::Value = serde_json::from_slice(&code.stdout).expect("code JSON");
+    let phone = tempfile::tempdir().expect("phone");
+    let paired = Command::new(edge_tests::bin("edgectl"))
+        .arg("--config-dir")
+        .arg(phone.path())
+        .args(["pair", "--addr", &pairing, "--qr"])
+        .arg(code["qr_payload"].as_str().expect("qr"))
+        .output()
+        .expect("edgectl");
+    assert!(
+        paired.status.success(),
+        "pairing on a full disk: {}",
+        String::from_utf8_lossy(&paired.stderr)
+    );
+    assert_eq!(status(&sandbox)["pairing"]["owned"], true);
 
     std::fs::remove_file(filler).expect("free the space");
     let note = after_restart(&hub, &id, last, |b| {

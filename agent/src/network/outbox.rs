@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use edge_hal::Clock;
+use edge_hal::storage::{LinuxStorage, Storage};
 use edge_identity::Identity;
 use edge_protocol::envelope::VERSION;
 use edge_protocol::report::Dropped;
@@ -575,8 +576,8 @@ impl Inner {
             return None;
         }
         let dir = self.meta.path.parent()?;
-        let st = nix::sys::statvfs::statvfs(dir).ok()?;
-        Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+        let usage = LinuxStorage.usage(dir).ok()?;
+        Some(usage.available_bytes)
     }
 
     /// Drops what is past the bounds, oldest first: everything older than the age bound, and

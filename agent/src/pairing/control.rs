@@ -111,8 +111,11 @@ impl Control {
                             .join("; "),
                     )
                 })?;
-            edge_identity::durable::write(&crate::config::owner_file(&dir), text.as_bytes(), 0o600)
-                .map_err(|e| SetFailed::Device(e.to_string()))?;
+            let owner = crate::config::owner_file(&dir);
+            crate::host::reserve::write_critical(&dir, || {
+                edge_identity::durable::write(&owner, text.as_bytes(), 0o600)
+            })
+            .map_err(|e| SetFailed::Device(e.to_string()))?;
             // The settings as they now stand, with the owner's file on top.
             crate::config::load(path.as_deref(), &cwd).map_err(|e| SetFailed::Device(e.to_string()))
         })

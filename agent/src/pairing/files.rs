@@ -100,9 +100,12 @@ impl BridgeFiles {
         }
     }
 
-    /// Stores the record durably.
+    /// Stores the record durably, on a full disk too (the state directory's reserve).
     pub(crate) fn save(&self, record: &PairingRecord) -> Result<(), BridgeError> {
-        Ok(durable::write_json(&self.pairing, record, 0o600)?)
+        let dir = self.pairing.parent().unwrap_or(Path::new("/"));
+        Ok(crate::host::reserve::write_critical(dir, || {
+            durable::write_json(&self.pairing, record, 0o600)
+        })?)
     }
 }
 
