@@ -9,6 +9,8 @@
 //! - [`executor`]: the wgpu `Device` and `Queue`, pipelines cached by kernel SHA-256, batches of
 //!   small jobs in one submission.
 //! - [`worker`]: the worker's side of [`edge_jobs::worker`].
+//! - [`sandbox`]: the worker's confinement (resource limits, Landlock, a seccomp allowlist),
+//!   installed before the device opens.
 //!
 //! Limits today: one bind group (`@group(0)`), storage and uniform buffers only, no textures. A
 //! kernel that never ends is detected (time limit) but cannot be stopped in-process: lavapipe and
@@ -17,5 +19,6 @@
 
 pub mod discover;
 pub mod executor;
+pub mod sandbox;
 pub mod validate;
 pub mod worker;

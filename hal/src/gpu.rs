@@ -33,6 +33,40 @@ pub struct IsolatedProbe {
 /// The GPU worker's file name; it is installed beside the agent.
 pub const WORKER_NAME: &str = "edge-gpu-worker";
 
+/// What of the agent's environment the worker gets: the GPU stack's settings (Mesa, the Vulkan
+/// loader, llvmpipe, the device-select layer) and where its shader cache goes. Nothing else: the
+/// agent's environment is none of a shader's business.
+pub const WORKER_ENV: &[&str] = &[
+    "MESA_",
+    "VK_",
+    "LP_",
+    "NODEVICE_SELECT",
+    "HOME",
+    "XDG_CACHE_HOME",
+    "RUST_BACKTRACE",
+];
+
+/// `program` with a cleared environment but for [`WORKER_ENV`] (a name, or a prefix ending in
+/// `_`): how the agent starts the GPU worker, for discovery and for jobs.
+pub fn worker_command(program: &std::ffi::OsStr) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        let passed = WORKER_ENV.iter().any(|allowed| {
+            if allowed.ends_with('_') {
+                text.starts_with(allowed)
+            } else {
+                text == *allowed
+            }
+        });
+        if passed {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
 /// The GPU worker beside the running program (`/usr/bin/edge-gpu-worker` beside
 /// `/usr/bin/edge-agent`; `target/debug/` beside `target/debug/` in a build tree).
 pub fn worker_beside_this_program() -> PathBuf {
@@ -61,7 +95,7 @@ impl GpuProbe for IsolatedProbe {
             return unavailable("no probe command configured".into());
         };
         let shown = program.to_string_lossy();
-        let mut child = match Command::new(program)
+        let mut child = match worker_command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -193,7 +193,7 @@ impl GpuWorker {
                 .command
                 .split_first()
                 .ok_or_else(|| crashed("no worker command".into()))?;
-            let mut child = Command::new(program)
+            let mut child = Command::from(edge_hal::gpu::worker_command(program))
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
