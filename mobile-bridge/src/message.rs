@@ -146,8 +146,8 @@ pub enum ErrorCode {
     InvalidConfig = 4,
     /// Another session is in progress.
     Busy = 5,
-    /// Too many failures: the device needs a factory reset.
-    Locked = 6,
+    /// Too many failures over the device's life: attempts are paced; try again later.
+    Slowed = 6,
     /// No pairing window is open (the device is owned, or the window expired or closed).
     WindowClosed = 7,
     /// The handshake took too long.
@@ -168,7 +168,7 @@ impl ErrorCode {
             3 => NotOwner,
             4 => InvalidConfig,
             5 => Busy,
-            6 => Locked,
+            6 => Slowed,
             7 => WindowClosed,
             8 => Timeout,
             9 => Unsupported,
@@ -185,7 +185,7 @@ impl ErrorCode {
             Self::NotOwner => "this key is not the device's owner",
             Self::InvalidConfig => "invalid configuration",
             Self::Busy => "another session is in progress",
-            Self::Locked => "too many failed attempts: factory reset required",
+            Self::Slowed => "too many failed attempts: try again in a minute",
             Self::WindowClosed => "the pairing window is closed",
             Self::Timeout => "the handshake timed out",
             Self::Unsupported => "not supported",

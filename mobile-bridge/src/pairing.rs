@@ -24,8 +24,9 @@
 //! [`HANDSHAKE_TIMEOUT`]; [`MAX_WINDOW_FAILURES`] failures close it. The persistent failure count
 //! is loaded by the caller and must be stored durably (written and fsync'd) whenever a step asks:
 //! an attempt is charged when the device answers `PakeStart` — before the client can learn anything
-//! from the reply — and refunded if it ends in a pairing. At [`LOCK_AT`] the device refuses
-//! pairing until a factory reset clears the count.
+//! from the reply — and refunded if it ends in a pairing. From [`SLOW_FROM`] failures over the
+//! device's life, attempts are paced ([`PairingWindow::gap`]): the count slows a guesser, and never
+//! locks the owner out of a box that has no shell (it used to lock pairing for good at 100).
 
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,10 @@ pub const WINDOW_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Failed attempts that close a window.
 pub const MAX_WINDOW_FAILURES: u32 = 20;
-/// Persistent failed attempts that lock pairing until a factory reset.
-pub const LOCK_AT: u32 = 100;
+/// Persistent failed attempts from which attempts are paced.
+pub const SLOW_FROM: u32 = 100;
+/// The longest pause between two attempts (from 1000 failures on).
+pub const MAX_GAP: Duration = Duration::from_secs(60);
 
 const APP_IDENTITY: &[u8] = b"edge-app";
 const PASSWORD_PREFIX: &[u8] = b"edge-setup-code-v1:";
@@ -62,16 +65,18 @@ pub enum PairingError {
     /// The device has an owner; pairing needs an unpair or factory reset first.
     #[error("the device already has an owner")]
     AlreadyOwned,
-    /// Too many failures over the device's life: pairing needs a factory reset.
-    #[error("pairing is locked after {failures} failed attempts: factory reset required")]
-    Locked {
-        /// The persistent failure count, at least [`LOCK_AT`].
+    /// Too many failures over the device's life: the next attempt must wait.
+    #[error("{failures} failed attempts: try again in {retry_in:?}")]
+    Slowed {
+        /// The persistent failure count, at least [`SLOW_FROM`].
         failures: u32,
+        /// How long until an attempt is taken.
+        retry_in: Duration,
     },
     /// The window has closed and stays closed; only a new [`PairingWindow`] pairs again.
     #[error("the pairing window is closed: {reason:?}")]
     WindowClosed {
-        /// Why it closed; never [`CloseReason::Locked`], which is [`PairingError::Locked`] instead.
+        /// Why it closed.
         reason: CloseReason,
     },
     /// Another handshake is in progress.
@@ -129,7 +134,7 @@ impl PairingError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::AlreadyOwned | Self::WindowClosed { .. } => ErrorCode::WindowClosed,
-            Self::Locked { .. } => ErrorCode::Locked,
+            Self::Slowed { .. } => ErrorCode::Slowed,
             Self::Busy => ErrorCode::Busy,
             Self::Timeout { .. } => ErrorCode::Timeout,
             Self::Unexpected { .. } | Self::Pake(_) | Self::Message(_) => ErrorCode::BadRequest,
@@ -157,8 +162,6 @@ pub enum CloseReason {
     Expired,
     /// [`MAX_WINDOW_FAILURES`] attempts failed.
     TooManyFailures,
-    /// The persistent count reached [`LOCK_AT`].
-    Locked,
     /// A client paired; the window serves no second pairing.
     Paired,
 }
@@ -181,6 +184,8 @@ pub struct PairingWindow {
     failures: u32,
     active: Option<Active>,
     closed: Option<CloseReason>,
+    /// When the last attempt began (for the pace).
+    last_attempt: Option<Instant>,
 }
 
 impl PairingWindow {
@@ -189,18 +194,26 @@ impl PairingWindow {
         if owned {
             return Err(PairingError::AlreadyOwned);
         }
-        if persisted_failures >= LOCK_AT {
-            return Err(PairingError::Locked {
-                failures: persisted_failures,
-            });
-        }
         Ok(Self {
             opened_at: now,
             window_failures: 0,
             failures: persisted_failures,
             active: None,
             closed: None,
+            last_attempt: None,
         })
+    }
+
+    /// The least time between two attempts at a lifetime count of `failures`: none below
+    /// [`SLOW_FROM`], then 6 s for every further hundred, at most [`MAX_GAP`]. A window (20
+    /// attempts, and later windows need the pairing button) then lasts minutes, not seconds, for
+    /// a guesser; an owner who mistyped waits a minute at worst.
+    pub fn gap(failures: u32) -> Duration {
+        if failures < SLOW_FROM {
+            return Duration::ZERO;
+        }
+        let hundreds = u64::from((failures - SLOW_FROM) / 100 + 1);
+        (Duration::from_secs(6) * hundreds as u32).min(MAX_GAP)
     }
 
     /// The persistent failure count as it stands (charged attempts included).
@@ -246,21 +259,23 @@ impl PairingWindow {
         }
     }
 
-    fn closed_error(reason: CloseReason, failures: u32) -> PairingError {
-        match reason {
-            CloseReason::Locked => PairingError::Locked { failures },
-            reason => PairingError::WindowClosed { reason },
-        }
-    }
-
     /// Whether a handshake could start at `now` (changes nothing but the clock).
     pub fn admissible(&mut self, now: Instant) -> Result<(), PairingError> {
         self.tick(now);
         if let Some(reason) = self.closed {
-            return Err(Self::closed_error(reason, self.failures));
+            return Err(PairingError::WindowClosed { reason });
         }
         if self.active.is_some() {
             return Err(PairingError::Busy);
+        }
+        if let Some(last) = self.last_attempt {
+            let next = last + Self::gap(self.failures);
+            if now < next {
+                return Err(PairingError::Slowed {
+                    failures: self.failures,
+                    retry_in: next - now,
+                });
+            }
         }
         Ok(())
     }
@@ -270,8 +285,9 @@ impl PairingWindow {
     pub fn begin(&mut self, now: Instant, conn: ConnId) -> Result<u32, PairingError> {
         self.admissible(now)?;
         self.window_failures += 1;
-        self.failures += 1;
+        self.failures = self.failures.saturating_add(1);
         self.active = Some(Active { conn, started: now });
+        self.last_attempt = Some(now);
         Ok(self.failures)
     }
 
@@ -297,9 +313,7 @@ impl PairingWindow {
         if self.active.is_some_and(|a| a.conn == conn) {
             self.active = None;
         }
-        if self.failures >= LOCK_AT {
-            self.closed = Some(CloseReason::Locked);
-        } else if self.window_failures >= MAX_WINDOW_FAILURES {
+        if self.window_failures >= MAX_WINDOW_FAILURES {
             self.closed.get_or_insert(CloseReason::TooManyFailures);
         }
     }
@@ -947,23 +961,34 @@ mod tests {
     }
 
     #[test]
-    fn the_persistent_counter_locks_at_one_hundred() {
-        let mut b = bench(LOCK_AT - 2);
-        assert_eq!(fail_once(&mut b, ConnId(1)), LOCK_AT - 1);
-        assert_eq!(fail_once(&mut b, ConnId(2)), LOCK_AT);
+    fn the_persistent_counter_paces_attempts_and_never_locks() {
+        // Before, 100 failures locked pairing for good: on a box with no shell, only a factory
+        // reset by someone who had one could bring it back.
+        let mut b = bench(SLOW_FROM - 2);
+        assert_eq!(fail_once(&mut b, ConnId(1)), SLOW_FROM - 1);
+        assert_eq!(fail_once(&mut b, ConnId(2)), SLOW_FROM);
         let (_, start) =
             ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
         let err = b
             .pairing
             .handle(b.now, ConnId(3), &start, &b.device)
-            .expect_err("handle should fail");
-        assert!(matches!(err, PairingError::Locked { failures: 100 }));
-        assert_eq!(err.code(), ErrorCode::Locked);
-        // After a restart the loaded count keeps the device locked.
+            .expect_err("too soon");
+        assert!(
+            matches!(err, PairingError::Slowed { failures: 100, .. }),
+            "{err}"
+        );
+        assert_eq!(err.code(), ErrorCode::Slowed);
+        // After the pause an attempt is taken again.
+        b.now += PairingWindow::gap(SLOW_FROM);
         assert!(matches!(
-            PairingWindow::open(b.now, false, LOCK_AT),
-            Err(PairingError::Locked { failures: 100 })
+            b.pairing.handle(b.now, ConnId(4), &start, &b.device),
+            Ok(DeviceStep::PersistThenSend { .. })
         ));
+        // However high the count, a window opens and the pause stays bounded.
+        assert!(PairingWindow::open(b.now, false, u32::MAX).is_ok());
+        assert_eq!(PairingWindow::gap(SLOW_FROM - 1), Duration::ZERO);
+        assert_eq!(PairingWindow::gap(SLOW_FROM), Duration::from_secs(6));
+        assert_eq!(PairingWindow::gap(u32::MAX), MAX_GAP);
     }
 
     #[test]

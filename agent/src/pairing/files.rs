@@ -35,6 +35,17 @@ pub(crate) struct PairingRecord {
     pub paired_before: bool,
 }
 
+impl PairingRecord {
+    /// Whether a pairing window opens by itself when the agent starts: only on a box never paired
+    /// whose first window was not used up by wrong codes. After that, a press of the pairing
+    /// button (someone at the box) opens each one.
+    pub(crate) fn opens_window_at_start(&self) -> bool {
+        self.owner_key.is_none()
+            && !self.paired_before
+            && self.failures < edge_mobile_bridge::pairing::MAX_WINDOW_FAILURES
+    }
+}
+
 /// The bridge's files in the state directory.
 #[derive(Debug, Clone)]
 pub(crate) struct BridgeFiles {

@@ -73,8 +73,9 @@ pub(crate) struct BridgeView {
     pub window_open: bool,
     /// Failed pairing attempts over the box's life.
     pub failures: u32,
-    /// Whether pairing is locked until a factory reset.
-    pub locked: bool,
+    /// Whether attempts are paced (the lifetime count passed
+    /// [`edge_mobile_bridge::pairing::SLOW_FROM`]).
+    pub slowed: bool,
     /// The Bluetooth adapter pairing is served on, while it is.
     pub ble: Option<String>,
 }
@@ -101,7 +102,7 @@ impl BridgeTask {
             Ok(addr) if self.mdns && !addr.ip().is_loopback() => {
                 let interfaces = self.control.hal.interfaces.clone();
                 let id = self.identity.device_id().to_string();
-                let window_open = record.owner_key.is_none() && !record.paired_before;
+                let window_open = record.opens_window_at_start();
                 let (now, started) = edge_tasks::blocking(move || {
                     let now = interfaces.list().unwrap_or_default();
                     (now, Advertiser::start(&id, addr, window_open))
@@ -127,12 +128,12 @@ impl BridgeTask {
             listen,
             caps: LinkCaps::default(),
         });
-        let needs_button = {
+        let (at_start, owned) = {
             let record = &this.lock().record;
-            record.paired_before && record.owner_key.is_none()
+            (record.opens_window_at_start(), record.owner_key.is_some())
         };
-        if needs_button {
-            tracing::info!("unowned, but paired before: press the pairing button to open a window");
+        if !at_start && !owned {
+            tracing::info!("unowned: press the pairing button to open a window");
         } else {
             this.open_window("start");
         }
@@ -258,7 +259,7 @@ impl Served {
                 owned: shared.record.owner_key.is_some(),
                 window_open,
                 failures: shared.record.failures,
-                locked: shared.record.failures >= edge_mobile_bridge::pairing::LOCK_AT,
+                slowed: shared.record.failures >= edge_mobile_bridge::pairing::SLOW_FROM,
                 ble: view.ble.take(),
             };
         }
