@@ -157,6 +157,17 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// How long a listener pauses after a failed `accept`.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// After a failed `accept` on `listener`: logs it and pauses for [`ACCEPT_PAUSE`]. Out of
+/// descriptors (`EMFILE`), the connection stays in the backlog and every `accept` fails at once:
+/// without the pause a listener loop spins a core for as long as that lasts.
+pub async fn accept_failed(listener: &str, error: &std::io::Error) {
+    tracing::warn!(listener, %error, "accept failed; pausing");
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

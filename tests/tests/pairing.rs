@@ -486,3 +486,51 @@ fn bluetooth_le_without_bluez_is_a_warning_and_the_lan_still_pairs() {
     assert_eq!(device.pairing()["ble"], serde_json::Value::Null);
     stop(agent);
 }
+
+#[test]
+fn out_of_descriptors_the_pairing_listener_pauses_instead_of_spinning() {
+    let device = Box::new();
+    let agent = device.start();
+    let pid = agent.id();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .count()
+    };
+    // Two descriptors to spare, then silent links from here take them: the third connection waits
+    // in the backlog and every accept fails with EMFILE.
+    let limit = open_fds() + 2;
+    let set_limit = |n: usize| {
+        let out = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}:")])
+            .output()
+            .expect("prlimit");
+        assert!(
+            out.status.success(),
+            "prlimit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set_limit(limit);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&device.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = edge_tests::cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(4));
+    let used = edge_tests::cpu_secs(pid) - before;
+    // A spinning accept loop burns a whole core (about 4 s here); paused, almost nothing. Not a
+    // timing: the bound is half of what the bug costs.
+    assert!(
+        used < 2.0,
+        "{used:.2} s of CPU in 4 s: the accept loop spins"
+    );
+    drop(held);
+    set_limit(1024);
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&edgectl(
+        owner.path(),
+        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
+    ));
+    stop(agent);
+}

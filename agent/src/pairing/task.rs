@@ -165,7 +165,14 @@ impl BridgeTask {
                     }
                 }
                 accepted = this.task.listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
+                    let (stream, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Before, this was `continue` at once: out of descriptors, a core spun.
+                            edge_tasks::accept_failed("pairing", &e).await;
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     match LanLink::new(stream) {
                         Ok(link) => this.spawn_link(link, peer.ip().to_string(), peer.to_string(), &shutdown),
