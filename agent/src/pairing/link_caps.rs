@@ -1,6 +1,6 @@
 //! Caps on the owner links the bridge serves at once: in all, and per peer (an IP address, or a
 //! Bluetooth device address). A host that opens connections and sends nothing holds each for up to
-//! a minute; without a cap it could exhaust the agent's file descriptors, and with only a total
+//! 5 s (the first-message deadline); without a cap it could exhaust the agent's file descriptors, and with only a total
 //! cap it could take every place. A link over the cap is closed at once.
 
 use std::collections::HashMap;

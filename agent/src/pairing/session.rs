@@ -14,6 +14,9 @@ use super::task::Served;
 
 /// A client that says nothing for this long is dropped.
 const IDLE: Duration = Duration::from_secs(60);
+/// How long a new link may take to say its first message: an app that connects speaks at once;
+/// a silent connection only holds a place (it held one for a minute before).
+const FIRST_MESSAGE: Duration = Duration::from_secs(5);
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +42,11 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
 
 impl Served {
     pub(super) async fn connection<L: Link>(self: Arc<Self>, mut link: L) -> Result<(), LinkError> {
-        let Some(first) = recv(&mut link).await? else {
+        let first = match tokio::time::timeout(FIRST_MESSAGE, link.recv()).await {
+            Ok(first) => first?,
+            Err(_) => return Err(LinkError::Idle(FIRST_MESSAGE)),
+        };
+        let Some(first) = first else {
             return Ok(());
         };
         if matches!(Message::decode(&first), Ok(Message::SessionHello(_))) {
