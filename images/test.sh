@@ -131,12 +131,13 @@ printf '[agent]\nstate_dir = "%s"\nidentity_key = "file://%s/identity.key"\n' \
     "$WORK/other" "$WORK/other" > "$WORK/other.toml"
 other=$("$AGENT" --config "$WORK/other.toml" pairing-code --json)
 wrong=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["manual_code"])' <<<"$other")
-if "$EDGECTL" --config-dir "$WORK/stranger" pair --addr "127.0.0.1:$PORT" --code "$wrong" \
-    --device "$id" 2>"$WORK/wrong.err"; then
+# The label's secret goes on stdin, never on the command line.
+if "$EDGECTL" --config-dir "$WORK/stranger" --device "$id" pair --addr "127.0.0.1:$PORT" \
+    <<<"$wrong" 2>"$WORK/wrong.err"; then
     fail "a wrong setup code paired"
 fi
 echo "wrong code: $(tail -1 "$WORK/wrong.err")"
-"$EDGECTL" --config-dir "$WORK/owner" pair --addr "127.0.0.1:$PORT" --qr "$qr" \
+"$EDGECTL" --config-dir "$WORK/owner" pair --addr "127.0.0.1:$PORT" <<<"$qr" \
     || fail "the owner could not pair with the label's code"
 "$EDGECTL" --config-dir "$WORK/owner" status > "$WORK/status.json" || fail "no status"
 python3 - "$WORK/status.json" "$id" <<'PY' || fail "status: $(cat "$WORK/status.json")"

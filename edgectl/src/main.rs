@@ -11,7 +11,6 @@ mod discover;
 
 use crate::discover::discover;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,17 +55,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Pair with a box whose pairing window is open.
+    /// Pair with a box whose pairing window is open. The label's secret is read from stdin
+    /// (prompted for on a terminal), never taken on the command line where other users and the
+    /// shell's history would see it: the QR payload (`EDGE:1:<device id>:<code>`), or with
+    /// --device the manual code.
     Pair {
         /// Where it listens (`[pairing] listen`).
         #[arg(long)]
         addr: SocketAddr,
-        /// The QR payload (`EDGE:1:<device id>:<code>`).
-        #[arg(long, conflicts_with = "code")]
-        qr: Option<String>,
-        /// The manual code from the label (needs --device).
-        #[arg(long)]
-        code: Option<String>,
     },
     /// The box's status, as JSON.
     Status,
@@ -192,8 +188,14 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     let client = Client::new(identity);
     let mut devices = Devices::load(&dir).map_err(CtlError::Local)?;
     let request = match cli.command {
-        Command::Pair { addr, qr, code } => {
-            let known = pair(&client, addr, qr, code, cli.device).await?;
+        Command::Pair { addr } => {
+            let what = if cli.device.is_some() {
+                "the setup code"
+            } else {
+                "the QR payload"
+            };
+            let secret = read_stdin(what)?;
+            let known = pair(&client, addr, &secret, cli.device).await?;
             println!("paired with {} at {addr}", known.device_id);
             devices.remember(known);
             return devices.save().map_err(CtlError::Local);
@@ -224,7 +226,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             passphrase: if open {
                 Zeroizing::default()
             } else {
-                read_passphrase()?
+                read_stdin("the passphrase")?
             },
         },
         Command::Logs { lines } => Request::Logs { max_lines: lines },
@@ -245,11 +247,19 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     Ok(())
 }
 
-fn read_passphrase() -> Result<Zeroizing<String>, CtlError> {
+/// A secret (`what`: a passphrase, the setup code) from stdin, up to its first line end; on a
+/// terminal, asked for first.
+fn read_stdin(what: &str) -> Result<Zeroizing<String>, CtlError> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{what}: ");
+    }
     let mut text = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .map_err(|e| CtlError::Local(format!("reading the passphrase from stdin: {e}")))?;
+    stdin
+        .lock()
+        .read_line(&mut text)
+        .map_err(|e| CtlError::Local(format!("reading {what} from stdin: {e}")))?;
     let trimmed = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
     Ok(trimmed)
 }
@@ -305,24 +315,25 @@ async fn recv(link: &mut LanLink<TcpStream>) -> Result<Vec<u8>, CtlError> {
         .ok_or_else(|| CtlError::Link("the box closed the connection".into()))
 }
 
+/// Pairs with the box at `addr` using `secret`: its QR payload, or with `device` its manual code.
 async fn pair(
     client: &Client,
     addr: SocketAddr,
-    qr: Option<String>,
-    code: Option<String>,
+    secret: &str,
     device: Option<String>,
 ) -> Result<Known, CtlError> {
-    let mut pairing = match (qr, code, device) {
-        (Some(qr), _, _) => client.pair_with_qr(&qr),
-        (None, Some(code), Some(device)) => {
+    if secret.is_empty() {
+        return Err(CtlError::Usage(
+            "pair reads the label's QR payload (or, with --device, its manual code) from stdin"
+                .into(),
+        ));
+    }
+    let mut pairing = match device {
+        None => client.pair_with_qr(secret),
+        Some(device) => {
             let fingerprint = DeviceFingerprint::parse(&device)
                 .map_err(|e| CtlError::Usage(format!("--device: {e}")))?;
-            client.pair_with_code(&code, fingerprint)
-        }
-        _ => {
-            return Err(CtlError::Usage(
-                "pair needs --qr, or --code with --device".into(),
-            ));
+            client.pair_with_code(secret, fingerprint)
         }
     }
     .map_err(|e| CtlError::Usage(e.to_string()))?;

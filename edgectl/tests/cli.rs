@@ -51,19 +51,44 @@ fn without_a_paired_box_it_says_what_to_do_and_keeps_its_key_private() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// `edgectl --config-dir DIR ARGS` with `input` on its stdin.
+fn edgectl_fed(dir: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgectl"))
+        .arg("--config-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run edgectl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
 #[test]
-fn pair_needs_a_qr_payload_or_a_code_with_a_device() {
+fn the_setup_code_is_never_taken_on_the_command_line() {
+    // Before, `--code` and `--qr` put the label's secret in /proc/*/cmdline and shell histories.
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = edgectl(
+    for flag in ["--code", "--qr"] {
+        let out = edgectl(dir.path(), &["pair", "--addr", "127.0.0.1:9", flag, "1234"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("unexpected argument"),
+            "{flag}: {err}"
+        );
+    }
+    let nothing = edgectl_fed(dir.path(), &["pair", "--addr", "127.0.0.1:9"], "");
+    assert_eq!(nothing.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&nothing.stderr);
+    assert!(err.contains("from stdin"), "{err}");
+    let bad = edgectl_fed(
         dir.path(),
-        &["pair", "--addr", "127.0.0.1:9", "--code", "1234"],
-    );
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--code with --device"), "{err}");
-    let bad = edgectl(
-        dir.path(),
-        &["pair", "--addr", "127.0.0.1:9", "--qr", "EDGE:1:zz:1"],
+        &["pair", "--addr", "127.0.0.1:9"],
+        "EDGE:1:zz:1\n",
     );
     assert_eq!(
         bad.status.code(),

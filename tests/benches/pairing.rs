@@ -11,13 +11,15 @@ use edge_tests::{NotifySocket, Sandbox, bin};
 
 const ROUNDS: u32 = 10;
 
-fn edgectl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new(bin("edgectl"))
-        .arg("--config-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("edgectl");
+/// `edgectl --config-dir DIR ARGS`, with `stdin` fed to it.
+fn edgectl(dir: &std::path::Path, args: &[&str], stdin: &str) {
+    let out = edge_tests::output_with_stdin(
+        Command::new(bin("edgectl"))
+            .arg("--config-dir")
+            .arg(dir)
+            .args(args),
+        stdin,
+    );
     assert!(
         out.status.success(),
         "edgectl {args:?}: {}",
@@ -44,15 +46,15 @@ fn main() {
     for _ in 0..ROUNDS {
         let owner = tempfile::tempdir().expect("tempdir");
         let t = Instant::now();
-        edgectl(owner.path(), &["pair", "--addr", &addr, "--qr", &qr]);
-        edgectl(owner.path(), &["status"]);
+        edgectl(owner.path(), &["pair", "--addr", &addr], &qr);
+        edgectl(owner.path(), &["status"], "");
         let took = t.elapsed();
         pair_total += took;
         pair_max = pair_max.max(took);
         let t = Instant::now();
-        edgectl(owner.path(), &["status"]);
+        edgectl(owner.path(), &["status"], "");
         status_total += t.elapsed();
-        edgectl(owner.path(), &["unpair"]);
+        edgectl(owner.path(), &["unpair"], "");
     }
     let _ = agent.kill();
     let _ = agent.wait();

@@ -87,6 +87,24 @@ impl Sandbox {
     }
 }
 
+/// Runs `command` with `input` on its stdin (a secret it must not take on its command line) and
+/// returns its output.
+pub fn output_with_stdin(command: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!("{input}\n").as_bytes())
+        .expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
 /// `program` run in the network namespace `ns` (`ip netns exec`).
 pub fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("ip");

@@ -119,20 +119,18 @@ fn the_app_finds_the_box_over_mdns_and_sees_when_it_can_pair() {
     let device = Device::start(&link);
     let (listen, code, id) = (&device.listen, &device.code, device.id());
     let app = tempfile::tempdir().expect("tempdir");
-    let edgectl = |args: &[&str]| {
-        in_ns(&link.hub_ns, bin("edgectl"))
-            .arg("--config-dir")
-            .arg(app.path())
-            .args(args)
-            .output()
-            .expect("edgectl")
-    };
     let seen = |pairing: &str| discover(&link, app.path(), &id, pairing, Duration::from_secs(30));
     let found = seen("open").expect("the box is announced with its window open");
     device.is_announced_in(&found);
 
     let qr = code["qr_payload"].as_str().expect("qr");
-    let paired = edgectl(&["pair", "--addr", listen, "--qr", qr]);
+    let paired = edge_tests::output_with_stdin(
+        in_ns(&link.hub_ns, bin("edgectl"))
+            .arg("--config-dir")
+            .arg(app.path())
+            .args(["pair", "--addr", listen]),
+        qr,
+    );
     assert!(
         paired.status.success(),
         "{}",

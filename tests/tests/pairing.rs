@@ -84,6 +84,18 @@ fn edgectl(dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("run edgectl")
 }
 
+/// `edgectl [--device ID] pair --addr ADDR` with the label's `secret` (the QR payload, or with a
+/// device id the manual code) on stdin.
+fn pair(dir: &std::path::Path, device: Option<&str>, addr: &str, secret: &str) -> Output {
+    let mut command = Command::new(bin("edgectl"));
+    command.arg("--config-dir").arg(dir);
+    if let Some(device) = device {
+        command.args(["--device", device]);
+    }
+    command.args(["pair", "--addr", addr]);
+    edge_tests::output_with_stdin(&mut command, secret)
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -119,10 +131,7 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
     let owner = tempfile::tempdir().expect("tempdir");
     let stranger = tempfile::tempdir().expect("tempdir");
 
-    let paired = ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    let paired = ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     let id = device.code()["device_id"].as_str().expect("id").to_owned();
     assert!(paired.contains(&id), "{paired}");
     let status: serde_json::Value =
@@ -136,10 +145,7 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
 
     // The window closed with the pairing: nobody else can pair.
     refused(
-        &edgectl(
-            stranger.path(),
-            &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-        ),
+        &pair(stranger.path(), None, &device.addr, &device.qr()),
         "WindowClosed",
     );
     // A stranger who knows the box's key and address is still not the owner.
@@ -188,10 +194,7 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
     assert_eq!(device.pairing()["owned"], false);
     assert_eq!(device.pairing()["window_open"], true);
     std::fs::remove_file(stranger.path().join("devices.json")).expect("rm");
-    ok(&edgectl(
-        stranger.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(stranger.path(), None, &device.addr, &device.qr()));
     // The old owner kept nothing it could use.
     std::fs::copy(
         stranger.path().join("devices.json"),
@@ -265,10 +268,7 @@ fn silent_connections_are_capped_per_host_and_in_all_and_the_owner_still_pairs()
     // The places come back when the links close: the owner pairs as usual.
     drop(held);
     let owner = tempfile::tempdir().expect("tempdir");
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     ok(&edgectl(owner.path(), &["status"]));
     stop(agent);
 }
@@ -293,10 +293,7 @@ fn a_factory_reset_erases_owner_and_settings_and_keeps_the_identity() {
     let agent = device.start();
     let owner = tempfile::tempdir().expect("tempdir");
     let id = device.code()["device_id"].as_str().expect("id").to_owned();
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     ok(&edgectl(
         owner.path(),
         &["config", "set", "network.accept_jobs", "false"],
@@ -326,20 +323,7 @@ fn wrong_codes_close_the_window_count_across_restarts_and_only_slow_pairing_down
     let id = device.code()["device_id"].as_str().expect("id").to_owned();
     let agent = device.start();
     let attacker = tempfile::tempdir().expect("tempdir");
-    let attempt = || {
-        edgectl(
-            attacker.path(),
-            &[
-                "--device",
-                &id,
-                "pair",
-                "--addr",
-                &device.addr,
-                "--code",
-                &wrong,
-            ],
-        )
-    };
+    let attempt = || pair(attacker.path(), Some(&id), &device.addr, &wrong);
     for _ in 0..20 {
         refused(&attempt(), "refused");
     }
@@ -374,10 +358,7 @@ fn wrong_codes_close_the_window_count_across_restarts_and_only_slow_pairing_down
     refused(&attempt(), "Slowed");
     std::thread::sleep(Duration::from_secs(7));
     let owner = tempfile::tempdir().expect("tempdir");
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     // The local reset needs the agent stopped.
     let busy = device
         .sandbox
@@ -435,18 +416,7 @@ fn the_pairing_button_opens_a_window_that_failures_closed() {
     let attacker = tempfile::tempdir().expect("tempdir");
     for _ in 0..20 {
         refused(
-            &edgectl(
-                attacker.path(),
-                &[
-                    "--device",
-                    &id,
-                    "pair",
-                    "--addr",
-                    &device.addr,
-                    "--code",
-                    &wrong,
-                ],
-            ),
+            &pair(attacker.path(), Some(&id), &device.addr, &wrong),
             "refused",
         );
     }
@@ -473,10 +443,7 @@ fn the_pairing_button_opens_a_window_that_failures_closed() {
     });
     assert!(opened.is_some(), "{}", device.pairing());
     let owner = tempfile::tempdir().expect("tempdir");
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     stop(agent);
 }
 
@@ -493,10 +460,7 @@ fn bluetooth_le_without_bluez_is_a_warning_and_the_lan_still_pairs() {
         "unix:path=/nonexistent/system_bus_socket",
     )]);
     let owner = tempfile::tempdir().expect("tempdir");
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     let logs = ok(&edgectl(owner.path(), &["logs"]));
     assert!(
         logs.contains("Bluetooth LE unavailable; pairing is served on the LAN only"),
@@ -548,9 +512,6 @@ fn out_of_descriptors_the_pairing_listener_pauses_instead_of_spinning() {
     drop(held);
     set_limit(1024);
     let owner = tempfile::tempdir().expect("tempdir");
-    ok(&edgectl(
-        owner.path(),
-        &["pair", "--addr", &device.addr, "--qr", &device.qr()],
-    ));
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     stop(agent);
 }

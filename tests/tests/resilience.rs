@@ -260,13 +260,13 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
         .expect("pairing-code");
     let code: serde_json::Value = serde_json::from_slice(&code.stdout).expect("code JSON");
     let phone = tempfile::tempdir().expect("phone");
-    let paired = Command::new(edge_tests::bin("edgectl"))
-        .arg("--config-dir")
-        .arg(phone.path())
-        .args(["pair", "--addr", &pairing, "--qr"])
-        .arg(code["qr_payload"].as_str().expect("qr"))
-        .output()
-        .expect("edgectl");
+    let paired = edge_tests::output_with_stdin(
+        Command::new(edge_tests::bin("edgectl"))
+            .arg("--config-dir")
+            .arg(phone.path())
+            .args(["pair", "--addr", &pairing]),
+        code["qr_payload"].as_str().expect("qr"),
+    );
     assert!(
         paired.status.success(),
         "pairing on a full disk: {}",
