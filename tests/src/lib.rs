@@ -68,6 +68,17 @@ impl Sandbox {
         self.dir.path().join("state")
     }
 
+    /// `edge-agent status` of the agent running in this sandbox, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.agent(&["status"]).output().expect("status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
     /// `edge-agent --config <config> <args>`, with Mesa's device-select layer quietened.
     pub fn agent(&self, args: &[&str]) -> Command {
         self.agent_in(None, args)

@@ -25,18 +25,8 @@ fn start(sandbox: &Sandbox) -> (Running, NotifySocket) {
     (agent, notify)
 }
 
-fn status(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.agent(&["status"]).output().expect("status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
 fn device_id(sandbox: &Sandbox) -> String {
-    status(sandbox)["device_id"]
+    sandbox.status()["device_id"]
         .as_str()
         .expect("id")
         .to_owned()
@@ -58,7 +48,7 @@ fn stored(hub: &HubDir, device: &str) -> Vec<u64> {
 /// Waits until the agent's queue is empty (everything delivered).
 fn drained(sandbox: &Sandbox, within: Duration) -> bool {
     eventually(within, || {
-        (status(sandbox)["network"]["queue"]["queued"] == 0).then_some(())
+        (sandbox.status()["network"]["queue"]["queued"] == 0).then_some(())
     })
     .is_some()
 }
@@ -90,7 +80,7 @@ fn the_agent_registers_and_its_reports_arrive_signed() {
     );
     assert!(capability["body"]["host"]["cores"].as_u64() > Some(0));
 
-    let network = &status(&sandbox)["network"];
+    let network = &sandbox.status()["network"];
     assert_eq!(network["registered"], true, "{network}");
     assert_eq!(network["owner"], "alice");
     let metrics = String::from_utf8(
@@ -124,7 +114,7 @@ fn reports_queued_while_the_hub_is_down_arrive_once_and_in_order() {
         (queued.len() >= 4).then_some(queued)
     })
     .expect("heartbeats queue up while the hub is down");
-    let network = &status(&sandbox)["network"];
+    let network = &sandbox.status()["network"];
     assert!(network["last_error"].is_string(), "{network}");
 
     let _server = hub.serve(&format!("127.0.0.1:{port}"), "127.0.0.1:0", None);

@@ -32,16 +32,6 @@ fn stop(mut agent: Running) {
     assert!(status.success(), "agent stopped with {status}");
 }
 
-fn status(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.agent(&["status"]).output().expect("status");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
 /// A hub on loopback and an agent reporting to it.
 fn reporting() -> (HubDir, HubProcess, Sandbox) {
     let hub = HubDir::init(&["127.0.0.1"]);
@@ -65,7 +55,7 @@ fn stored(hub: &HubDir, device: &str) -> Vec<(u64, serde_json::Value)> {
 /// Runs the agent until the hub has `n` of its heartbeats, then stops it; the highest seq stored.
 fn report_a_while(hub: &HubDir, sandbox: &Sandbox, n: usize) -> (String, u64) {
     let agent = start(sandbox);
-    let id = status(sandbox)["device_id"]
+    let id = sandbox.status()["device_id"]
         .as_str()
         .expect("id")
         .to_owned();
@@ -129,7 +119,7 @@ fn a_garbage_queue_is_set_aside_and_the_hub_hears_which_numbers_were_lost() {
 
     // Before: `file is not a database`, exit 73, at every start.
     let agent = start(&sandbox);
-    let queue = &status(&sandbox)["network"]["queue"];
+    let queue = &sandbox.status()["network"]["queue"];
     assert_eq!(queue["set_aside"], true, "{queue}");
     assert_eq!(queue["on_disk"], true, "{queue}");
     assert!(sandbox.state().join("outbox.db.corrupt").exists());
@@ -158,7 +148,7 @@ fn a_deleted_queue_resumes_above_the_old_numbers_and_the_hub_takes_them() {
     // Every report the agent counts as delivered since the restart is one the hub stored anew.
     // Before, the new queue started at 1 again: the hub took the reused numbers for duplicates of
     // the old reports, the agent forgot them as delivered, and they were lost.
-    let queue = status(&sandbox)["network"]["queue"].clone();
+    let queue = sandbox.status()["network"]["queue"].clone();
     let fresh = stored(&hub, &id)
         .iter()
         .filter(|(seq, _)| *seq > last)
@@ -228,7 +218,7 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
     );
     let _tmpfs = Tmpfs::mount(&sandbox.state(), "32m");
     let agent = start(&sandbox);
-    let id = status(&sandbox)["device_id"]
+    let id = sandbox.status()["device_id"]
         .as_str()
         .expect("id")
         .to_owned();
@@ -238,7 +228,7 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
     // Heartbeats every second: a few are refused; before, the heartbeat task failed and the agent
     // exited every ~30 s.
     let unwritten = eventually(Duration::from_secs(60), || {
-        let n = status(&sandbox)["network"]["queue"]["unwritten"]
+        let n = sandbox.status()["network"]["queue"]["unwritten"]
             .as_u64()
             .unwrap_or(0);
         (n >= 3).then_some(n)
@@ -272,7 +262,7 @@ fn a_full_state_filesystem_degrades_reporting_not_the_agent() {
         "pairing on a full disk: {}",
         String::from_utf8_lossy(&paired.stderr)
     );
-    assert_eq!(status(&sandbox)["pairing"]["owned"], true);
+    assert_eq!(sandbox.status()["pairing"]["owned"], true);
 
     std::fs::remove_file(filler).expect("free the space");
     let note = after_restart(&hub, &id, last, |b| {
@@ -295,7 +285,7 @@ fn owner_settings_from_a_newer_release_or_out_of_range_do_not_stop_the_agent() {
     .expect("owner file");
     // Before: exit 64 at every start, and the unit did not restart on 64.
     let agent = start(&sandbox);
-    let status = status(&sandbox);
+    let status = sandbox.status();
     let ignored = status["owner_settings_ignored"]
         .as_array()
         .expect("a list")
@@ -326,7 +316,7 @@ fn unreadable_pairing_files_are_replaced_and_only_the_button_opens_a_window() {
     std::fs::write(sandbox.state().join("setup-code"), b"not digits").expect("garbage");
     // Before: exit 65 at every start, a permanent stop under the unit.
     let agent = start(&sandbox);
-    let pairing = &status(&sandbox)["pairing"];
+    let pairing = &sandbox.status()["pairing"];
     assert_eq!(pairing["owned"], false, "{pairing}");
     assert_eq!(
         pairing["window_open"], false,
@@ -336,7 +326,7 @@ fn unreadable_pairing_files_are_replaced_and_only_the_button_opens_a_window() {
     assert!(sandbox.state().join("setup-code.corrupt").exists());
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGUSR1).expect("press");
     let opened = eventually(Duration::from_secs(10), || {
-        (status(&sandbox)["pairing"]["window_open"] == true).then_some(())
+        (sandbox.status()["pairing"]["window_open"] == true).then_some(())
     });
     assert!(opened.is_some(), "the button opens a window");
     stop(agent);
