@@ -64,17 +64,17 @@ pub enum AgentError {
     /// The pairing listener could not bind.
     #[error("cannot listen for the owner's app on {addr}: {source}")]
     Listen {
-        /// The address.
+        /// `[pairing] listen` as configured.
         addr: std::net::SocketAddr,
-        /// Why.
+        /// The bind error (in use, not an address of this box, no permission).
         source: std::io::Error,
     },
     /// A long-lived task failed.
     #[error("task {task} failed: {message}")]
     Task {
-        /// Its name.
+        /// The name it was spawned under (`heartbeat`, `pairing`, ...).
         task: &'static str,
-        /// Its error.
+        /// Its error or panic message, as `edge_tasks` reported it.
         message: String,
     },
 }
