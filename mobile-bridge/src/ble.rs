@@ -9,7 +9,9 @@
 //! link is ready once one central has both subscribed to notifications and written once.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use bluer::adv::{Advertisement, AdvertisementHandle};
 use bluer::gatt::local::{
@@ -31,6 +33,12 @@ pub const RX_UUID: Uuid = Uuid::from_u128(0x6a0e_a000_5b1d_4c4e_9a57_3f0c_ed9e_0
 /// The characteristic the device notifies frames on.
 pub const TX_UUID: Uuid = Uuid::from_u128(0x6a0e_a000_5b1d_4c4e_9a57_3f0c_ed9e_0003);
 
+/// Centrals with one direction open and not yet the other, at most: a peer that subscribes from
+/// ever new random addresses and never writes cannot pile up sockets.
+pub const MAX_HALF_OPEN: usize = 8;
+/// How long a central has to open its second direction after the first.
+pub const HALF_OPEN_TTL: Duration = Duration::from_secs(5);
+
 /// A link to one app over BLE.
 pub type BleLink = PacketLink<CharacteristicReader, CharacteristicWriter>;
 
@@ -40,7 +48,7 @@ pub struct BleServer {
     rx: Pin<Box<CharacteristicControl>>,
     tx: Pin<Box<CharacteristicControl>>,
     /// Each central's half-made link, until it has both directions.
-    pending: HashMap<Address, (Option<CharacteristicReader>, Option<CharacteristicWriter>)>,
+    pending: HalfOpen<Address, CharacteristicReader, CharacteristicWriter>,
     _app: ApplicationHandle,
     _advertisement: AdvertisementHandle,
 }
@@ -99,7 +107,7 @@ impl BleServer {
             adapter: adapter.name().to_owned(),
             rx: Box::pin(rx),
             tx: Box::pin(tx),
-            pending: HashMap::new(),
+            pending: HalfOpen::default(),
             _app: app,
             _advertisement: advertisement,
         })
@@ -121,25 +129,133 @@ impl BleServer {
                 let gone = std::io::Error::other("BlueZ dropped the GATT service");
                 return Err(TransportError::Io(gone));
             };
-            let address = match event {
+            let now = Instant::now();
+            let whole = match event {
                 CharacteristicControlEvent::Write(request) => {
                     let address = request.device_address();
                     let reader = request.accept()?;
-                    self.pending.entry(address).or_default().0 = Some(reader);
-                    address
+                    self.pending.reader(now, address, reader)
                 }
                 CharacteristicControlEvent::Notify(writer) => {
-                    let address = writer.device_address();
-                    self.pending.entry(address).or_default().1 = Some(writer);
-                    address
+                    self.pending.writer(now, writer.device_address(), writer)
                 }
             };
-            if let Some((Some(_), Some(_))) = self.pending.get(&address)
-                && let Some((Some(reader), Some(writer))) = self.pending.remove(&address)
-            {
+            if let Some((address, reader, writer)) = whole {
                 let (rx_mtu, tx_max) = (reader.mtu(), writer.mtu());
                 return Ok((address, PacketLink::new(reader, rx_mtu, writer, tx_max)?));
             }
         }
+    }
+}
+
+/// Half-made links by central: one direction (`R`, the socket the central writes to, or `W`, the
+/// one it is notified on) waiting for the other. Capped at [`MAX_HALF_OPEN`] (the oldest goes) and
+/// expired after [`HALF_OPEN_TTL`]; a dropped half closes its socket.
+#[derive(Debug)]
+struct HalfOpen<K, R, W> {
+    waiting: HashMap<K, Half<R, W>>,
+}
+
+#[derive(Debug)]
+struct Half<R, W> {
+    since: Instant,
+    reader: Option<R>,
+    writer: Option<W>,
+}
+
+impl<K, R, W> Default for HalfOpen<K, R, W> {
+    fn default() -> Self {
+        Self {
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, R, W> HalfOpen<K, R, W> {
+    /// `key`'s reader came at `now`: the whole link if its writer was waiting.
+    fn reader(&mut self, now: Instant, key: K, reader: R) -> Option<(K, R, W)> {
+        self.half(now, &key).reader = Some(reader);
+        self.take_whole(key)
+    }
+
+    /// `key`'s writer came at `now`: the whole link if its reader was waiting.
+    fn writer(&mut self, now: Instant, key: K, writer: W) -> Option<(K, R, W)> {
+        self.half(now, &key).writer = Some(writer);
+        self.take_whole(key)
+    }
+
+    /// `key`'s entry, after dropping the expired ones and, when full, the oldest.
+    fn half(&mut self, now: Instant, key: &K) -> &mut Half<R, W> {
+        self.waiting
+            .retain(|_, h| now.saturating_duration_since(h.since) < HALF_OPEN_TTL);
+        if !self.waiting.contains_key(key) && self.waiting.len() >= MAX_HALF_OPEN {
+            let oldest = self
+                .waiting
+                .iter()
+                .min_by_key(|(_, h)| h.since)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.waiting.remove(&oldest);
+            }
+        }
+        self.waiting.entry(key.clone()).or_insert(Half {
+            since: now,
+            reader: None,
+            writer: None,
+        })
+    }
+
+    fn take_whole(&mut self, key: K) -> Option<(K, R, W)> {
+        let half = self.waiting.get(&key)?;
+        if half.reader.is_none() || half.writer.is_none() {
+            return None;
+        }
+        let half = self.waiting.remove(&key)?;
+        Some((key, half.reader?, half.writer?))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_halves_make_a_link_in_either_order() {
+        let mut map = HalfOpen::<u32, &str, &str>::default();
+        let now = Instant::now();
+        assert!(map.reader(now, 1, "r1").is_none());
+        assert!(map.writer(now, 2, "w2").is_none());
+        assert_eq!(map.writer(now, 1, "w1"), Some((1, "r1", "w1")));
+        assert_eq!(map.reader(now, 2, "r2"), Some((2, "r2", "w2")));
+        assert_eq!(map.len(), 0);
+    }
+
+    #[test]
+    fn half_open_centrals_are_capped_and_expire() {
+        let mut map = HalfOpen::<u32, &str, &str>::default();
+        let start = Instant::now();
+        // Thousands of random addresses that subscribe and never write.
+        for n in 0..5000_u32 {
+            let at = start + Duration::from_millis(u64::from(n));
+            assert!(map.writer(at, n, "w").is_none());
+            assert!(map.len() <= MAX_HALF_OPEN, "{} half-open", map.len());
+        }
+        // A real app, arriving among them, still completes: it is the newest.
+        let at = start + Duration::from_millis(5000);
+        assert!(map.writer(at, 9999, "app w").is_none());
+        assert!(map.writer(at, 7, "flood").is_none());
+        assert_eq!(
+            map.reader(at, 9999, "app r"),
+            Some((9999, "app r", "app w"))
+        );
+        // After the deadline nothing is left of the flood.
+        let later = at + HALF_OPEN_TTL;
+        assert!(map.reader(later, 1, "r").is_none());
+        assert_eq!(map.len(), 1, "only the new half is waiting");
     }
 }

@@ -5,7 +5,7 @@
 //! QR payload. [`frame`]: fragmentation and reassembly for BLE MTUs (and a length prefix for
 //! TCP). [`message`]: every message and its versioned wire encoding. [`pairing`]: SPAKE2 with key
 //! confirmation, the device's identity proof, and the pairing window's limits (15 min, one
-//! session, 60 s per handshake, 20 failures, a persistent counter that locks at 100).
+//! session, 10 s per handshake, 20 failures, a persistent counter that paces attempts from 100).
 //! [`session`]: the ChaCha20-Poly1305 record layer and the mutually authenticated handshake for
 //! later sessions. [`client`]: the client side as an app embeds it. Transports (thin tokio
 //! adapters over the frames): `link` and `packet` (feature `transport`): the `Link` trait and

@@ -35,8 +35,9 @@ use crate::message::{
     SessionFinish, SessionHello,
 };
 
-/// How long a session handshake may take.
-pub const SESSION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a session handshake may take, from the `SessionHello` to the `SessionFinish` (one round
+/// trip with nobody in the loop).
+pub const SESSION_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const DIR_C2D: u32 = 1;
 const DIR_D2C: u32 = 2;
@@ -703,7 +704,10 @@ mod tests {
             .expect("accept");
         let (_, finish) = hs.finish(&accept, &owner).expect("finish");
         assert!(matches!(
-            dhs.finish(now + Duration::from_secs(61), &finish),
+            dhs.finish(
+                now + SESSION_HANDSHAKE_TIMEOUT + Duration::from_secs(1),
+                &finish
+            ),
             Err(SessionError::Timeout { .. })
         ));
     }

@@ -205,8 +205,8 @@ fn the_owner_pairs_over_the_lan_and_only_the_owner_is_answered() {
     stop(agent);
 }
 
-/// A TCP connection to `addr` from the loopback address `127.0.0.<host>`, silent.
-fn connect_from(host: u8, addr: &str) -> TcpStream {
+/// A TCP connection to `addr` from the loopback address `127.0.<net>.<host>`, silent.
+fn connect_from(net: u8, host: u8, addr: &str) -> TcpStream {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
     let fd = socket(
         AddressFamily::Inet,
@@ -215,61 +215,167 @@ fn connect_from(host: u8, addr: &str) -> TcpStream {
         None,
     )
     .expect("socket");
-    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, host, 0)).expect("bind");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, net, host, 0)).expect("bind");
     let to: std::net::SocketAddrV4 = addr.parse().expect("address");
     connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
     TcpStream::from(fd)
 }
 
+/// `count` silent connections from `127.0.<net>.<host>`.
+fn links_from(net: u8, host: u8, count: usize, addr: &str) -> Vec<TcpStream> {
+    (0..count).map(|_| connect_from(net, host, addr)).collect()
+}
+
 /// Whether the agent closed `stream` within `within` (it is still open otherwise).
 fn closed_by_agent(stream: &mut TcpStream, within: Duration) -> bool {
     stream.set_read_timeout(Some(within)).expect("timeout");
-    match stream.read(&mut [0; 1]) {
-        Ok(0) => true,
-        Ok(_) => panic!("the agent spoke first"),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            false
+    let mut byte = [0; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return true,
+            // A reply (to a PakeStart, say): read on to the close.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(e) => panic!("reading: {e}"),
         }
-        Err(e) => panic!("reading: {e}"),
     }
 }
 
+/// Silent links still open a moment after they connected (so served, not closed at once).
+fn still_served(links: &mut [TcpStream]) -> bool {
+    links
+        .iter_mut()
+        .all(|l| !closed_by_agent(l, Duration::from_millis(50)))
+}
+
 #[test]
-fn silent_connections_are_capped_per_host_and_in_all_and_the_owner_still_pairs() {
+fn strangers_over_a_cap_evict_the_oldest_in_scope_and_the_owner_still_pairs() {
     let device = Box::new();
     let agent = device.start();
-    // Four from one host are served (each may stay silent for 5 s); the fifth is closed. All of
-    // this happens well within those 5 s.
-    let mut held: Vec<TcpStream> = (0..4).map(|_| connect_from(1, &device.addr)).collect();
-    let mut fifth = connect_from(1, &device.addr);
+    // All of this happens well within the 5 s a silent link may hold its place. Strangers: 4 per
+    // address, 8 per /24, 12 in all. Connections are accepted in the order they were made.
+    let mut a = links_from(0, 2, 4, &device.addr);
+    a.extend(links_from(0, 2, 1, &device.addr));
     assert!(
-        closed_by_agent(&mut fifth, Duration::from_secs(3)),
-        "a fifth link from one host"
+        closed_by_agent(&mut a[0], Duration::from_secs(3)),
+        "a fifth link from one address evicts that address's oldest"
     );
     assert!(
-        !closed_by_agent(held.last_mut().expect("held"), Duration::from_millis(500)),
-        "the fourth is still served"
+        still_served(&mut a[1..]),
+        "the four newest from it are served"
     );
-    // Sixteen in all, from four hosts; the seventeenth, from a fifth host, is closed.
-    for host in 2..=4 {
-        held.extend((0..4).map(|_| connect_from(host, &device.addr)));
-    }
-    let mut seventeenth = connect_from(5, &device.addr);
+    // 127.0.0.0/24 is full with 8 (a[1..], b); a ninth from there evicts the oldest of them.
+    let mut b = links_from(0, 3, 4, &device.addr);
+    let mut c = links_from(0, 4, 1, &device.addr);
     assert!(
-        closed_by_agent(&mut seventeenth, Duration::from_secs(3)),
-        "a seventeenth link"
+        closed_by_agent(&mut a[1], Duration::from_secs(3)),
+        "the /24's oldest"
     );
-    // The places come back when the links close: the owner pairs as usual.
-    drop(held);
+    assert!(still_served(&mut b) && still_served(&mut c));
+    // Other networks: 127.0.1.0/24 and 127.0.2.0/24 bring the strangers to 12; the thirteenth
+    // evicts the oldest of all.
+    let mut d = links_from(1, 1, 4, &device.addr);
+    let mut e = links_from(2, 1, 1, &device.addr);
+    assert!(
+        closed_by_agent(&mut a[2], Duration::from_secs(3)),
+        "the oldest of all"
+    );
+    assert!(still_served(&mut d) && still_served(&mut e));
+    // The owner, the newest link, pairs and is answered while every stranger's place is taken.
     let owner = tempfile::tempdir().expect("tempdir");
     ok(&pair(owner.path(), None, &device.addr, &device.qr()));
     ok(&edgectl(owner.path(), &["status"]));
+    stop(agent);
+}
+
+#[test]
+fn the_owner_is_answered_while_strangers_hold_every_place() {
+    let device = Box::new();
+    let agent = device.start();
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+    // Four hosts in four networks, four links each, all silent: before, they held all 16 places
+    // (4 per address, 16 in all) and the owner's link was closed at once.
+    let mut held = Vec::new();
+    for net in 1..=4 {
+        held.extend(links_from(net, 1, 4, &device.addr));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&edgectl(owner.path(), &["status"]))).expect("status JSON");
+    assert!(
+        status["details"]["hardware"]["system"].is_object(),
+        "{status}"
+    );
+    // Strangers hold 12 places at most: the last four made room among themselves, and the
+    // owner's link, a stranger until its handshake, made room too. The oldest went, in order.
+    // (Evicted links are closed already: a short look at each tells them apart.)
+    let closed = held
+        .iter_mut()
+        .map(|l| closed_by_agent(l, Duration::from_millis(20)))
+        .collect::<Vec<_>>();
+    let expected: Vec<bool> = (0..16).map(|n| n < 5).collect();
+    assert_eq!(closed, expected, "which strangers were evicted");
+    stop(agent);
+}
+
+/// A valid `PakeStart` (with some other box's code), framed for the LAN.
+fn framed_pake_start(device_id: &str) -> Vec<u8> {
+    use edge_mobile_bridge::frame::{Fragmenter, LAN_MAX_FRAME, stream_encode};
+    use edge_mobile_bridge::pairing::ClientPairing;
+    use edge_mobile_bridge::setup_code::{DeviceFingerprint, SetupCode};
+    let code = SetupCode::generate().expect("code");
+    let device = DeviceFingerprint::parse(device_id).expect("device id");
+    let (_, start) = ClientPairing::start(&code, device, [7; 32]).expect("PakeStart");
+    let mut out = Vec::new();
+    for frame in Fragmenter::new(LAN_MAX_FRAME)
+        .expect("fragmenter")
+        .fragment(&start)
+        .expect("frames")
+    {
+        out.extend(stream_encode(&frame).expect("frame"));
+    }
+    out
+}
+
+#[test]
+fn a_stalled_pake_start_holds_the_window_for_seconds_not_a_minute() {
+    use std::io::Write;
+    let device = Box::new();
+    let agent = device.start();
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    // A stranger begins a handshake, reads the reply, and stalls: it holds the window's one slot.
+    let mut stalled = connect_from(0, 9, &device.addr);
+    stalled
+        .write_all(&framed_pake_start(&id))
+        .expect("PakeStart");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert!(
+        stalled.read(&mut [0; 64]).expect("PakeReply") > 0,
+        "a reply"
+    );
+    let owner = tempfile::tempdir().expect("tempdir");
+    refused(
+        &pair(owner.path(), None, &device.addr, &device.qr()),
+        "another session is in progress",
+    );
+    // Before, the slot was held for 60 s (one PakeStart a minute held it for good). Now the
+    // handshake deadline (10 s) frees it and closes the stalled link; the owner then pairs.
+    assert!(
+        closed_by_agent(&mut stalled, Duration::from_secs(30)),
+        "the stalled handshake's link outlived its deadline"
+    );
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+    assert_eq!(device.pairing()["owned"], true);
     stop(agent);
 }
 
@@ -279,7 +385,7 @@ fn a_link_that_says_nothing_is_closed_within_seconds_not_a_minute() {
     let agent = device.start();
     // Before, a silent link held its place for 60 s: four addresses reconnecting every 55 s held
     // all sixteen for good.
-    let mut silent = connect_from(6, &device.addr);
+    let mut silent = connect_from(0, 6, &device.addr);
     assert!(
         closed_by_agent(&mut silent, Duration::from_secs(30)),
         "a silent link outlived the first-message deadline"

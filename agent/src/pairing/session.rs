@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use edge_mobile_bridge::link::{Link, TransportError};
 use edge_mobile_bridge::message::{ErrorCode, Message, Request, Response};
-use edge_mobile_bridge::pairing::{ConnId, DeviceStep, PairingError};
-use edge_mobile_bridge::session::{DeviceHandshake, SecureChannel};
+use edge_mobile_bridge::pairing::{ConnId, DeviceStep, HANDSHAKE_TIMEOUT, PairingError};
+use edge_mobile_bridge::session::{DeviceHandshake, SESSION_HANDSHAKE_TIMEOUT, SecureChannel};
 
 use super::files::{BridgeError, PairingRecord};
+use super::link_caps::LinkPermit;
 use super::task::Served;
 
 /// A client that says nothing for this long is dropped.
@@ -27,6 +28,8 @@ pub(super) enum LinkError {
     Store(#[from] BridgeError),
     #[error("the peer said nothing for {0:?}")]
     Idle(Duration),
+    #[error("the handshake ran past its deadline")]
+    Deadline,
     #[error("{0}")]
     Protocol(String),
 }
@@ -41,7 +44,11 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
 }
 
 impl Served {
-    pub(super) async fn connection<L: Link>(self: Arc<Self>, mut link: L) -> Result<(), LinkError> {
+    pub(super) async fn connection<L: Link>(
+        self: Arc<Self>,
+        mut link: L,
+        permit: &LinkPermit,
+    ) -> Result<(), LinkError> {
         let first = match tokio::time::timeout(FIRST_MESSAGE, link.recv()).await {
             Ok(first) => first?,
             Err(_) => return Err(LinkError::Idle(FIRST_MESSAGE)),
@@ -50,20 +57,31 @@ impl Served {
             return Ok(());
         };
         if matches!(Message::decode(&first), Ok(Message::SessionHello(_))) {
-            self.owner_session(link, &first).await
+            self.owner_session(link, &first, permit).await
         } else {
-            self.pairing(link, first).await
+            self.pairing(link, first, permit).await
         }
     }
 
-    async fn pairing<L: Link>(&self, mut link: L, first: Vec<u8>) -> Result<(), LinkError> {
+    async fn pairing<L: Link>(
+        &self,
+        mut link: L,
+        first: Vec<u8>,
+        permit: &LinkPermit,
+    ) -> Result<(), LinkError> {
         let conn = {
             let mut shared = self.lock();
             shared.next_conn += 1;
             ConnId(shared.next_conn)
         };
+        // However the link ends (an error, eviction, shutdown), its handshake fails and frees
+        // the window's one slot at once, not at the deadline.
+        let _leaving = Leaving { served: self, conn };
+        // No person is in the loop once the app has sent PakeStart: the whole exchange fits in
+        // the handshake deadline, and a link that stalls gives its place back when that passes.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let mut message = first;
-        let result = loop {
+        loop {
             let step = {
                 let mut shared = self.lock();
                 match shared.pairing.as_mut() {
@@ -97,29 +115,30 @@ impl Served {
                     }
                     tracing::info!(owner = %edge_identity::hex::encode(&paired.owner_key[..8]), "paired with a new owner");
                     link.send(&paired.reply).await?;
-                    return self.control(link, paired.channel, paired.owner_key).await;
+                    return self
+                        .control(link, paired.channel, paired.owner_key, permit)
+                        .await;
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "pairing attempt refused");
                     self.tick();
                     link.send(&e.reply()).await?;
-                    break Ok(());
+                    return Ok(());
                 }
             }
-            match recv(&mut link).await {
-                Ok(Some(next)) => message = next,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
+            match recv_by(&mut link, deadline).await? {
+                Some(next) => message = next,
+                None => return Ok(()),
             }
-        };
-        if let Some(p) = self.lock().pairing.as_mut() {
-            p.disconnected(conn);
         }
-        self.tick();
-        result
     }
 
-    async fn owner_session<L: Link>(&self, mut link: L, hello: &[u8]) -> Result<(), LinkError> {
+    async fn owner_session<L: Link>(
+        &self,
+        mut link: L,
+        hello: &[u8],
+        permit: &LinkPermit,
+    ) -> Result<(), LinkError> {
         let owner = self.owner_key();
         let accepted =
             DeviceHandshake::accept(Instant::now(), hello, &self.task.identity, owner.as_ref());
@@ -133,7 +152,9 @@ impl Served {
             }
         };
         link.send(&accept).await?;
-        let Some(finish) = recv(&mut link).await? else {
+        // The app answers at once; a peer that replays a seen hello and stalls holds nothing.
+        let deadline = tokio::time::Instant::now() + SESSION_HANDSHAKE_TIMEOUT;
+        let Some(finish) = recv_by(&mut link, deadline).await? else {
             return Ok(());
         };
         let channel = match handshake.finish(Instant::now(), &finish) {
@@ -145,7 +166,7 @@ impl Served {
             }
         };
         let owner = owner.ok_or_else(|| LinkError::Protocol("owner vanished".into()))?;
-        self.control(link, channel, owner).await
+        self.control(link, channel, owner, permit).await
     }
 
     fn owner_key(&self) -> Option<[u8; 32]> {
@@ -156,13 +177,16 @@ impl Served {
             .and_then(edge_identity::hex::decode_array::<32>)
     }
 
-    /// The owner's requests, until the link closes or the owner changes.
+    /// The owner's requests, until the link closes or the owner changes. The link has
+    /// authenticated: it holds an owner's place from now on.
     async fn control<L: Link>(
         &self,
         mut link: L,
         mut channel: SecureChannel,
         owner: [u8; 32],
+        permit: &LinkPermit,
     ) -> Result<(), LinkError> {
+        permit.authenticated();
         while let Some(wire) = recv(&mut link).await? {
             // A tampered, replayed or reordered record ends the session.
             let request = match channel.open(&wire) {
@@ -249,5 +273,31 @@ async fn recv<L: Link>(link: &mut L) -> Result<Option<Vec<u8>>, LinkError> {
     match tokio::time::timeout(IDLE, link.recv()).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(LinkError::Idle(IDLE)),
+    }
+}
+
+/// The next message if it comes by `deadline` (a handshake's).
+async fn recv_by<L: Link>(
+    link: &mut L,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Vec<u8>>, LinkError> {
+    match tokio::time::timeout_at(deadline, link.recv()).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(LinkError::Deadline),
+    }
+}
+
+/// Ends a pairing link's part in the window when dropped (see [`Served::pairing`]).
+struct Leaving<'a> {
+    served: &'a Served,
+    conn: ConnId,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.served.lock().pairing.as_mut() {
+            p.disconnected(self.conn);
+        }
+        self.served.tick();
     }
 }

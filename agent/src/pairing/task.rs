@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::Control;
 use super::advertise::{self, AdvertiseError, Advertiser, LinkWatch};
 use super::files::{BridgeError, BridgeFiles, PairingRecord};
-use super::link_caps::LinkCaps;
+use super::link_caps::{LinkCaps, Peer};
 
 /// How long to wait before trying Bluetooth LE again where BlueZ was not there.
 #[cfg(feature = "ble")]
@@ -175,7 +175,7 @@ impl BridgeTask {
                     };
                     let _ = stream.set_nodelay(true);
                     match LanLink::new(stream) {
-                        Ok(link) => this.spawn_link(link, peer.ip().to_string(), peer.to_string(), &shutdown),
+                        Ok(link) => this.spawn_link(link, Peer::Ip(peer.ip()), peer.to_string(), &shutdown),
                         Err(e) => tracing::debug!(%peer, error = %e, "owner link refused"),
                     }
                 }
@@ -319,27 +319,27 @@ impl Served {
         Ok(())
     }
 
-    /// Serves one app's link until it ends or the agent shuts down; closes it at once when
-    /// `host` (its IP or Bluetooth address) or everyone together has as many links as allowed.
+    /// Serves one app's link until it ends, the agent shuts down, or a newcomer evicts it (see
+    /// [`LinkCaps`]); closes it at once when every place is held by the owner's links.
     fn spawn_link<L: Link + 'static>(
         self: &Arc<Self>,
         link: L,
-        host: String,
+        host: Peer,
         peer: String,
         shutdown: &CancellationToken,
     ) {
         let Some(permit) = self.caps.admit(&host) else {
             // Debug, not warn: whoever floods the port must not flood the journal as well.
-            tracing::debug!(%peer, "owner link closed: too many links at once");
+            tracing::debug!(%peer, "owner link closed: every place is the owner's");
             return;
         };
         let served = self.clone();
         let shutdown = shutdown.clone();
         self.task.tasks.spawn_logged("owner-link", async move {
-            let _permit = permit;
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                result = served.connection(link) => if let Err(e) = result {
+                () = permit.evicted() => tracing::debug!(%peer, "owner link evicted to make room"),
+                result = served.connection(link, &permit) => if let Err(e) = result {
                     // Debug: a link that ends badly is the peer's business (see above).
                     tracing::debug!(%peer, error = %e, "owner link ended");
                 },
@@ -365,8 +365,9 @@ impl Served {
                             () = shutdown.cancelled() => return,
                             accepted = server.accept() => match accepted {
                                 Ok((address, link)) => {
-                                    let peer = format!("ble:{address}");
-                                    self.spawn_link(link, peer.clone(), peer, &shutdown);
+                                    let host = Peer::Ble(address.to_string());
+                                    let peer = host.to_string();
+                                    self.spawn_link(link, host, peer, &shutdown);
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "Bluetooth LE service failed; starting it again");
