@@ -35,11 +35,11 @@ use crate::host::snapshot::HardwareSnapshot;
 use crate::host::systemd::{self, Watchdog};
 use crate::host::{reserve, state_dir};
 use crate::network::NetworkHandle;
-use crate::network::delivery::{DeliveryTask, NetworkStatus, NetworkView};
-use crate::network::hub_client::HubClient;
-use crate::network::intake::IntakeTask;
+use crate::network::binding::Binding;
+use crate::network::delivery::NetworkStatus;
 use crate::network::outbox::{Bounds, LOW_SPACE, Outbox};
-use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
+use crate::network::supervisor::NetworkSupervisor;
+use crate::network::telemetry::Sources;
 use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, Control};
 use crate::status::report::AgentState;
 use crate::status::server::StatusServer;
@@ -68,7 +68,8 @@ pub struct App {
     publish_snapshot: watch::Sender<Arc<HardwareSnapshot>>,
     publish_capability: watch::Sender<Option<Compute>>,
     status: StatusServer,
-    network: Option<(HubClient, NetworkHandle)>,
+    network: Option<NetworkHandle>,
+    binding: Binding,
     bridge: Option<BridgeParts>,
 }
 
@@ -175,30 +176,26 @@ impl App {
             None => None,
         };
 
-        let network = match &config.network.hub {
-            Some(hub) => {
-                systemd::status("starting: opening the report queue");
-                let client = HubClient::new(&hub.url, &hub.ca_cert)?;
-                let (path, id, clock) = (
-                    config.state_dir.join("outbox.db"),
-                    identity.clone(),
-                    hal.clock.clone(),
-                );
-                let bounds = Bounds {
-                    max_reports: config.network.queue_max_reports,
-                    max_age: config.network.queue_max_age,
-                    min_free_bytes: LOW_SPACE,
-                };
-                let outbox =
-                    edge_tasks::blocking(move || Outbox::open(&path, id, boot_id, bounds, clock))
-                        .await;
-                let status: NetworkStatus = Arc::new(std::sync::Mutex::new(NetworkView {
-                    hub: hub.url.clone(),
-                    ..NetworkView::default()
-                }));
-                Some((client, NetworkHandle { outbox, status }))
-            }
-            None => None,
+        let binding = Binding::open(&config.state_dir, config.network.hub.as_ref())?;
+        // The queue is opened where the box reports or may be bound to a network by its owner.
+        let network = if binding.current().is_some() || bridge.is_some() {
+            systemd::status("starting: opening the report queue");
+            let (path, id, clock) = (
+                config.state_dir.join("outbox.db"),
+                identity.clone(),
+                hal.clock.clone(),
+            );
+            let bounds = Bounds {
+                max_reports: config.network.queue_max_reports,
+                max_age: config.network.queue_max_age,
+                min_free_bytes: LOW_SPACE,
+            };
+            let outbox =
+                edge_tasks::blocking(move || Outbox::open(&path, id, boot_id, bounds, clock)).await;
+            let status: NetworkStatus = Arc::default();
+            Some(NetworkHandle { outbox, status })
+        } else {
+            None
         };
         let state = Arc::new(AgentState {
             device_id,
@@ -215,7 +212,7 @@ impl App {
                 gpu_metrics,
             },
             scheduler: scheduler_handle,
-            network: network.as_ref().map(|(_, handle)| handle.clone()),
+            network: network.clone(),
             pairing: bridge.as_ref().map(|b| b.status.clone()),
             owner_ignored: config
                 .owner_ignored
@@ -236,6 +233,7 @@ impl App {
             publish_capability,
             status,
             network,
+            binding,
             bridge,
         })
     }
@@ -264,6 +262,7 @@ impl App {
             publish_capability,
             status,
             network,
+            binding,
             bridge,
         } = self;
         let signal_error = |e: std::io::Error| AgentError::Task {
@@ -297,17 +296,18 @@ impl App {
         };
         // A failed measurement is logged and shown as no capability; it does not stop the agent.
         tasks.spawn_logged("gpu-capability", capability.run(shutdown.clone()));
-        if let (Some((client, handle)), Some(hub)) = (network, &config.network.hub) {
-            spawn_network(
-                &tasks,
-                &config,
-                &state,
-                client,
+        if let Some(handle) = network {
+            let supervisor = NetworkSupervisor {
+                network: config.network.clone(),
                 handle,
-                identity.clone(),
-                &hal,
-                &hub.owner_token,
-            );
+                sources: state.sources.clone(),
+                scheduler: state.scheduler.clone(),
+                identity: identity.clone(),
+                clock: hal.clock.clone(),
+                hub: binding.subscribe(),
+                grace: config.shutdown_grace,
+            };
+            tasks.spawn("network", supervisor.run(tasks.clone()));
         }
         if let Some(parts) = bridge {
             let pressed = pairing_button(&tasks, &config, &hal)?;
@@ -324,6 +324,7 @@ impl App {
                     config_path: invocation.config_path,
                     cwd: invocation.cwd,
                     state_dir: config.state_dir.clone(),
+                    binding,
                 },
                 tasks: tasks.clone(),
                 mdns: config.pairing.mdns,
@@ -375,65 +376,6 @@ impl Drain {
         tracing::info!("stopped");
         Ok(Exit::Ok)
     }
-}
-
-/// Delivery, heartbeats, job intake and capability reports.
-#[allow(clippy::too_many_arguments)]
-fn spawn_network(
-    tasks: &Tasks,
-    config: &Config,
-    state: &AgentState,
-    client: HubClient,
-    NetworkHandle { outbox, status }: NetworkHandle,
-    identity: Arc<Identity>,
-    hal: &Hal,
-    owner_token: &str,
-) {
-    let (network, shutdown, clock) = (&config.network, tasks.shutdown(), hal.clock.clone());
-    let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
-    let (registered, registered_rx) = watch::channel(false);
-    let delivery = DeliveryTask {
-        outbox: outbox.clone(),
-        client: client.clone(),
-        owner_token: owner_token.to_owned(),
-        batch_size: network.batch_size,
-        backoff_max: network.backoff_max,
-        configured_echo_urls: network.echo_urls.clone(),
-        echo_urls,
-        registered,
-        status: status.clone(),
-        clock: clock.clone(),
-    };
-    tasks.spawn("delivery", delivery.run(shutdown.clone()));
-    let heartbeat = HeartbeatTask {
-        outbox: outbox.clone(),
-        sources: state.sources.clone(),
-        interval: network.heartbeat_interval,
-    };
-    tasks.spawn("heartbeat", heartbeat.run(shutdown.clone()));
-    if network.accept_jobs {
-        let intake = IntakeTask {
-            client: client.clone(),
-            identity,
-            scheduler: state.scheduler.clone(),
-            outbox: outbox.clone(),
-            registered: registered_rx,
-            clock: clock.clone(),
-        };
-        tasks.spawn("job-intake", intake.run(shutdown.clone()));
-    }
-    let capability = CapabilityReportTask {
-        outbox,
-        client,
-        sources: state.sources.clone(),
-        echo_urls: echo_urls_rx,
-        bandwidth: network.bandwidth.clone(),
-        ip_check_interval: network.ip_check_interval,
-        interval: network.capability_interval,
-        status,
-        clock,
-    };
-    tasks.spawn("capability-report", capability.run(shutdown));
 }
 
 /// What opens the pairing window: the button's input device, if configured, and SIGUSR1

@@ -83,8 +83,20 @@ enum Command {
     Reboot,
     /// Give up ownership; the box can be paired again.
     Unpair,
-    /// Erase the owner, the owner's settings, Wi-Fi credentials and pairing state on the box.
+    /// Erase the owner, the owner's settings, the network binding, Wi-Fi credentials and pairing
+    /// state on the box.
     FactoryReset,
+    /// Bind the box to your account on a network: it registers there and reports for you. The
+    /// owner token (from the network's account page) is read from stdin, never from the command
+    /// line. Refused where the box's config file names its network.
+    Bind {
+        /// The network's base URL, `https://host[:port]`.
+        #[arg(long, value_name = "URL")]
+        hub: String,
+        /// The network's CA certificate (PEM), the only one the box will trust for it.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+    },
     Devices,
 }
 
@@ -233,6 +245,12 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Reboot => Request::Reboot,
         Command::Unpair => Request::Unpair,
         Command::FactoryReset => Request::FactoryReset,
+        Command::Bind { hub, ca } => Request::Bind {
+            ca_pem: std::fs::read_to_string(&ca)
+                .map_err(|e| CtlError::Usage(format!("--ca {}: {e}", ca.display())))?,
+            hub_url: hub,
+            owner_token: read_stdin("the owner token")?,
+        },
     };
     let forget = matches!(request, Request::Unpair | Request::FactoryReset);
     let device = devices

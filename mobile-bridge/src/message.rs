@@ -16,7 +16,7 @@
 //! | 0x11 | `SessionAccept`  | plain         | device key \[32\], X25519 key \[32\], sig   |
 //! | 0x12 | `SessionFinish`  | plain         | signature (64 bytes)                    |
 //! | 0x20 | `Record`         | plain         | counter (u64), sealed bytes             |
-//! | 0x30-0x38 | requests    | in a record   | see [`Request`]                         |
+//! | 0x30-0x39 | requests    | in a record   | see [`Request`]                         |
 //! | 0x40-0x45 | responses   | in a record¹  | see [`Response`]                        |
 //!
 //! ¹ An `Error` response is also sent in the clear when a handshake is refused.
@@ -46,8 +46,10 @@ pub const MAX_LOG_LINES: u16 = 256;
 pub const MAX_LOG_LINE: usize = 1024;
 /// Most Wi-Fi networks in a scan result.
 pub const MAX_NETWORKS: usize = 64;
-/// Largest short text field (error messages, versions, ids).
+/// Largest short text field (error messages, versions, ids, a network's URL and owner token).
 pub const MAX_SHORT: usize = 256;
+/// Largest CA certificate bundle (PEM) in a [`Request::Bind`]: room for a root and an intermediate.
+pub const MAX_CA_PEM: usize = 8 * 1024;
 /// Record overhead: type, version, counter, length prefix, AEAD tag (rounded up).
 pub const RECORD_OVERHEAD: usize = 32;
 /// Largest message that fits in a record.
@@ -305,6 +307,17 @@ pub enum Request {
     Unpair,
     /// Erase owner, Wi-Fi credentials and pairing state; keep the identity.
     FactoryReset,
+    /// Bind the box to the owner's account on a network: the device registers with `hub_url`,
+    /// trusting only `ca_pem`, and reports under `owner_token`. Replaces an earlier binding the
+    /// owner made; refused where the device's config file names the network.
+    Bind {
+        /// The network's `https://` base URL, at most [`MAX_SHORT`] bytes.
+        hub_url: String,
+        /// The network's CA certificate(s), PEM, at most [`MAX_CA_PEM`] bytes.
+        ca_pem: String,
+        /// The owner's token from the network's account, at most [`MAX_SHORT`] bytes; a secret.
+        owner_token: Zeroizing<String>,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -330,6 +343,11 @@ impl fmt::Debug for Request {
             Self::Reboot => f.write_str("Reboot"),
             Self::Unpair => f.write_str("Unpair"),
             Self::FactoryReset => f.write_str("FactoryReset"),
+            Self::Bind { hub_url, .. } => f
+                .debug_struct("Bind")
+                .field("hub_url", hub_url)
+                .field("owner_token", &"<redacted>")
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -445,6 +463,7 @@ mod tag {
     pub(super) const REQ_REBOOT: u8 = 0x36;
     pub(super) const REQ_UNPAIR: u8 = 0x37;
     pub(super) const REQ_FACTORY_RESET: u8 = 0x38;
+    pub(super) const REQ_BIND: u8 = 0x39;
     pub(super) const RESP_STATUS: u8 = 0x40;
     pub(super) const RESP_CONFIG: u8 = 0x41;
     pub(super) const RESP_WIFI_NETWORKS: u8 = 0x42;
@@ -509,6 +528,7 @@ impl Message {
                 Request::Reboot => tag::REQ_REBOOT,
                 Request::Unpair => tag::REQ_UNPAIR,
                 Request::FactoryReset => tag::REQ_FACTORY_RESET,
+                Request::Bind { .. } => tag::REQ_BIND,
             },
             Self::Response(r) => match r {
                 Response::Status(_) => tag::RESP_STATUS,
@@ -534,6 +554,15 @@ impl Message {
             Self::Request(Request::WifiSet { ssid, passphrase }) => {
                 limit("ssid", ssid.len(), MAX_SSID)?;
                 limit("passphrase", passphrase.len(), MAX_PASSPHRASE)
+            }
+            Self::Request(Request::Bind {
+                hub_url,
+                ca_pem,
+                owner_token,
+            }) => {
+                limit("hub_url", hub_url.len(), MAX_SHORT)?;
+                limit("ca_pem", ca_pem.len(), MAX_CA_PEM)?;
+                limit("owner_token", owner_token.len(), MAX_SHORT)
             }
             Self::Request(Request::Logs { max_lines }) => limit(
                 "max_lines",
@@ -587,6 +616,11 @@ impl Message {
                     body(kind, &(ssid, passphrase.as_str()), out)
                 }
                 Request::Logs { max_lines } => body(kind, max_lines, out),
+                Request::Bind {
+                    hub_url,
+                    ca_pem,
+                    owner_token,
+                } => body(kind, &(hub_url, ca_pem, owner_token.as_str()), out),
                 _ => Ok(out),
             },
             Self::Response(r) => match r {
@@ -701,6 +735,14 @@ impl Message {
             tag::REQ_REBOOT => empty(kind, b, Self::Request(Request::Reboot))?,
             tag::REQ_UNPAIR => empty(kind, b, Self::Request(Request::Unpair))?,
             tag::REQ_FACTORY_RESET => empty(kind, b, Self::Request(Request::FactoryReset))?,
+            tag::REQ_BIND => {
+                let (hub_url, ca_pem, owner_token): (&str, &str, &str) = parse(kind, b)?;
+                Self::Request(Request::Bind {
+                    hub_url: hub_url.to_owned(),
+                    ca_pem: ca_pem.to_owned(),
+                    owner_token: Zeroizing::new(owner_token.to_owned()),
+                })
+            }
             tag::RESP_STATUS => Self::Response(Response::Status(parse(kind, b)?)),
             tag::RESP_CONFIG => {
                 let toml: &str = parse(kind, b)?;
@@ -750,6 +792,7 @@ fn kind_of(tag: u8) -> &'static str {
         tag::REQ_REBOOT => "Request::Reboot",
         tag::REQ_UNPAIR => "Request::Unpair",
         tag::REQ_FACTORY_RESET => "Request::FactoryReset",
+        tag::REQ_BIND => "Request::Bind",
         tag::RESP_STATUS => "Response::Status",
         tag::RESP_CONFIG => "Response::Config",
         tag::RESP_WIFI_NETWORKS => "Response::WifiNetworks",
@@ -843,6 +886,11 @@ mod tests {
             Message::Request(Request::Reboot),
             Message::Request(Request::Unpair),
             Message::Request(Request::FactoryReset),
+            Message::Request(Request::Bind {
+                hub_url: "https://hub.example:8443".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+                owner_token: Zeroizing::new("owner-1".into()),
+            }),
             Message::Response(Response::Status(StatusReport {
                 device_id: "ab".repeat(16),
                 agent_version: "0.1.0".into(),

@@ -67,6 +67,18 @@ impl Tasks {
         (tasks, Failures(failed))
     }
 
+    /// A set inside this one, to stop and restart a group of tasks on its own: its token is a
+    /// child of this set's (this set's shutdown stops its tasks too), its failures are this set's,
+    /// and it has its own tracker, so [`Tasks::drain`] on it waits for its tasks only. This set's
+    /// drain does not wait for them: drain the child from a task of this set.
+    pub fn child(&self) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            shutdown: self.shutdown.child_token(),
+            failures: self.failures.clone(),
+        }
+    }
+
     /// The token every task of the set stops on.
     pub fn shutdown(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -185,6 +197,39 @@ mod tests {
                 message: "disk full".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_set_drains_on_its_own_and_stops_with_its_parent() {
+        let (tasks, mut failures) = Tasks::new();
+        let parked = |stop: CancellationToken| async move {
+            stop.cancelled().await;
+            Ok::<_, String>(())
+        };
+        let child = tasks.child();
+        child.spawn("first", parked(child.shutdown()));
+        child.drain(Duration::from_secs(5)).await.expect("drains");
+        assert!(!tasks.shutdown().is_cancelled(), "the parent runs on");
+        let second = tasks.child();
+        second.spawn("second", parked(second.shutdown()));
+        second.spawn("broken", async { Err::<(), _>("hub gone") });
+        assert_eq!(
+            failures.next().await.task,
+            "broken",
+            "failures reach the parent"
+        );
+        tasks
+            .drain(Duration::from_secs(5))
+            .await
+            .expect("the parent drains");
+        assert!(
+            second.shutdown().is_cancelled(),
+            "and the child's token with it"
+        );
+        second
+            .drain(Duration::from_secs(5))
+            .await
+            .expect("the child ends");
     }
 
     #[tokio::test]

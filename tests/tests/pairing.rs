@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use edge_tests::hub::{HubDir, eventually};
 use edge_tests::{NotifySocket, Running, Sandbox, bin, wait_exit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -26,9 +27,14 @@ struct Box {
 
 impl Box {
     fn new() -> Self {
+        Self::with("")
+    }
+
+    /// A box with `extra` appended to its config.
+    fn with(extra: &str) -> Self {
         let port = edge_tests::free_port();
         let addr = format!("127.0.0.1:{port}");
-        let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\n"));
+        let sandbox = Sandbox::new(&format!("[pairing]\nlisten = \"{addr}\"\n{extra}"));
         Self { sandbox, addr }
     }
 
@@ -418,6 +424,123 @@ fn a_factory_reset_erases_owner_and_settings_and_keeps_the_identity() {
     assert!(
         ok(&edgectl(owner.path(), &["devices"])).is_empty(),
         "edgectl forgot it too"
+    );
+    stop(agent);
+}
+
+/// `edgectl bind --hub URL --ca FILE` with the owner token on stdin.
+fn bind(dir: &std::path::Path, hub: &str, ca: &std::path::Path, token: &str) -> Output {
+    let mut command = Command::new(bin("edgectl"));
+    command
+        .arg("--config-dir")
+        .arg(dir)
+        .args(["bind", "--hub", hub, "--ca"])
+        .arg(ca);
+    edge_tests::output_with_stdin(&mut command, token)
+}
+
+/// Heartbeats the hub has stored for `id`.
+fn heartbeats(hub: &HubDir, id: &str) -> u64 {
+    hub.device(id)
+        .and_then(|d| d["reports"]["heartbeat"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_owner_binds_the_box_to_the_network_and_a_factory_reset_unbinds_it() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let url = format!("https://127.0.0.1:{}", server.main.port());
+    // As the image ships: the owner's channel, and no network in the config.
+    let device = Box::with(
+        "[network]\nheartbeat_secs = 1\nbackoff_max_secs = 2\nmeasure_bandwidth = false\n",
+    );
+    let agent = device.start();
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+    let network = &device.sandbox.status()["network"];
+    assert_eq!(
+        network["hub"],
+        serde_json::Value::Null,
+        "unbound: {network}"
+    );
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+
+    // Refused with what is wrong, and nothing kept.
+    refused(
+        &bind(
+            owner.path(),
+            &url.replace("https", "http"),
+            &hub.ca(),
+            &hub.token,
+        ),
+        "hub_url",
+    );
+    let not_a_ca = owner.path().join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "hello").expect("write");
+    refused(
+        &bind(owner.path(), &url, &not_a_ca, &hub.token),
+        "no certificate",
+    );
+    refused(&bind(owner.path(), &url, &hub.ca(), ""), "owner_token");
+    let binding = device.sandbox.state().join("binding.json");
+    assert!(!binding.exists());
+
+    ok(&bind(owner.path(), &url, &hub.ca(), &hub.token));
+    let seen = eventually(Duration::from_secs(60), || {
+        let device = hub.device(&id)?;
+        (device["reports"]["heartbeat"].as_u64() >= Some(2)).then_some(device)
+    })
+    .expect("the box registers with the owner's network and its heartbeats arrive");
+    assert_eq!(seen["owner"], "alice");
+    let network = eventually(Duration::from_secs(30), || {
+        let network = device.sandbox.status()["network"].clone();
+        (network["registered"] == true).then_some(network)
+    })
+    .expect("registered");
+    assert_eq!(
+        (&network["hub"], &network["bound_by"], &network["owner"]),
+        (&url.as_str().into(), &"owner".into(), &"alice".into()),
+        "{network}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&edgectl(owner.path(), &["status"]))).expect("status JSON");
+    assert_eq!(
+        status["details"]["network"]["bound_by"], "owner",
+        "edgectl shows it: {status}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&binding)
+        .expect("kept")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the owner token is the owner's secret");
+
+    // Kept across a restart.
+    stop(agent);
+    let before = heartbeats(&hub, &id);
+    let agent = device.start();
+    eventually(Duration::from_secs(60), || {
+        (heartbeats(&hub, &id) > before).then_some(())
+    })
+    .expect("still reporting after a restart");
+
+    ok(&edgectl(owner.path(), &["factory-reset"]));
+    assert!(!binding.exists(), "the binding is erased");
+    let network = &device.sandbox.status()["network"];
+    assert_eq!(
+        network["hub"],
+        serde_json::Value::Null,
+        "unbound: {network}"
+    );
+    // Stopped reporting: no heartbeat after the reset (one may have been in flight as it ran).
+    std::thread::sleep(Duration::from_secs(1));
+    let after_reset = heartbeats(&hub, &id);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        heartbeats(&hub, &id),
+        after_reset,
+        "no reports after the reset"
     );
     stop(agent);
 }

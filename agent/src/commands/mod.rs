@@ -13,6 +13,7 @@ use crate::exit::{AgentError, Exit};
 use crate::gpu::run_job as jobs;
 use crate::host::snapshot::HardwareSnapshot;
 use crate::host::state_dir;
+use crate::network::binding::Binding;
 use crate::network::hub_client::HubClient;
 use crate::network::measure;
 use crate::pairing::{self, BridgeFiles};
@@ -131,13 +132,23 @@ pub async fn status(config: &Config, metrics: bool, tcp: Option<SocketAddr>) -> 
 }
 
 /// `edge-agent measure`: the public address and (unless `no_bandwidth`) the bandwidth to the
-/// configured hub, as JSON; exit 1 if the bandwidth could not be measured.
+/// network the box reports to (the config's hub, or the owner's binding), as JSON; exit 1 if the
+/// bandwidth could not be measured.
 pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
-    let Some(hub) = &config.network.hub else {
-        eprintln!("edge-agent: no hub configured ([network] hub_url); nothing to measure against");
+    let hub = match Binding::open(&config.state_dir, config.network.hub.as_ref()) {
+        Ok(binding) => binding.current(),
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            return Exit::Config;
+        }
+    };
+    let Some(hub) = hub else {
+        eprintln!(
+            "edge-agent: not bound to a network (no [network] hub_url, and the owner has not bound the box); nothing to measure against"
+        );
         return Exit::Config;
     };
-    let client = match HubClient::new(&hub.url, &hub.ca_cert) {
+    let client = match HubClient::new(&hub) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("edge-agent: {e}");

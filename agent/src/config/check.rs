@@ -383,17 +383,7 @@ impl Check<'_> {
 
     /// An `https://` URL, without a trailing slash.
     fn https_url(&mut self, key: &str, url: String) -> Option<String> {
-        let rest = url.strip_prefix("https://");
-        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-            self.fail(
-                key,
-                format!(
-                    "{url:?} is not an https:// URL; the agent talks to the network over TLS only"
-                ),
-            );
-            return None;
-        }
-        Some(url.trim_end_matches('/').to_owned())
+        https_base_url(&url).map_err(|why| self.fail(key, why)).ok()
     }
 
     fn gpu(&mut self) -> Option<GpuConfig> {
@@ -465,4 +455,17 @@ pub(super) fn describe(value: &Value) -> String {
         Value::Array(_) => "an array".into(),
         Value::Table(_) => "a table".into(),
     }
+}
+
+/// `url` as a network base URL (`https://host[:port]`, no trailing slash), or why it is not one:
+/// the agent talks to the network over TLS only. The config's `network.hub_url` and the owner's
+/// binding are checked alike.
+pub(crate) fn https_base_url(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("https://");
+    if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+        return Err(format!(
+            "{url:?} is not an https:// URL; the agent talks to the network over TLS only"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }

@@ -11,6 +11,8 @@ mod check;
 mod fields;
 mod files;
 
+pub(crate) use check::https_base_url;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::network::binding::SetBy;
 use crate::network::hub_client::{HubClient, HubError};
 use crate::network::outbox::{Outbox, OutboxError};
 use crate::version::VERSIONS;
@@ -24,8 +25,10 @@ const IDLE_CHECK: Duration = Duration::from_secs(60);
 /// What the network side of the agent looks like, for `/status` and `/metrics`.
 #[derive(Debug, Default, Clone, Serialize)]
 pub(crate) struct NetworkView {
-    /// The hub's base URL.
-    pub hub: String,
+    /// The hub's base URL; `None` while the box is bound to no network.
+    pub hub: Option<String>,
+    /// Who chose the network: `config` (the device's config file) or `owner` (the owner's app).
+    pub bound_by: Option<SetBy>,
     /// Whether the hub accepted the registration (this run).
     pub registered: bool,
     /// The owner the hub bound the device to.

@@ -1,7 +1,6 @@
 //! The agent's HTTPS client for the hub: TLS 1.3 only, the network's CA pinned (no system
 //! roots), no proxies. The device initiates everything; it sits behind NAT.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
+use crate::network::binding::Hub;
+
 /// A request that has not finished after this long is abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting (TCP and TLS) takes at most this long.
@@ -25,9 +26,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors talking to the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    /// The CA file could not be read or holds no certificate.
-    #[error("hub CA certificate {path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
+    /// The CA (a file, or the owner's binding) could not be read or holds no certificate.
+    #[error("hub CA certificate {origin}: {reason}")]
+    Ca { origin: String, reason: String },
     /// The HTTP client could not be built.
     #[error("building the HTTPS client: {0}")]
     Client(String),
@@ -82,14 +83,18 @@ pub(crate) struct HubClient {
     base: String,
 }
 
-/// The TLS settings the agent uses for the network: TLS 1.3, ring, only `ca` trusted.
-pub(crate) fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
+/// The TLS settings the agent uses for the network: TLS 1.3, ring, only the certificates in
+/// `ca_pem` trusted; `origin` names where they came from in errors.
+pub(crate) fn tls_config_pem(
+    ca_pem: &[u8],
+    origin: &str,
+) -> Result<rustls::ClientConfig, HubError> {
     let ca_err = |reason: String| HubError::Ca {
-        path: ca.to_owned(),
+        origin: origin.to_owned(),
         reason,
     };
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| ca_err(e.to_string()))? {
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| ca_err(e.to_string()))?;
         roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
     }
@@ -107,10 +112,10 @@ pub(crate) fn tls_config(ca: &Path) -> Result<rustls::ClientConfig, HubError> {
 }
 
 impl HubClient {
-    /// A client for the hub at `base` (`https://host:port`) trusting only `ca`.
-    pub(crate) fn new(base: &str, ca: &Path) -> Result<Self, HubError> {
+    /// A client for `hub` trusting only its CA.
+    pub(crate) fn new(hub: &Hub) -> Result<Self, HubError> {
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(ca)?)
+            .use_preconfigured_tls(tls_config_pem(&hub.ca_pem, &hub.ca_origin)?)
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -119,7 +124,7 @@ impl HubClient {
             .map_err(|e| HubError::Client(e.to_string()))?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: hub.url.trim_end_matches('/').to_owned(),
         })
     }
 

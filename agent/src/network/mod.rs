@@ -1,11 +1,14 @@
-//! The network's side: the hub client, the on-disk report queue, delivery, telemetry, job intake and
-//! the measurements of what the box offers.
+//! The network's side: which network the box is bound to, the hub client, the on-disk report
+//! queue, delivery, telemetry, job intake and the measurements of what the box offers, and the
+//! supervisor that runs those tasks while the box is bound.
 
+pub(crate) mod binding;
 pub(crate) mod delivery;
 pub(crate) mod hub_client;
 pub(crate) mod intake;
 pub(crate) mod measure;
 pub(crate) mod outbox;
+pub(crate) mod supervisor;
 pub(crate) mod telemetry;
 
 use edge_protocol::exposition::Exposition;

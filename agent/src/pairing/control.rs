@@ -13,6 +13,7 @@ use edge_mobile_bridge::message::{ErrorCode, Request, Response, StatusReport, Wi
 
 use super::OwnerStatus;
 use crate::gpu::scheduler::SchedulerHandle;
+use crate::network::binding::{BindError, Binding};
 use crate::version::VERSIONS;
 
 /// What answering the owner needs.
@@ -29,6 +30,8 @@ pub(crate) struct Control {
     /// The working directory relative paths were resolved against.
     pub(crate) cwd: PathBuf,
     pub(crate) state_dir: PathBuf,
+    /// The network the box reports to; the owner may bind it.
+    pub(crate) binding: Binding,
 }
 
 impl Control {
@@ -73,6 +76,11 @@ impl Control {
                     .collect(),
             },
             Request::Reboot => reboot(self.hal.power.clone()).await,
+            Request::Bind {
+                hub_url,
+                ca_pem,
+                owner_token,
+            } => self.bind(&hub_url, &ca_pem, &owner_token).await,
             // The session answers these: they change the pairing state, which it holds.
             Request::Unpair | Request::FactoryReset => Response::error(ErrorCode::BadRequest),
         }
@@ -125,6 +133,35 @@ impl Control {
             self.scheduler
                 .set_policy(crate::gpu::scheduler::Policy::from(&config.gpu));
         })
+    }
+
+    /// Binds the box to the owner's network; its tasks restart on the new binding at once.
+    async fn bind(&self, hub_url: &str, ca_pem: &str, owner_token: &str) -> Response {
+        match self.binding.bind(hub_url, ca_pem, owner_token).await {
+            Ok(()) => Response::Ok,
+            Err(e @ BindError::SetByConfig) => Response::Error {
+                code: ErrorCode::BadRequest,
+                message: e.to_string(),
+            },
+            Err(BindError::Invalid(mut message)) => {
+                let mut end = message.len().min(edge_mobile_bridge::message::MAX_SHORT);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                Response::Error {
+                    code: ErrorCode::InvalidConfig,
+                    message,
+                }
+            }
+            Err(BindError::File(e)) => {
+                tracing::error!(error = %e, "the owner's network binding could not be saved");
+                Response::Error {
+                    code: ErrorCode::Internal,
+                    message: "the binding could not be saved; the device's log says why".into(),
+                }
+            }
+        }
     }
 }
 
@@ -330,6 +367,7 @@ mod tests {
                 config_path: Some(main),
                 cwd: dir.path().to_owned(),
                 state_dir: dir.path().to_owned(),
+                binding: Binding::open(dir.path(), None).expect("no binding"),
             },
             wifi,
             power,

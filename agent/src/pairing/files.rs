@@ -130,8 +130,8 @@ pub(crate) fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
     .to_string()
 }
 
-/// Erases the owner, the owner's settings, the Wi-Fi credentials and the pairing failure count,
-/// keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
+/// Erases the owner, the owner's settings, the owner's network binding, the Wi-Fi credentials and
+/// the pairing failure count, keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
 pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
     let files = BridgeFiles::in_dir(state_dir);
     files.save(&PairingRecord::default())?;
@@ -141,6 +141,7 @@ pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeErr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(durable::FileError::at("remove", &owner)(e).into()),
     }
+    crate::network::binding::remove_in(state_dir)?;
     if let Err(e) = hal.wifi.forget_all() {
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
     }

@@ -260,7 +260,13 @@ impl Served {
                 // No Wi-Fi manager on the box is not a failure of the reset.
                 tracing::warn!(error = %e, "factory reset: Wi-Fi credentials not erased");
             }
-            tracing::warn!("factory reset: owner, owner settings and pairing state erased");
+            if let Err(e) = self.task.control.binding.unbind().await {
+                tracing::error!(error = %e, "factory reset: the network binding not erased");
+                return Response::error(ErrorCode::Internal);
+            }
+            tracing::warn!(
+                "factory reset: owner, owner settings, network binding and pairing state erased"
+            );
         } else {
             tracing::info!("unpaired");
         }

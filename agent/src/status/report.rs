@@ -38,7 +38,8 @@ pub(crate) struct AgentState {
     pub sources: Sources,
     /// Where GPU jobs are submitted, and the policy in force.
     pub scheduler: SchedulerHandle,
-    /// Reporting to the network; `None` without a hub in the config.
+    /// Reporting to the network; `None` where the box can be bound to none (no hub in the config
+    /// and no owner's channel).
     pub network: Option<NetworkHandle>,
     /// The owner's app; `None` without `[pairing] listen`.
     pub pairing: Option<BridgeStatus>,
@@ -81,7 +82,8 @@ pub(crate) struct StatusReport<'a> {
     pub capability: Option<Compute>,
     /// The GPU policy in force (the owner's changes hold from the next job).
     pub gpu_policy: PolicyView,
-    /// Reporting to the network (`null` without a hub in the config).
+    /// Reporting to the network (`null` without a hub in the config and without the owner's
+    /// channel; `hub: null` while the owner has not bound the box).
     pub network: Option<NetworkReport>,
     /// Pairing and the owner (`null` without `[pairing] listen`).
     pub pairing: Option<BridgeView>,

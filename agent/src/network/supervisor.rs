@@ -1,0 +1,136 @@
+//! The network's tasks (delivery, heartbeats, job intake, capability reports) run while the box
+//! is bound to a network, as a set of their own: when the owner binds the box anew or a factory
+//! reset unbinds it, the set is drained and started again on the new binding, and the rest of the
+//! agent (the owner's channel, the GPU, the status endpoint) runs on untouched.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_hal::Clock;
+use edge_identity::Identity;
+use edge_tasks::Tasks;
+use tokio::sync::watch;
+
+use crate::config::NetworkConfig;
+use crate::gpu::scheduler::SchedulerHandle;
+use crate::network::NetworkHandle;
+use crate::network::binding::Hub;
+use crate::network::delivery::{DeliveryTask, NetworkView};
+use crate::network::hub_client::HubClient;
+use crate::network::intake::IntakeTask;
+use crate::network::telemetry::{CapabilityReportTask, HeartbeatTask, Sources};
+
+/// Starts the network's tasks on each binding.
+pub(crate) struct NetworkSupervisor {
+    pub network: NetworkConfig,
+    pub handle: NetworkHandle,
+    pub sources: Sources,
+    pub scheduler: SchedulerHandle,
+    pub identity: Arc<Identity>,
+    pub clock: Arc<dyn Clock>,
+    /// The binding now and each change.
+    pub hub: watch::Receiver<Option<Arc<Hub>>>,
+    /// How long the old binding's tasks get to stop.
+    pub grace: Duration,
+}
+
+impl NetworkSupervisor {
+    /// Runs until `tasks` shuts down; the network's tasks are a child set of it.
+    pub(crate) async fn run(mut self, tasks: Tasks) -> Result<(), Infallible> {
+        let stop = tasks.shutdown();
+        loop {
+            let hub = self.hub.borrow_and_update().clone();
+            let running = tasks.child();
+            self.show(hub.as_deref());
+            if let Some(hub) = hub {
+                match HubClient::new(&hub) {
+                    Ok(client) => self.spawn(&running, client, &hub),
+                    Err(e) => {
+                        // The config's CA was read at start; the owner's was checked when bound.
+                        tracing::error!(hub = %hub.url, error = %e, "cannot talk to the network");
+                        self.update(|v| v.last_error = Some(e.to_string()));
+                    }
+                }
+            }
+            let changed = tokio::select! {
+                () = stop.cancelled() => false,
+                changed = self.hub.changed() => changed.is_ok(),
+            };
+            if running.drain(self.grace).await.is_err() {
+                tracing::warn!(grace = ?self.grace, "the network's tasks did not stop in time");
+            }
+            if !changed {
+                return Ok(());
+            }
+            tracing::info!("the network binding changed; restarting the network's tasks");
+        }
+    }
+
+    /// What `/status` shows for `hub` before anything is known of it.
+    fn show(&self, hub: Option<&Hub>) {
+        self.update(|v| {
+            *v = NetworkView {
+                hub: hub.map(|h| h.url.clone()),
+                bound_by: hub.map(|h| h.set_by),
+                ..NetworkView::default()
+            };
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut NetworkView)) {
+        if let Ok(mut view) = self.handle.status.lock() {
+            f(&mut view);
+        }
+    }
+
+    /// Delivery, heartbeats, job intake and capability reports, on `tasks`.
+    fn spawn(&self, tasks: &Tasks, client: HubClient, hub: &Hub) {
+        let (network, shutdown) = (&self.network, tasks.shutdown());
+        let NetworkHandle { outbox, status } = self.handle.clone();
+        let (echo_urls, echo_urls_rx) = watch::channel(Vec::new());
+        let (registered, registered_rx) = watch::channel(false);
+        let delivery = DeliveryTask {
+            outbox: outbox.clone(),
+            client: client.clone(),
+            owner_token: hub.owner_token.to_string(),
+            batch_size: network.batch_size,
+            backoff_max: network.backoff_max,
+            configured_echo_urls: network.echo_urls.clone(),
+            echo_urls,
+            registered,
+            status: status.clone(),
+            clock: self.clock.clone(),
+        };
+        tasks.spawn("delivery", delivery.run(shutdown.clone()));
+        let heartbeat = HeartbeatTask {
+            outbox: outbox.clone(),
+            sources: self.sources.clone(),
+            interval: network.heartbeat_interval,
+        };
+        tasks.spawn("heartbeat", heartbeat.run(shutdown.clone()));
+        if network.accept_jobs {
+            let intake = IntakeTask {
+                client: client.clone(),
+                identity: self.identity.clone(),
+                scheduler: self.scheduler.clone(),
+                outbox: outbox.clone(),
+                registered: registered_rx,
+                clock: self.clock.clone(),
+            };
+            tasks.spawn("job-intake", intake.run(shutdown.clone()));
+        }
+        let capability = CapabilityReportTask {
+            outbox,
+            client,
+            sources: self.sources.clone(),
+            echo_urls: echo_urls_rx,
+            bandwidth: network.bandwidth.clone(),
+            ip_check_interval: network.ip_check_interval,
+            interval: network.capability_interval,
+            status,
+            clock: self.clock.clone(),
+        };
+        tasks.spawn("capability-report", capability.run(shutdown));
+    }
+}
