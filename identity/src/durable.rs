@@ -133,6 +133,15 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, FileErro
     })
 }
 
+/// Removes `path`; one already gone is no error (a reset run twice, or after a crash).
+pub fn remove(path: &Path) -> Result<(), FileError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FileError::at("remove", path)(e)),
+    }
+}
+
 /// Moves a file that could not be used to `<path>.corrupt`, for a person to look at, replacing
 /// an earlier one so that repeated damage cannot fill the disk; where even the move fails, removes
 /// it. The caller then starts afresh; the file is never read again.

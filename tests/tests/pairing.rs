@@ -525,22 +525,42 @@ fn the_owner_binds_the_box_to_the_network_and_a_factory_reset_unbinds_it() {
     })
     .expect("still reporting after a restart");
 
+    // Reports queue while the network is away; a factory reset erases them, the binding, and the
+    // recent logs that name the network.
+    let port = server.main.port();
+    server.kill();
+    eventually(Duration::from_secs(30), || {
+        (device.sandbox.status()["network"]["queue"]["queued"].as_u64() >= Some(2)).then_some(())
+    })
+    .expect("heartbeats queue up while the network is away");
+    let logs = ok(&edgectl(owner.path(), &["logs", "-n", "256"]));
+    assert!(logs.contains("registered with the hub"), "{logs}");
     ok(&edgectl(owner.path(), &["factory-reset"]));
     assert!(!binding.exists(), "the binding is erased");
-    let network = &device.sandbox.status()["network"];
+    let network = eventually(Duration::from_secs(10), || {
+        let network = device.sandbox.status()["network"].clone();
+        (network["queue"]["queued"] == 0).then_some(network)
+    })
+    .expect("the queue is erased");
     assert_eq!(
         network["hub"],
         serde_json::Value::Null,
         "unbound: {network}"
     );
-    // Stopped reporting: no heartbeat after the reset (one may have been in flight as it ran).
-    std::thread::sleep(Duration::from_secs(1));
     let after_reset = heartbeats(&hub, &id);
-    std::thread::sleep(Duration::from_secs(3));
+    let _server = hub.serve(&format!("127.0.0.1:{port}"), "127.0.0.1:0", None);
+    std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         heartbeats(&hub, &id),
         after_reset,
-        "no reports after the reset"
+        "nothing reaches the old network"
+    );
+    let next = tempfile::tempdir().expect("tempdir");
+    ok(&pair(next.path(), None, &device.addr, &device.qr()));
+    let logs = ok(&edgectl(next.path(), &["logs", "-n", "256"]));
+    assert!(
+        !logs.contains("registered with the hub"),
+        "the next owner sees: {logs}"
     );
     stop(agent);
 }

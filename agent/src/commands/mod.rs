@@ -230,8 +230,9 @@ pub fn pairing_code(config: &Config, hal: &Hal, json: bool) -> Exit {
     Exit::Ok
 }
 
-/// `edge-agent factory-reset`: erases the owner, the owner's settings, Wi-Fi credentials and the
-/// pairing failure count, keeping the identity. The agent must be stopped (its lock is taken).
+/// `edge-agent factory-reset`: erases the owner, the owner's settings, the owner's network
+/// binding, the report queue, Wi-Fi credentials and the pairing failure count, keeping the
+/// identity. The agent must be stopped (its lock is taken).
 pub fn factory_reset(config: &Config, hal: &Hal) -> Exit {
     let _lock = match crate::host::lock::StateLock::acquire(&config.state_dir) {
         Ok(lock) => lock,
@@ -243,7 +244,7 @@ pub fn factory_reset(config: &Config, hal: &Hal) -> Exit {
     match pairing::factory_reset(&config.state_dir, hal) {
         Ok(()) => {
             println!(
-                "factory reset: owner, owner settings, Wi-Fi credentials and pairing state erased; identity kept"
+                "factory reset: owner, owner settings, network binding, report queue, Wi-Fi credentials and pairing state erased; identity kept"
             );
             Exit::Ok
         }

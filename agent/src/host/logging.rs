@@ -42,6 +42,11 @@ pub fn recent(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Forgets every line kept (a factory reset: they name the previous owner's networks).
+pub fn clear() {
+    lines().lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// A writer that keeps each formatted line in the ring.
 struct Ring(Vec<u8>);
 

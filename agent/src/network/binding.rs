@@ -17,6 +17,9 @@ use zeroize::Zeroizing;
 use crate::config::HubConfig;
 use crate::network::hub_client::{HubError, tls_config_pem};
 
+/// The owner's binding, in the state directory.
+pub(crate) const FILE: &str = "binding.json";
+
 /// Who chose the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,7 +89,7 @@ impl Binding {
     /// The config's hub if it names one (its CA file is read now: an unreadable one stops the
     /// start, as a config error), else the owner's binding in `state_dir`, else none.
     pub(crate) fn open(state_dir: &Path, config: Option<&HubConfig>) -> Result<Self, HubError> {
-        let path = state_dir.join("binding.json");
+        let path = state_dir.join(FILE);
         let hub = match config {
             Some(hub) => Some(from_config(hub)?),
             None => load(&path),
@@ -157,23 +160,10 @@ impl Binding {
             return Ok(());
         }
         let path = self.path.clone();
-        edge_tasks::blocking(move || remove(&path)).await?;
+        edge_tasks::blocking(move || durable::remove(&path)).await?;
         self.publish.send_replace(None);
         tracing::warn!("unbound from the network");
         Ok(())
-    }
-}
-
-/// Removes `binding.json` (with the agent stopped, `edge-agent factory-reset`).
-pub(crate) fn remove_in(state_dir: &Path) -> Result<(), durable::FileError> {
-    remove(&state_dir.join("binding.json"))
-}
-
-fn remove(path: &Path) -> Result<(), durable::FileError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(durable::FileError::at("remove", path)(e)),
     }
 }
 

@@ -356,6 +356,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// Erases every queued report and the notes of unstored ones (a factory reset: they were
+    /// the previous owner's). Sequence numbers go on from where they were; returns how many
+    /// reports went.
+    pub(crate) fn erase(&self) -> Result<u64, OutboxError> {
+        let mut inner = self.lock();
+        let Inner { conn, meta, .. } = &mut *inner;
+        let tx = meta.tx(conn)?;
+        let erased = tx
+            .execute("DELETE FROM outbox", [])
+            .map_err(|e| meta.err(e))? as u64;
+        tx.commit().map_err(|e| meta.err(e))?;
+        inner.unwritten = 0;
+        inner.low_space = 0;
+        inner.counts.update(|c| c.queued = 0);
+        Ok(erased)
+    }
+
     /// The signing key's public half, lowercase hex.
     pub(crate) fn public_key_hex(&self) -> String {
         edge_identity::hex::encode(self.identity.public_key())
@@ -845,6 +862,30 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn an_erased_queue_is_empty_and_numbers_go_on() {
+        let rig = Rig::new();
+        let q = rig.open(100);
+        for _ in 0..3 {
+            q.push_blocking(heartbeat()).expect("push");
+        }
+        assert_eq!(q.erase().expect("erase"), 3);
+        assert!(bodies(&q).is_empty());
+        assert_eq!(q.counts().queued, 0);
+        assert_eq!(
+            q.push_blocking(heartbeat()).expect("push"),
+            4,
+            "never reused"
+        );
+        drop(q);
+        let again = rig.open(100);
+        assert_eq!(
+            bodies(&again).len(),
+            1,
+            "erased on disk, not only in memory"
+        );
     }
 
     #[test]

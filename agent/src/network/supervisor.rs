@@ -1,7 +1,8 @@
 //! The network's tasks (delivery, heartbeats, job intake, capability reports) run while the box
 //! is bound to a network, as a set of their own: when the owner binds the box anew or a factory
 //! reset unbinds it, the set is drained and started again on the new binding, and the rest of the
-//! agent (the owner's channel, the GPU, the status endpoint) runs on untouched.
+//! agent (the owner's channel, the GPU, the status endpoint) runs on untouched. A new binding
+//! keeps the queue (it goes to the new network); unbinding erases it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ impl NetworkSupervisor {
         let stop = tasks.shutdown();
         loop {
             let hub = self.hub.borrow_and_update().clone();
+            let was_bound = hub.is_some();
             let running = tasks.child();
             self.show(hub.as_deref());
             if let Some(hub) = hub {
@@ -53,9 +55,11 @@ impl NetworkSupervisor {
                     }
                 }
             }
+            // Without the owner's channel nothing holds the binding's sender and it never
+            // changes: a closed channel disables that branch, and the tasks run until shutdown.
             let changed = tokio::select! {
                 () = stop.cancelled() => false,
-                changed = self.hub.changed() => changed.is_ok(),
+                Ok(()) = self.hub.changed() => true,
             };
             if running.drain(self.grace).await.is_err() {
                 tracing::warn!(grace = ?self.grace, "the network's tasks did not stop in time");
@@ -64,6 +68,15 @@ impl NetworkSupervisor {
                 return Ok(());
             }
             tracing::info!("the network binding changed; restarting the network's tasks");
+            if was_bound && self.hub.borrow().is_none() {
+                // Unbound (a factory reset): what was queued was the previous owner's. Erased
+                // only now, with the tasks that push reports stopped.
+                let outbox = self.handle.outbox.clone();
+                match edge_tasks::blocking(move || outbox.erase()).await {
+                    Ok(erased) => tracing::warn!(erased, "unbound: the report queue is erased"),
+                    Err(e) => tracing::error!(error = %e, "unbound: the report queue not erased"),
+                }
+            }
         }
     }
 

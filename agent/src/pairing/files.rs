@@ -130,18 +130,22 @@ pub(crate) fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
     .to_string()
 }
 
-/// Erases the owner, the owner's settings, the owner's network binding, the Wi-Fi credentials and
-/// the pairing failure count, keeping the identity (`edge-agent factory-reset`, run with the agent stopped).
+/// Erases the owner, the owner's settings, the owner's network binding and report queue, the
+/// Wi-Fi credentials and the pairing failure count, keeping the identity (`edge-agent
+/// factory-reset`, run with the agent stopped).
 pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
     let files = BridgeFiles::in_dir(state_dir);
     files.save(&PairingRecord::default())?;
-    let owner = crate::config::owner_file(state_dir);
-    match std::fs::remove_file(&owner) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(durable::FileError::at("remove", &owner)(e).into()),
+    durable::remove(&crate::config::owner_file(state_dir))?;
+    // The owner's network binding and queued reports; `seq-floor` stays, so numbers never go back.
+    for file in [
+        crate::network::binding::FILE,
+        "outbox.db",
+        "outbox.db-wal",
+        "outbox.db-shm",
+    ] {
+        durable::remove(&state_dir.join(file))?;
     }
-    crate::network::binding::remove_in(state_dir)?;
     if let Err(e) = hal.wifi.forget_all() {
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
     }

@@ -264,8 +264,9 @@ impl Served {
                 tracing::error!(error = %e, "factory reset: the network binding not erased");
                 return Response::error(ErrorCode::Internal);
             }
+            crate::host::logging::clear();
             tracing::warn!(
-                "factory reset: owner, owner settings, network binding and pairing state erased"
+                "factory reset: owner, owner settings, network binding, report queue, recent logs and pairing state erased"
             );
         } else {
             tracing::info!("unpaired");
