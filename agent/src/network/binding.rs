@@ -86,8 +86,8 @@ pub(crate) struct Binding {
 }
 
 impl Binding {
-    /// The config's hub if it names one (its CA file is read now: an unreadable one stops the
-    /// start, as a config error), else the owner's binding in `state_dir`, else none.
+    /// The config's hub if it names one (its CA file is read and parsed now: an unreadable one, or
+    /// one without a certificate, stops the start as a config error), else the owner's binding in `state_dir`, else none.
     pub(crate) fn open(state_dir: &Path, config: Option<&HubConfig>) -> Result<Self, HubError> {
         let path = state_dir.join(FILE);
         let hub = match config {
@@ -173,6 +173,8 @@ fn from_config(hub: &HubConfig) -> Result<Hub, HubError> {
         origin: ca_origin.clone(),
         reason: e.to_string(),
     })?;
+    // Parsed now too: a fleet's CA file that holds no certificate stops the start (exit 64).
+    tls_config_pem(&ca_pem, &ca_origin)?;
     Ok(Hub {
         url: hub.url.clone(),
         ca_pem,
@@ -270,6 +272,18 @@ mod tests {
             ca_cert: ca,
             owner_token: "fleet".into(),
         };
+        std::fs::write(dir.path().join("empty.pem"), "").expect("empty");
+        let empty = HubConfig {
+            ca_cert: dir.path().join("empty.pem"),
+            ..config.clone()
+        };
+        let refused = Binding::open(dir.path(), Some(&empty))
+            .err()
+            .expect("refused at start");
+        assert!(
+            refused.to_string().contains("holds no certificate"),
+            "{refused}"
+        );
         let binding = Binding::open(dir.path(), Some(&config)).expect("opens");
         let refused = binding
             .bind("https://other.test", &ca_pem(), "t")

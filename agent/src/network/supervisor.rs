@@ -49,7 +49,7 @@ impl NetworkSupervisor {
                 match HubClient::new(&hub) {
                     Ok(client) => self.spawn(&running, client, &hub),
                     Err(e) => {
-                        // The config's CA was read at start; the owner's was checked when bound.
+                        // Both CAs were parsed before (at start, or when the owner bound the box).
                         tracing::error!(hub = %hub.url, error = %e, "cannot talk to the network");
                         self.update(|v| v.last_error = Some(e.to_string()));
                     }
