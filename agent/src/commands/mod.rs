@@ -148,7 +148,7 @@ pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
         );
         return Exit::Config;
     };
-    let client = match HubClient::new(&hub) {
+    let client = match HubClient::new(&hub.url, &hub.ca_pem, &hub.ca_origin) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("edge-agent: {e}");

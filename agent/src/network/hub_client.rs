@@ -16,8 +16,6 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
-use crate::network::binding::Hub;
-
 /// A request that has not finished after this long is abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting (TCP and TLS) takes at most this long.
@@ -112,10 +110,11 @@ pub(crate) fn tls_config_pem(
 }
 
 impl HubClient {
-    /// A client for `hub` trusting only its CA.
-    pub(crate) fn new(hub: &Hub) -> Result<Self, HubError> {
+    /// A client for the hub at `base` (`https://host:port`) trusting only the certificates in
+    /// `ca_pem` (`ca_origin` names where they came from in errors).
+    pub(crate) fn new(base: &str, ca_pem: &[u8], ca_origin: &str) -> Result<Self, HubError> {
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config_pem(&hub.ca_pem, &hub.ca_origin)?)
+            .use_preconfigured_tls(tls_config_pem(ca_pem, ca_origin)?)
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
@@ -124,7 +123,7 @@ impl HubClient {
             .map_err(|e| HubError::Client(e.to_string()))?;
         Ok(Self {
             http,
-            base: hub.url.trim_end_matches('/').to_owned(),
+            base: base.trim_end_matches('/').to_owned(),
         })
     }
 

@@ -46,7 +46,7 @@ impl NetworkSupervisor {
             let running = tasks.child();
             self.show(hub.as_deref());
             if let Some(hub) = hub {
-                match HubClient::new(&hub) {
+                match HubClient::new(&hub.url, &hub.ca_pem, &hub.ca_origin) {
                     Ok(client) => self.spawn(&running, client, &hub),
                     Err(e) => {
                         // Both CAs were parsed before (at start, or when the owner bound the box).
