@@ -47,7 +47,8 @@ use crate::status::server::StatusServer;
 /// How the agent was started: what it needs besides the config.
 #[derive(Debug, Clone)]
 pub struct Invocation {
-    /// The GPU worker binary (`edge-gpu-worker`, installed beside the agent).
+    /// The GPU worker binary (`edge-gpu-worker`, installed beside the agent), unless the config
+    /// names a socket to reach it on (`gpu.worker_socket`).
     pub gpu_worker: PathBuf,
     /// `--config`, if given (the owner's config changes are validated against the same files).
     pub config_path: Option<PathBuf>,
@@ -145,7 +146,11 @@ impl App {
                 blobs: BlobStore { dir: blobs.clone() },
                 metrics: gpu_metrics.clone(),
             },
-            GpuWorker::serving(&invocation.gpu_worker, &blobs),
+            GpuWorker::new(crate::gpu::worker::launch(
+                config.gpu.worker_socket.as_deref(),
+                &invocation.gpu_worker,
+                &blobs,
+            )),
         );
         let (publish_capability, capability) = watch::channel(None);
 

@@ -72,6 +72,10 @@ enum Command {
     /// Erase the owner, the owner's settings, Wi-Fi credentials and pairing state; keep the
     /// identity. The agent must be stopped.
     FactoryReset,
+    /// Ask a GPU worker, started as the agent starts it, what it can and cannot do (its user,
+    /// capabilities, system-call filter; opening the identity key, a socket, tracing the agent);
+    /// print it as JSON, exit 1 when it could do any of the three.
+    Sandbox,
 }
 
 fn main() -> ExitCode {
@@ -96,7 +100,13 @@ fn main() -> ExitCode {
     for problem in &config.owner_ignored {
         tracing::warn!(%problem, "an owner setting is left out");
     }
-    let hal = Hal::linux();
+    let mut hal = Hal::linux();
+    if let Some(socket) = &config.gpu.worker_socket {
+        hal.gpu = std::sync::Arc::new(edge_hal::IsolatedProbe {
+            launch: edge_hal::gpu::WorkerLaunch::Socket(socket.clone()),
+            timeout: edge_hal::gpu::PROBE_TIMEOUT,
+        });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -138,6 +148,7 @@ fn main() -> ExitCode {
         }
         Command::PairingCode { json } => commands::pairing_code(&config, &hal, json),
         Command::FactoryReset => commands::factory_reset(&config, &hal),
+        Command::Sandbox => runtime.block_on(commands::sandbox(&config)),
     };
     exit.into()
 }

@@ -1,7 +1,8 @@
 //! `edge-gpu-worker`: the process the agent runs other people's GPU jobs in.
 //!
 //! ```text
-//! edge-gpu-worker serve --blobs DIR   jobs on stdin, answers on stdout, until stdin closes
+//! edge-gpu-worker serve --blobs DIR   jobs on stdin, answers on stdout, until stdin closes (a
+//!                                     pipe, or the connection the box's socket unit passes)
 //! edge-gpu-worker hello               GPU discovery: the line `serve` starts with, then exit
 //! edge-gpu-worker sandbox --blobs DIR --probe FILE
 //!                                     confined as `serve`, opens the device, then prints what it
@@ -58,9 +59,15 @@ fn main() -> ExitCode {
             let store = edge_jobs::job::BlobStore {
                 dir: PathBuf::from(dir),
             };
-            if let Err(e) =
-                edge_gpu::worker::serve(std::io::stdin().lock(), std::io::stdout().lock(), &store)
-            {
+            // A connection from the agent (the box's socket unit) or pipes (a build tree): when
+            // the agent hangs up, the worker goes, even while a dispatch holds this thread.
+            sandbox::exit_when_hung_up();
+            if let Err(e) = edge_gpu::worker::serve(
+                std::io::stdin().lock(),
+                std::io::stdout().lock(),
+                &store,
+                confined,
+            ) {
                 eprintln!("edge-gpu-worker: {e}");
             }
             // No teardown: a runaway dispatch may still hold the driver, and dropping the device

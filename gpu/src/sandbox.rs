@@ -124,6 +124,50 @@ pub fn die_with_parent() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Starts a thread that exits the process as soon as the other end of stdin hangs up (the agent
+/// closed the connection or the pipe, or died), without reading from it: a worker wedged in a
+/// driver call is gone all the same. On the box the worker is not the agent's child, so this,
+/// not a signal, is how the agent stops it.
+pub fn exit_when_hung_up() {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    std::thread::spawn(|| {
+        let stdin = std::io::stdin();
+        // nix does not name it.
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        loop {
+            // POLLRDHUP: a socket's peer shut down its writing; a pipe reports POLLHUP by itself.
+            let mut fds = [PollFd::new(stdin.as_fd(), rdhup)];
+            // Only hang-ups wake it (no POLLIN: the requests are not its to read).
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {
+                    let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL;
+                    // nix reads a POLLRDHUP, which it does not know, as no flags at all.
+                    if fds[0].revents().is_none_or(|r| r.intersects(hung_up)) {
+                        exit_now();
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    eprintln!("edge-gpu-worker: cannot watch stdin ({e}); not watching");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Ends the process at once, without exit handlers: the driver's would wait for its threads,
+/// which may be running the shader that wedged the worker.
+#[allow(
+    unsafe_code,
+    reason = "_exit(2) has no preconditions; neither std nor nix offers it"
+)]
+fn exit_now() -> ! {
+    // SAFETY: `_exit` takes a plain integer and never returns; it touches no memory of ours.
+    unsafe { libc::_exit(0) }
+}
+
 /// Confines this process for good: limits, Landlock, then seccomp (last, so that the calls the
 /// others need are not in its list). Call it before anything starts a thread: every thread started
 /// afterwards inherits all of it.
@@ -343,12 +387,26 @@ pub struct Report {
     pub open_probe: String,
     /// `socket(AF_INET, SOCK_STREAM)`.
     pub socket_inet: String,
-    /// `ptrace(PTRACE_SEIZE)` of the parent (the agent).
+    /// `ptrace(PTRACE_SEIZE)` of the agent: the peer of stdin where it is a socket (the box's
+    /// socket unit), else the parent.
     pub ptrace_parent: String,
     /// `RLIMIT_CORE`, `RLIMIT_NOFILE` and `RLIMIT_AS` (soft limits).
     pub rlimits: [u64; 3],
     /// The names of the environment variables it was started with.
     pub env: Vec<String>,
+}
+
+/// The agent's process: the peer of stdin where it is a Unix socket, else the parent.
+fn agent_pid() -> nix::unistd::Pid {
+    use std::os::fd::AsFd;
+    nix::sys::socket::getsockopt(
+        &std::io::stdin().as_fd(),
+        nix::sys::socket::sockopt::PeerCredentials,
+    )
+    .map_or_else(
+        |_| nix::unistd::getppid(),
+        |cred| nix::unistd::Pid::from_raw(cred.pid()),
+    )
 }
 
 /// Probes this (confined) process; `probe` is a file it must not be able to read.
@@ -380,7 +438,7 @@ pub fn report(confined: Confined, probe: &Path) -> Report {
         .map(drop)
         .map_err(|e| e.to_string()),
     );
-    let parent = nix::unistd::getppid();
+    let parent = agent_pid();
     let ptrace_parent = outcome(
         nix::sys::ptrace::seize(parent, nix::sys::ptrace::Options::empty())
             .map(|()| {

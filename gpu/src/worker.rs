@@ -8,10 +8,11 @@ use edge_jobs::check::Problem;
 use edge_jobs::digest::Sha256;
 use edge_jobs::job::BlobStore;
 use edge_jobs::worker::{
-    Done, ExecError, Hello, MAX_BATCH, Request, Response, Submitted, send, write_line,
+    Done, ExecError, Hello, MAX_BATCH, Request, Response, SandboxProbe, Submitted, send, write_line,
 };
 
 use crate::executor::{Gpu, JobOutput};
+use crate::sandbox::{self, Confined};
 use crate::validate::{ShaderCache, ValidJob, validate_cached};
 
 /// What the worker does after a batch.
@@ -50,11 +51,13 @@ pub fn hello(mut output: impl Write) -> std::io::Result<Option<Gpu>> {
 }
 
 /// Serves requests from `input` until it closes; answers on `output`. Returns after a timeout, too
-/// (the caller should then exit the process).
+/// (the caller should then exit the process). A [`SandboxProbe`] line is answered with the
+/// [`sandbox::report`] of this process, confined as `confined` says.
 pub fn serve(
     input: impl BufRead,
     mut output: impl Write,
     blobs: &BlobStore,
+    confined: Confined,
 ) -> std::io::Result<()> {
     // The device lives on this thread: no hand-off to an executor thread per job, and a job's
     // time limit holds all the same (the wait for it is bounded).
@@ -63,7 +66,12 @@ pub fn serve(
     };
     let mut shaders = ShaderCache::default();
     for line in input.lines() {
-        let (answers, after) = answer(&mut gpu, &line?, blobs, &mut shaders);
+        let line = line?;
+        if let Ok(SandboxProbe { probe }) = serde_json::from_str(&line) {
+            send(&mut output, &sandbox::report(confined, &probe))?;
+            continue;
+        }
+        let (answers, after) = answer(&mut gpu, &line, blobs, &mut shaders);
         for (response, outputs) in &answers {
             write_line(&mut output, response)?;
             outputs

@@ -250,7 +250,11 @@ fn the_worker_answers_every_job_of_a_batch_in_order() {
     let store = BlobStore {
         dir: "/nonexistent".into(),
     };
-    serve(input.as_slice(), &mut output, &store).expect("serves");
+    let unconfined = edge_gpu::sandbox::Confined {
+        landlock: edge_gpu::sandbox::Enforced::Not,
+        seccomp: edge_gpu::sandbox::Enforced::Not,
+    };
+    serve(input.as_slice(), &mut output, &store, unconfined).expect("serves");
     let hello: Option<Hello> = take_line(&mut output).expect("hello");
     assert!(matches!(hello, Some(Hello::Ready { .. })), "{hello:?}");
     let answers: Vec<Answer> =

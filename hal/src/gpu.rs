@@ -21,13 +21,52 @@ pub trait GpuProbe: Send + Sync {
     fn discover(&self) -> GpuStatus;
 }
 
-/// Discovery in a child process that prints the worker's hello (one JSON line) on stdout.
+/// Discovery in a worker process that says the worker's hello (one JSON line).
 #[derive(Debug, Clone)]
 pub struct IsolatedProbe {
-    /// Program and arguments, the program first; [`IsolatedProbe::worker`] makes `<worker> hello`.
-    pub command: Vec<OsString>,
-    /// Deadline; the child is killed when it passes.
+    /// How the worker is reached.
+    pub launch: WorkerLaunch,
+    /// Deadline; a child is killed, a socket closed, when it passes.
     pub timeout: Duration,
+}
+
+/// How the agent gets a GPU worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerLaunch {
+    /// A child process: program and arguments, the program first, started with
+    /// [`worker_command`]; it talks on its stdin and stdout. How a build tree and the tests run
+    /// it.
+    Command(Vec<OsString>),
+    /// A connection to a socket on which the service manager starts one worker per connection,
+    /// under a unit of its own (its own user, no network, a memory cgroup: the image's
+    /// `edge-gpu-worker.socket`); the worker talks on the connection and exits when it closes.
+    /// How the box runs it: an unprivileged agent cannot start a process as another user.
+    Socket(PathBuf),
+}
+
+impl WorkerLaunch {
+    /// The worker beside this program, run as `worker ARGS`; or the socket, when one is
+    /// configured.
+    pub fn new(socket: Option<&Path>, args: &[&str]) -> Self {
+        match socket {
+            Some(socket) => Self::Socket(socket.to_owned()),
+            None => {
+                let mut command = vec![worker_beside_this_program().into_os_string()];
+                command.extend(args.iter().map(OsString::from));
+                Self::Command(command)
+            }
+        }
+    }
+
+    /// The program or the socket, for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Command(command) => command
+                .first()
+                .map_or_else(String::new, |p| p.to_string_lossy().into_owned()),
+            Self::Socket(path) => path.display().to_string(),
+        }
+    }
 }
 
 /// The GPU worker's file name; it is installed beside the agent.
@@ -79,19 +118,34 @@ pub fn worker_beside(program: &Path) -> PathBuf {
 }
 
 impl IsolatedProbe {
-    /// `worker hello`, killed after 30 s (a driver that takes longer is taken for hung).
+    /// `worker hello`, killed after [`PROBE_TIMEOUT`].
     pub fn worker(worker: &Path) -> Self {
         Self {
-            command: vec![worker.into(), "hello".into()],
-            timeout: Duration::from_secs(30),
+            launch: WorkerLaunch::Command(vec![worker.into(), "hello".into()]),
+            timeout: PROBE_TIMEOUT,
         }
     }
 }
 
+/// How long discovery may take (a driver that takes longer is taken for hung).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of a hello (a real one is well under 4 KiB).
+const HELLO_LIMIT: u64 = 64 << 10;
+
 impl GpuProbe for IsolatedProbe {
     fn discover(&self) -> GpuStatus {
         let unavailable = |reason: String| GpuStatus::Unavailable { reason };
-        let Some((program, args)) = self.command.split_first() else {
+        let command = match &self.launch {
+            WorkerLaunch::Command(command) => command,
+            WorkerLaunch::Socket(socket) => {
+                return match hello_from_socket(socket, self.timeout) {
+                    Ok(hello) => hello.into(),
+                    Err(reason) => unavailable(reason),
+                };
+            }
+        };
+        let Some((program, args)) = command.split_first() else {
             return unavailable("no probe command configured".into());
         };
         let shown = program.to_string_lossy();
@@ -133,13 +187,42 @@ impl GpuProbe for IsolatedProbe {
             ));
         }
         match serde_json::from_str::<Hello>(out.trim()) {
-            Ok(Hello::Ready { gpu }) => GpuStatus::Available(gpu),
-            Ok(Hello::NoGpu { reason }) => unavailable(reason),
+            Ok(hello) => hello.into(),
             Err(e) => unavailable(format!(
                 "the answer of the GPU probe {shown} is not the worker's hello: {e}"
             )),
         }
     }
+}
+
+/// The first line of a worker reached through `socket`, within `timeout`; the connection is then
+/// closed, and the worker with it.
+fn hello_from_socket(socket: &Path, timeout: Duration) -> Result<Hello, String> {
+    use std::io::BufRead;
+    let shown = socket.display();
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach the GPU worker at {shown}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream.take(HELLO_LIMIT))
+        .read_line(&mut line)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                "the Vulkan driver did not answer within {timeout:?}; the GPU worker at {shown} \
+                 was left"
+            ),
+            _ => format!("reading the GPU worker's hello from {shown}: {e}"),
+        })?;
+    if line.is_empty() {
+        return Err(format!(
+            "the GPU worker at {shown} closed the connection before its hello; the driver may \
+             have crashed"
+        ));
+    }
+    serde_json::from_str(line.trim())
+        .map_err(|e| format!("the answer of the GPU worker at {shown} is not its hello: {e}"))
 }
 
 #[cfg(test)]
@@ -148,7 +231,7 @@ mod tests {
 
     fn isolated(script: &str, timeout_ms: u64) -> GpuStatus {
         IsolatedProbe {
-            command: ["sh", "-c", script].map(OsString::from).to_vec(),
+            launch: WorkerLaunch::Command(["sh", "-c", script].map(OsString::from).to_vec()),
             timeout: Duration::from_millis(timeout_ms),
         }
         .discover()
@@ -191,7 +274,7 @@ mod tests {
         );
         assert!(reason(isolated("echo hello", 10_000)).contains("not the worker's hello"));
         let missing = IsolatedProbe {
-            command: vec!["/nonexistent/probe".into()],
+            launch: WorkerLaunch::Command(vec!["/nonexistent/probe".into()]),
             timeout: Duration::from_secs(1),
         };
         assert!(reason(missing.discover()).contains("/nonexistent/probe"));

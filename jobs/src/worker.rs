@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::GpuInfo;
+use crate::adapter::{GpuInfo, GpuStatus};
 use crate::digest::Sha256;
 use crate::job::Job;
 
@@ -70,6 +70,27 @@ pub enum Hello {
         /// The error opening the device, as displayed, e.g. `no GPU: no Vulkan adapter found: ...`.
         reason: String,
     },
+}
+
+impl From<Hello> for GpuStatus {
+    fn from(hello: Hello) -> Self {
+        match hello {
+            Hello::Ready { gpu } => Self::Available(gpu),
+            Hello::NoGpu { reason } => Self::Unavailable { reason },
+        }
+    }
+}
+
+/// A request for the worker's account of its own confinement instead of jobs (`edge-agent
+/// sandbox`, and the image's boot test): it answers one JSON line (`edge_gpu::sandbox::Report`)
+/// saying its user, capabilities and system-call filter, and whether it could open `probe` (a file
+/// it must not read, the identity key), open an `AF_INET` socket and trace the agent. It tells
+/// whoever holds the connection (only the agent's user can open it) nothing secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxProbe {
+    /// The file the worker must not be able to open.
+    pub probe: std::path::PathBuf,
 }
 
 /// Jobs to run in one submission (at most [`MAX_BATCH`]), with the owner's GPU memory budget to

@@ -74,7 +74,39 @@ pub fn id(config: &Config, hal: &Hal) -> Exit {
     }
 }
 
-/// `edge-agent run-job`: the job runs in the GPU worker beside this program.
+/// The GPU worker as the daemon reaches it: through `gpu.worker_socket`, else beside this
+/// program.
+fn worker_launch(config: &Config) -> edge_hal::gpu::WorkerLaunch {
+    crate::gpu::worker::launch(
+        config.gpu.worker_socket.as_deref(),
+        &edge_hal::gpu::worker_beside_this_program(),
+        &config.state_dir.join("blobs"),
+    )
+}
+
+/// `edge-agent sandbox`: the worker's account of its confinement, probed with the identity key
+/// (the file it must never read).
+pub async fn sandbox(config: &Config) -> Exit {
+    let edge_identity::KeyUri::File(probe) = &config.identity_key;
+    let mut worker = crate::gpu::worker::GpuWorker::new(worker_launch(config));
+    let report = worker.sandbox_report(probe).await;
+    worker.release().await;
+    match report {
+        Ok(report) => {
+            print_json(&report);
+            let refused = ["open_probe", "socket_inet", "ptrace_parent"]
+                .iter()
+                .all(|k| report[k].as_str().is_some_and(|v| v.starts_with("refused")));
+            if refused { Exit::Ok } else { Exit::Failed }
+        }
+        Err(e) => {
+            eprintln!("edge-agent: the GPU worker: {e}");
+            Exit::Failed
+        }
+    }
+}
+
+/// `edge-agent run-job`: the job runs in the GPU worker, reached as the daemon reaches it.
 pub async fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path>) -> Exit {
     let identity = match identity(config, hal) {
         Ok(identity) => identity,
@@ -83,12 +115,10 @@ pub async fn run_job(config: &Config, hal: &Hal, job: &str, output: Option<&Path
             return e.exit();
         }
     };
-    let blobs = config.state_dir.join("blobs");
-    let worker = edge_hal::gpu::worker_beside_this_program();
     let ran = match jobs::load(job) {
         Ok(job) => {
             let budget = config.gpu.memory_budget;
-            jobs::run(job, &identity, budget, &worker, &blobs, output).await
+            jobs::run(job, &identity, budget, worker_launch(config), output).await
         }
         Err(e) => Err(e),
     };

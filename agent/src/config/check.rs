@@ -402,6 +402,19 @@ impl Check<'_> {
         }
         let idle = self.seconds("gpu.idle_release_secs");
         let measure = self.boolean("gpu.measure_capability");
+        let socket = match self.string("gpu.worker_socket") {
+            None => Some(None),
+            Some(text) if !text.starts_with('/') => {
+                self.fail(
+                    "gpu.worker_socket",
+                    format!("{text:?} must be an absolute path"),
+                );
+                None
+            }
+            Some(text) => self
+                .path("gpu.worker_socket", &text, Path::new("/"))
+                .map(Some),
+        };
         let hours = match self.string("gpu.allowed_hours_utc") {
             None => Some(None),
             Some(text) => {
@@ -429,6 +442,7 @@ impl Check<'_> {
             resume_below_celsius: resume? as f64,
             idle_release: idle?,
             measure_capability: measure?,
+            worker_socket: socket?,
         })
     }
 

@@ -272,6 +272,18 @@ pub(crate) const FIELDS: &[Field] = &[
         example: "measure_capability = true",
     },
     Field {
+        key: "gpu.worker_socket",
+        kind: Kind::Text,
+        owner: false,
+        doc: &[
+            "Reach the GPU worker through this Unix socket (absolute path), on which the service manager",
+            "starts one worker per connection under a unit of its own (its own user, no network, a memory",
+            "cgroup): how the box runs it (the image's edge-gpu-worker.socket). Default: none, the agent",
+            "starts edge-gpu-worker beside itself as its child.",
+        ],
+        example: "# worker_socket = \"/run/edge-gpu-worker.sock\"",
+    },
+    Field {
         key: "network.hub_url",
         kind: Kind::Text,
         owner: false,

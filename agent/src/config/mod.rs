@@ -236,6 +236,8 @@ pub struct GpuConfig {
     pub idle_release: Duration,
     /// Measure the capability at start when it is not cached.
     pub measure_capability: bool,
+    /// Reach the GPU worker through this socket instead of starting it as a child.
+    pub worker_socket: Option<PathBuf>,
 }
 
 /// Loads the config: `path` (which must exist) or the default path (which may be absent), then

@@ -89,17 +89,16 @@ pub(crate) fn load(spec: &str) -> Result<Job, RunJobError> {
     }
 }
 
-/// Runs `job` in a fresh GPU worker (`worker`, which validates it); writes the outputs to
-/// `output` if given, and signs the receipt here, where the key is.
+/// Runs `job` in a fresh GPU worker (reached as `worker` says; it validates the job); writes the
+/// outputs to `output` if given, and signs the receipt here, where the key is.
 pub(crate) async fn run(
     job: Job,
     identity: &Identity,
     budget: u64,
-    worker: &Path,
-    blobs: &Path,
+    worker: edge_hal::gpu::WorkerLaunch,
     output: Option<&Path>,
 ) -> Result<Receipt, RunJobError> {
-    let mut gpu = GpuWorker::serving(worker, blobs);
+    let mut gpu = GpuWorker::new(worker);
     let max_outputs = output_bytes(&job);
     let prepared = crate::gpu::worker::prepare(&Submitted { job, outputs: true })?;
     gpu.send(&[&prepared], budget).await?;

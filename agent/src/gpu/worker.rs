@@ -2,16 +2,17 @@
 //! [`edge_jobs::worker`]): started on the first job, killed when a job overruns, released when the
 //! GPU has been idle for a while so that an idle agent holds no driver memory.
 
-use std::ffi::OsString;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use edge_hal::gpu::WorkerLaunch;
 use edge_jobs::digest::Sha256;
 use edge_jobs::worker::{
     Answer, Done, Hello, Response, Submitted, request_line, take_answer, take_line,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::gpu::job_error::JobError;
@@ -23,9 +24,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const KILL_SLACK: Duration = Duration::from_secs(5);
 
 struct Running {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
+    /// The process, where the agent started it (not when the service manager did, on a socket).
+    child: Option<Child>,
+    /// Requests go here; closing it asks the worker to exit.
+    stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    stdout: Box<dyn AsyncRead + Send + Unpin>,
     /// Bytes read from the worker and not yet taken as a message.
     read: Vec<u8>,
     adapter: String,
@@ -38,6 +41,28 @@ impl Running {
     async fn read_more(&mut self) -> std::io::Result<bool> {
         self.read.reserve(64 << 10);
         Ok(self.stdout.read_buf(&mut self.read).await? > 0)
+    }
+
+    /// Whether the worker has gone (its output ended or broke), without waiting.
+    async fn has_exited(&mut self) -> bool {
+        if let Some(child) = &mut self.child
+            && !matches!(child.try_wait(), Ok(None))
+        {
+            return true;
+        }
+        // An idle worker says nothing: anything readable now is its end.
+        matches!(
+            tokio::time::timeout(Duration::ZERO, self.read_more()).await,
+            Ok(Ok(false) | Err(_))
+        )
+    }
+
+    /// Stops the worker without waiting: a child is killed (tokio reaps it), a connection closed
+    /// (the worker exits when it sees that, `edge_gpu::sandbox::exit_when_hung_up`).
+    fn stop(mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
     }
 }
 
@@ -56,7 +81,7 @@ pub struct Finished {
 
 /// The worker process, started on demand.
 pub struct GpuWorker {
-    command: Vec<OsString>,
+    launch: WorkerLaunch,
     running: Option<Running>,
     /// Jobs sent and not yet answered.
     in_flight: usize,
@@ -155,23 +180,18 @@ impl Prepared {
 }
 
 impl GpuWorker {
-    /// A worker run as `command` (program and arguments).
-    pub fn new(command: Vec<OsString>) -> Self {
+    /// A worker reached as `launch` says.
+    pub fn new(launch: WorkerLaunch) -> Self {
         Self {
-            command,
+            launch,
             running: None,
             in_flight: 0,
         }
     }
 
-    /// The worker as the agent runs it: `WORKER serve --blobs DIR`.
-    pub fn serving(worker: &std::path::Path, blobs: &std::path::Path) -> Self {
-        Self::new(vec![
-            worker.into(),
-            "serve".into(),
-            "--blobs".into(),
-            blobs.into(),
-        ])
+    /// The worker as a build tree runs it: `WORKER serve --blobs DIR`, a child of the agent.
+    pub fn serving(worker: &Path, blobs: &Path) -> Self {
+        Self::new(launch(None, worker, blobs))
     }
 
     /// Whether a worker process is up (holding the device).
@@ -182,40 +202,14 @@ impl GpuWorker {
     async fn start(&mut self) -> Result<&mut Running, JobError> {
         // A worker that died while idle (OOM killer, driver crash) is replaced, not written to.
         if let Some(running) = &mut self.running
-            && !matches!(running.child.try_wait(), Ok(None))
+            && running.has_exited().await
         {
             tracing::warn!("GPU worker had exited while idle; starting a new one");
             self.running = None;
         }
         if self.running.is_none() {
             let crashed = |message: String| JobError::Crashed { message };
-            let (program, args) = self
-                .command
-                .split_first()
-                .ok_or_else(|| crashed("no worker command".into()))?;
-            let mut child = Command::from(edge_hal::gpu::worker_command(program))
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| crashed(format!("cannot start {}: {e}", program.to_string_lossy())))?;
-            let stdin = child
-                .stdin
-                .take()
-                .ok_or_else(|| crashed("no stdin".into()))?;
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| crashed("no stdout".into()))?;
-            let mut running = Running {
-                child,
-                stdin,
-                stdout,
-                read: Vec::new(),
-                adapter: String::new(),
-                driver: String::new(),
-            };
+            let mut running = connect(&self.launch).await.map_err(crashed)?;
             let hello = tokio::time::timeout(START_TIMEOUT, async {
                 loop {
                     let hello = take_line::<Hello>(&mut running.read).map_err(|e| e.to_string())?;
@@ -233,12 +227,14 @@ impl GpuWorker {
             })?
             .map_err(|e: String| crashed(format!("reading its hello: {e}")))?;
             let Some(hello) = hello else {
-                let status = running
-                    .child
-                    .wait()
-                    .await
-                    .map(|s| s.to_string())
-                    .unwrap_or_default();
+                let status = match &mut running.child {
+                    Some(child) => child
+                        .wait()
+                        .await
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    None => "it closed the connection".into(),
+                };
                 return Err(crashed(format!("it exited before saying hello ({status})")));
             };
             match hello {
@@ -306,11 +302,11 @@ impl GpuWorker {
         result
     }
 
-    /// Stops the worker without waiting for it to exit (tokio reaps it).
+    /// Stops the worker without waiting for it to exit.
     fn abandon(&mut self) {
         self.in_flight = 0;
-        if let Some(mut running) = self.running.take() {
-            let _ = running.child.start_kill();
+        if let Some(running) = self.running.take() {
+            running.stop();
         }
     }
 
@@ -357,22 +353,119 @@ impl GpuWorker {
     pub async fn kill(&mut self) {
         self.in_flight = 0;
         if let Some(mut running) = self.running.take() {
-            let _ = running.child.kill().await;
+            if let Some(child) = &mut running.child {
+                let _ = child.kill().await;
+            }
         }
     }
 
-    /// Lets an idle worker exit (its input closes), killing it if it does not within a second.
+    /// Lets an idle worker exit (its input closes), stopping it if it does not within a second.
     pub async fn release(&mut self) {
         self.in_flight = 0;
         if let Some(mut running) = self.running.take() {
-            drop(running.stdin);
-            if tokio::time::timeout(Duration::from_secs(1), running.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = running.child.kill().await;
+            running.stdin = Box::new(tokio::io::sink());
+            let exited = tokio::time::timeout(Duration::from_secs(1), async {
+                match &mut running.child {
+                    Some(child) => drop(child.wait().await),
+                    None => while matches!(running.read_more().await, Ok(true)) {},
+                }
+            })
+            .await;
+            if exited.is_err() {
+                running.stop();
             }
             tracing::info!("GPU idle: worker released");
+        }
+    }
+
+    /// The worker's account of its own confinement ([`edge_jobs::worker::SandboxProbe`]), as the
+    /// JSON it sends: `probe` is a file it must not be able to open. Starts a worker if none is
+    /// up, and leaves it up.
+    pub async fn sandbox_report(&mut self, probe: &Path) -> Result<serde_json::Value, JobError> {
+        if self.in_flight > 0 {
+            return Err(JobError::Crashed {
+                message: "jobs are in flight".into(),
+            });
+        }
+        let crashed = |message: String| JobError::Crashed { message };
+        let running = self.start().await?;
+        let mut line = serde_json::to_vec(&edge_jobs::worker::SandboxProbe {
+            probe: probe.to_owned(),
+        })
+        .map_err(|e| crashed(e.to_string()))?;
+        line.push(b'\n');
+        running
+            .stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| crashed(format!("cannot ask the worker: {e}")))?;
+        let report = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                if let Some(report) = take_line(&mut running.read).map_err(|e| e.to_string())? {
+                    return Ok(report);
+                }
+                if !running.read_more().await.map_err(|e| e.to_string())? {
+                    return Err("the worker exited".to_owned());
+                }
+            }
+        })
+        .await
+        .map_err(|_| JobError::Killed {
+            limit: START_TIMEOUT,
+        })?;
+        if report.is_err() {
+            self.abandon();
+        }
+        report.map_err(crashed)
+    }
+}
+
+/// How the agent reaches its worker: through `socket` where the config names one (the box's
+/// socket unit, `gpu.worker_socket`), else as its child `WORKER serve --blobs DIR`.
+pub fn launch(socket: Option<&Path>, worker: &Path, blobs: &Path) -> WorkerLaunch {
+    match socket {
+        Some(socket) => WorkerLaunch::Socket(socket.to_owned()),
+        None => WorkerLaunch::Command(vec![
+            worker.into(),
+            "serve".into(),
+            "--blobs".into(),
+            blobs.into(),
+        ]),
+    }
+}
+
+/// Starts or reaches a worker; it has not said hello yet.
+async fn connect(launch: &WorkerLaunch) -> Result<Running, String> {
+    let running = |child, stdin, stdout| Running {
+        child,
+        stdin,
+        stdout,
+        read: Vec::new(),
+        adapter: String::new(),
+        driver: String::new(),
+    };
+    match launch {
+        WorkerLaunch::Command(command) => {
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| "no worker command".to_owned())?;
+            let mut child = Command::from(edge_hal::gpu::worker_command(program))
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", program.to_string_lossy()))?;
+            let stdin = child.stdin.take().ok_or_else(|| "no stdin".to_owned())?;
+            let stdout = child.stdout.take().ok_or_else(|| "no stdout".to_owned())?;
+            Ok(running(Some(child), Box::new(stdin), Box::new(stdout)))
+        }
+        WorkerLaunch::Socket(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| format!("cannot reach the GPU worker at {}: {e}", path.display()))?;
+            let (read, write) = stream.into_split();
+            Ok(running(None, Box::new(write), Box::new(read)))
         }
     }
 }
