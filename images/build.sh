@@ -27,7 +27,7 @@ trap 'rm -rf "$ROOT"' EXIT
 # update-initramfs is a no-op while packages install (under emulation it would run three times,
 # some 15 minutes) and runs once at the end with only the modules a virtio machine needs.
 mmdebstrap --mode=root --variant=apt --architectures=arm64 \
-    --include=systemd-sysv,udev,kmod,e2fsprogs,linux-image-arm64,initramfs-tools,libvulkan1,mesa-vulkan-drivers,libdbus-1-3,bluez,iproute2,ca-certificates,systemd-timesyncd \
+    --include=systemd-sysv,udev,kmod,e2fsprogs,linux-image-arm64,initramfs-tools,libvulkan1,mesa-vulkan-drivers,libdbus-1-3,bluez,iproute2,ca-certificates,systemd-timesyncd,polkitd \
     --essential-hook='chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -sf /bin/true "$1/usr/sbin/update-initramfs"' \
     --customize-hook='rm "$1/usr/sbin/update-initramfs" && chroot "$1" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs' \
     --customize-hook="$PWD/images/rootfs/customize.sh \"\$1\" \"$AGENT\"" \

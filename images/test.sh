@@ -5,11 +5,18 @@
 #     pairing port answers through QEMU's forward;
 #  2. a clean power-off stops the agent;
 #  3. on the disk, read offline: the identity key and the setup code were made on the device,
-#     mode 0600 and owned by root; root's password is locked; the agent's journal says it was
-#     ready and stopped, with no warning (a GPU job cut short at shutdown used to warn);
+#     mode 0600 and owned by the agent's own user; root's password is locked; the agent's journal
+#     says it was ready and stopped, with no warning (a GPU job cut short at shutdown used to
+#     warn); least privilege, from a test-only unit the test adds to its copy of the disk (never
+#     in the image): the GPU worker as the agent reaches it reports a user that is not root, no
+#     capabilities, a seccomp filter, and that it could neither read the identity key, open an
+#     AF_INET socket nor trace the agent; `systemd-analyze security` in the guest scores the
+#     agent's unit at most 2.0 and the worker's at most 2.5;
 #  4. second boot: the same identity; a wrong setup code is refused; the owner pairs with the
 #     label's QR payload (made from the disk's setup code, as a factory would print it) and reads
-#     the box's status: its device id, and the GPU it found (lavapipe, emulated).
+#     the box's status: its device id, and the GPU it found (lavapipe, emulated); the box measures
+#     its compute in the worker; the owner reboots it from the app (the unprivileged agent asks
+#     logind, which polkit's rule allows), and it goes down cleanly.
 #
 #   images/test.sh [IMAGE_DIR]    # default target/image; KEEP_WORK=1 keeps the logs and disk
 set -euo pipefail
@@ -42,9 +49,34 @@ AGENT=$PWD/target/debug/edge-agent
 EDGECTL=$PWD/target/debug/edgectl
 cp --sparse=always "$IMAGE/disk.raw" "$WORK/disk.raw"
 
+# The test's overlay, on its copy of the disk only: a unit that, once the agent is up, asks a GPU
+# worker (as the agent reaches it, as the agent's user) for its sandbox report, and has
+# systemd-analyze score our units; both go to the journal, read offline after power-off.
+cat > "$WORK/edge-box-probe.service" <<'UNIT'
+[Unit]
+Description=Image test: the GPU worker's sandbox and the units' exposure
+After=edge-agent.service
+Wants=edge-agent.service
+[Service]
+Type=oneshot
+User=edge-agent
+ExecStart=/bin/sh -c 'echo "sandbox: $$(/usr/bin/edge-agent sandbox | tr -d "\n")"'
+ExecStart=+/bin/sh -c 'systemd-analyze security --no-pager edge-agent.service edge-gpu-worker@probe.service | sed -n "s/^.*Overall exposure level for \\([^:]*\\): \\([0-9.]*\\).*/exposure: \\1 \\2/p"'
+[Install]
+WantedBy=multi-user.target
+UNIT
+debugfs -w -f - "$WORK/disk.raw" >/dev/null 2>&1 <<CMDS
+write $WORK/edge-box-probe.service /etc/systemd/system/edge-box-probe.service
+symlink /etc/systemd/system/multi-user.target.wants/edge-box-probe.service /etc/systemd/system/edge-box-probe.service
+CMDS
+debugfs -R "cat /etc/systemd/system/edge-box-probe.service" "$WORK/disk.raw" 2>/dev/null | grep -q "sandbox" ||
+    fail "the test's unit could not be written to the disk"
+
 boot() {
+    local name=$1
+    shift
     IMAGE_DIR=$IMAGE PAIRING_PORT=$PORT images/boot.sh "$WORK/disk.raw" \
-        -serial "file:$WORK/$1.log" -monitor "tcp:127.0.0.1:$MONITOR,server,nowait" &
+        -serial "file:$WORK/$name.log" -monitor "tcp:127.0.0.1:$MONITOR,server,nowait" "$@" &
     QEMU=$!
 }
 
@@ -87,16 +119,21 @@ grep -q "Failed to start edge-agent" "$WORK/first.log" && fail "the agent failed
 grep -q "Started systemd-timesyncd" "$WORK/first.log" || fail "systemd-timesyncd did not start"
 exec 4<>"/dev/tcp/127.0.0.1/$PORT" || fail "the pairing port does not answer"
 exec 4>&-
+# The test's unit has asked the GPU worker and scored the units (read from the journal below).
+console_says "edge-box-probe.service - Image test" "$WORK/first.log"
+console_says "\(Finished\|Failed to start\) edge-box-probe.service" "$WORK/first.log"
 power_off
 grep -q "Stopped edge-agent.service" "$WORK/first.log" || fail "the agent was not stopped cleanly"
 
 say "the disk, offline"
+agent_uid=$(image_cat /etc/passwd | awk -F: '$1 == "edge-agent" { print $3 }')
+[ -n "$agent_uid" ] && [ "$agent_uid" != 0 ] || fail "no edge-agent user in the image"
 for file in identity.key setup-code; do
     mode=$(image_mode "/var/lib/edge-agent/$file")
     owner=$(image_owner "/var/lib/edge-agent/$file")
     [ "$mode" = 0600 ] || fail "/var/lib/edge-agent/$file has mode $mode, not 0600"
-    [ "$owner" = 0 ] || fail "/var/lib/edge-agent/$file is owned by uid $owner, not root"
-    echo "/var/lib/edge-agent/$file: mode $mode, uid $owner"
+    [ "$owner" = "$agent_uid" ] || fail "/var/lib/edge-agent/$file is owned by uid $owner, not edge-agent ($agent_uid)"
+    echo "/var/lib/edge-agent/$file: mode $mode, uid $owner (edge-agent)"
 done
 [ "$(image_mode /var/lib/edge-agent)" = 0700 ] || fail "/var/lib/edge-agent is not 0700"
 image_cat /etc/shadow | grep -q '^root:!' || fail "root's password is not locked"
@@ -112,6 +149,32 @@ if journal json | grep -q '"PRIORITY":"[0-4]"'; then
 fi
 echo "journal: ready, stopped, no warnings"
 
+# Least privilege, as the test's unit saw it in the guest.
+journalctl -D "$WORK/journal" -u edge-box-probe.service -o cat --no-pager > "$WORK/probe.log" 2>/dev/null || true
+python3 - "$WORK/probe.log" "$agent_uid" <<'PY' || fail "sandbox and exposure: $(cat "$WORK/probe.log")"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+report = json.loads(next(l for l in lines if l.startswith("sandbox: "))[len("sandbox: "):])
+assert report["uid"] not in (0, int(sys.argv[2])), ("the worker runs as root or as the agent", report)
+assert int(report["cap_eff"], 16) == 0, ("the worker has capabilities", report)
+assert report["seccomp"] == 2, ("no seccomp filter", report)
+# Landlock "partially": the image's kernel (6.1) has an older Landlock than the rights the worker
+# asks for (it lacks truncate and ioctl control); what it has holds.
+assert report["confined"]["seccomp"] == "fully", report
+assert report["confined"]["landlock"] in ("fully", "partially"), report
+for what in ("open_probe", "socket_inet", "ptrace_parent"):
+    assert report[what].startswith("refused"), (what, report)
+print("GPU worker: uid %d, CapEff %s, Seccomp %d, Landlock %s; identity key: %s; AF_INET: %s; ptrace: %s"
+      % (report["uid"], report["cap_eff"], report["seccomp"], report["confined"]["landlock"],
+         report["open_probe"], report["socket_inet"], report["ptrace_parent"]))
+scores = dict(l.split()[1:3] for l in lines if l.startswith("exposure: "))
+limits = {"edge-agent.service": 2.0, "edge-gpu-worker@probe.service": 2.5}
+for unit, limit in limits.items():
+    assert unit in scores, ("no score for", unit, lines)
+    print("systemd-analyze security %s: %s (at most %.1f)" % (unit, scores[unit], limit))
+    assert float(scores[unit]) <= limit, (unit, scores[unit])
+PY
+
 # The label: what the factory prints, from the device's own setup code and key.
 mkdir -m 0700 "$WORK/label"
 image_cat /var/lib/edge-agent/identity.key > "$WORK/label/identity.key"
@@ -125,7 +188,7 @@ id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["device_id"])' <<<"
 echo "device $id"
 
 say "second boot"
-boot second
+boot second -no-reboot
 console_says "Started edge-agent.service" "$WORK/second.log"
 mkdir -m 0700 "$WORK/owner" "$WORK/stranger"
 # A well-formed code that is not this box's.
@@ -169,10 +232,22 @@ do
     "$EDGECTL" --config-dir "$WORK/owner" status > "$WORK/status.json" || fail "no status"
 done
 echo "capability measured $((SECONDS - measuring))s after the owner paired"
-power_off
-# The GPU worker's compiled shaders were kept (Mesa's cache in the unit's cache directory).
-debugfs -R "rdump /var/cache/edge-agent/mesa $WORK" "$WORK/disk.raw" 2>/dev/null
-shaders=$(find "$WORK/mesa" -type f ! -name index 2>/dev/null | wc -l)
-[ "$shaders" -gt 0 ] || fail "no compiled shaders kept in /var/cache/edge-agent/mesa"
-echo "shader cache: $shaders files in /var/cache/edge-agent/mesa"
+# The owner reboots the box from the app: QEMU was started with -no-reboot, so it exits when the
+# guest restarts.
+"$EDGECTL" --config-dir "$WORK/owner" reboot || fail "the owner's reboot was refused"
+deadline=$((SECONDS + 300))
+while kill -0 "$QEMU" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || fail "no reboot within 300s of the owner's request"
+    sleep 1
+done
+wait "$QEMU" || true
+QEMU=
+grep -q "Stopped edge-agent.service" "$WORK/second.log" || fail "the agent was not stopped before the reboot"
+grep -q "reboot: Restarting system" "$WORK/second.log" || fail "the guest did not restart"
+echo "reboot: asked by the owner, done by logind for the unprivileged agent"
+# The GPU worker's compiled shaders were kept (Mesa's cache in the worker unit's cache directory).
+debugfs -R "rdump /var/cache/edge-gpu-worker $WORK" "$WORK/disk.raw" 2>/dev/null
+shaders=$(find "$WORK/edge-gpu-worker" -type f ! -name index 2>/dev/null | wc -l)
+[ "$shaders" -gt 0 ] || fail "no compiled shaders kept in /var/cache/edge-gpu-worker"
+echo "shader cache: $shaders files in /var/cache/edge-gpu-worker"
 say "image test passed"

@@ -115,3 +115,35 @@ fn run_job_prints_a_receipt_that_verifies_or_says_what_is_wrong() {
         edge_jobs::kernels::hash_chain_reference(0x5eed, 1000, 256)
     );
 }
+
+#[test]
+fn sandbox_names_the_worker_socket_it_cannot_reach_and_a_relative_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("edge.toml");
+    let write = |socket: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nstate_dir = \"{0}\"\nidentity_key = \"file://{0}/identity.key\"\n\
+                 [status]\nsocket = \"\"\n[gpu]\nworker_socket = \"{socket}\"\n",
+                dir.path().display()
+            ),
+        )
+        .expect("config");
+    };
+    let config = config.to_str().expect("utf-8");
+    write("/nonexistent/worker.sock");
+    let (code, out, err) = agent(&["--config", config, "sandbox"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("cannot reach the GPU worker at /nonexistent/worker.sock"),
+        "{err}"
+    );
+    write("run/worker.sock");
+    let (code, _, err) = agent(&["--config", config, "sandbox"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("gpu.worker_socket") && err.contains("absolute"),
+        "{err}"
+    );
+}

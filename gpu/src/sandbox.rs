@@ -8,10 +8,11 @@
 //! - the parent's death kills it (`PR_SET_PDEATHSIG`), so it never outlives the agent;
 //! - resource limits: no core dumps (a dump would hold job data), [`OPEN_FILES`] descriptors,
 //!   [`FILE_SIZE`] per file written, [`ADDRESS_SPACE`] of virtual memory;
-//! - Landlock: the filesystem is read-only and limited to what a driver reads (`/usr`, `/lib*`,
-//!   `/etc`, `/sys`, `/proc`, `/dev` for the GPU's nodes), plus the job blobs (read) and Mesa's
-//!   shader cache (read-write); the agent's state directory, and its identity key, are out of
-//!   reach (best effort: a kernel without Landlock is reported, not fatal);
+//! - Landlock: the filesystem is read-only and limited to what a driver reads ([`SYSTEM`]: `/usr`,
+//!   `/lib*`, `/sys`, `/proc` and a few files of `/etc`), the GPU's device nodes ([`GPU_NODES`],
+//!   read-write), the job blobs (read) and Mesa's shader cache (read-write); the agent's state
+//!   directory, and its identity key, are out of reach (best effort: a kernel without Landlock is
+//!   reported, not fatal);
 //! - seccomp: an allowlist of system calls ([`ALLOWED`]); anything else fails with `EPERM`, among
 //!   them every socket, `ptrace`, `execve`, mounts, namespaces, keyrings, BPF and `kill`. A call
 //!   outside the list fails rather than killing the worker, so a driver that needs one more call
@@ -21,8 +22,10 @@
 //! aarch64 tests on an x86 host, emulates neither): the worker then says so on stderr and in its
 //! [`Report`], and the image's boot test is where the box's own kernel is held to both.
 //!
-//! On the box, the worker's unit adds what a process cannot do to itself: its own user, no
-//! network namespace, only the GPU's device nodes, a memory cgroup.
+//! On the box, the worker's unit (`gpu/config/edge-gpu-worker@.service`, one per connection to
+//! its socket) adds what a process cannot do to itself: its own user, no network, only the GPU's
+//! device nodes, a memory cgroup and systemd's own system-call filter; the image's boot test
+//! asks that worker for its [`Report`].
 
 use std::path::{Path, PathBuf};
 
@@ -189,16 +192,41 @@ fn limit(resource: Resource, value: u64, what: &'static str) -> Result<(), Sandb
     setrlimit(resource, value, value).map_err(|source| SandboxError::Os { what, source })
 }
 
+/// What the worker may read of the system (a path that does not exist is left out): the
+/// libraries and the driver, the loader's and Mesa's configuration, what glibc reads at start,
+/// and the kernel's views of the hardware. Not the rest of `/etc` (Wi-Fi keyfiles, the fleet's
+/// config), not `/var`, not `/home`.
+pub const SYSTEM: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/sys",
+    "/proc",
+    "/etc/vulkan",
+    "/etc/drirc",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+];
+
+/// The device nodes the worker may open for reading and writing: the GPU's (DRM render nodes,
+/// the Adreno's KGSL node), and `/dev/null`. No other device: not the disk, not the input
+/// devices.
+pub const GPU_NODES: &[&str] = &["/dev/dri", "/dev/kgsl-3d0", "/dev/null"];
+
 fn landlock(places: &Places) -> Result<Enforced, SandboxError> {
     // The newest rights this crate knows, downgraded to what the kernel has (best effort).
     let abi = ABI::V5;
     let read = AccessFs::from_read(abi);
-    let system = ["/usr", "/lib", "/lib64", "/etc", "/sys", "/proc"];
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))?
         .create()?
-        .add_rules(path_beneath_rules(system, read))?
-        .add_rules(path_beneath_rules(["/dev"], read | AccessFs::WriteFile))?
+        .add_rules(path_beneath_rules(SYSTEM, read))?
+        .add_rules(path_beneath_rules(GPU_NODES, read | AccessFs::WriteFile))?
         .add_rules(path_beneath_rules(places.blobs.iter(), read))?;
     if let Some(cache) = &places.shader_cache {
         // Mesa makes the directory on first use; a rule needs it to exist.

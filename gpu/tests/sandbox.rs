@@ -8,7 +8,7 @@
     reason = "an integration test crate: its tests need no test module"
 )]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use edge_gpu::sandbox::{ADDRESS_SPACE, OPEN_FILES};
 use edge_hal::gpu::WORKER_ENV;
@@ -94,13 +94,39 @@ fn the_blobs_stay_readable_and_the_rest_of_the_state_dir_does_not() {
     std::fs::create_dir(&blobs).expect("blobs");
     let blob = blobs.join("inputs");
     std::fs::write(&blob, [7u8; 16]).expect("blob");
+    assert_eq!(probe(&blobs, &blob)["open_probe"], "allowed");
+}
+
+/// The report of a worker confined with `blobs` that tried to open `file`.
+fn probe(blobs: &Path, file: &Path) -> serde_json::Value {
     let out = edge_hal::gpu::worker_command(worker().as_os_str())
         .args(["sandbox", "--blobs"])
-        .arg(&blobs)
+        .arg(blobs)
         .arg("--probe")
-        .arg(&blob)
+        .arg(file)
         .output()
         .expect("run the worker");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+#[test]
+fn of_etc_and_dev_the_worker_opens_only_what_a_driver_needs() {
+    if emulated() {
+        eprintln!("SKIPPED of_etc_and_dev_the_worker_opens_only_what_a_driver_needs: qemu-user");
+        return;
+    }
+    let blobs = tempfile::tempdir().expect("blobs");
+    // Secrets under /etc (here the password hashes; on the box Wi-Fi keyfiles and the fleet's
+    // config), and devices that are not the GPU (here a memory device; on the box the disk).
+    for file in ["/etc/shadow", "/etc/hostname", "/dev/zero", "/dev/full"] {
+        if !Path::new(file).exists() {
+            continue;
+        }
+        let report = probe(blobs.path(), Path::new(file));
+        let outcome = report["open_probe"].as_str().expect("outcome");
+        assert!(outcome.starts_with("refused"), "{file}: {report}");
+    }
+    // What the Vulkan loader reads stays readable.
+    let report = probe(blobs.path(), Path::new("/etc/ld.so.cache"));
     assert_eq!(report["open_probe"], "allowed", "{report}");
 }

@@ -7,13 +7,26 @@ AGENT=$2
 HERE=$(dirname "$(realpath "$0")")
 REPO=$(realpath "$HERE/../..")
 
-# The agent, its GPU worker (found beside it), its unit and its config.
+# The agent and its GPU worker, each under a user of its own: the agent's unit, and the worker's
+# socket, on which systemd starts one worker unit per connection of the agent.
 install -m 0755 "$AGENT" "$ROOT/usr/bin/edge-agent"
 install -m 0755 "$(dirname "$AGENT")/edge-gpu-worker" "$ROOT/usr/bin/edge-gpu-worker"
+install -m 0644 "$HERE/sysusers.conf" "$ROOT/usr/lib/sysusers.d/edge-agent.conf"
+chroot "$ROOT" systemd-sysusers
 install -m 0644 "$REPO/agent/config/edge-agent.service" "$ROOT/lib/systemd/system/edge-agent.service"
-install -d -m 0755 "$ROOT/etc/edge-agent"
-install -m 0644 "$HERE/config.toml" "$ROOT/etc/edge-agent/config.toml"
-chroot "$ROOT" systemctl enable edge-agent.service
+install -m 0644 "$REPO/gpu/config/edge-gpu-worker.socket" "$ROOT/lib/systemd/system/edge-gpu-worker.socket"
+install -m 0644 "$REPO/gpu/config/edge-gpu-worker@.service" "$ROOT/lib/systemd/system/edge-gpu-worker@.service"
+# A unit whose supplementary group is missing does not start at all: check them here.
+for group in input bluetooth render video; do
+    chroot "$ROOT" getent group "$group" >/dev/null || { echo "no group $group in the image" >&2; exit 1; }
+done
+# The config: readable by the agent's group only (a fleet's drop-ins may hold its token).
+install -d -m 0750 -g "$(chroot "$ROOT" getent group edge-agent | cut -d: -f3)" "$ROOT/etc/edge-agent"
+install -m 0640 -g "$(chroot "$ROOT" getent group edge-agent | cut -d: -f3)" "$HERE/config.toml" \
+    "$ROOT/etc/edge-agent/config.toml"
+chroot "$ROOT" systemctl enable edge-agent.service edge-gpu-worker.socket
+# What the agent may ask of the system over D-Bus (reboot, Wi-Fi), polkit's rule.
+install -m 0644 "$HERE/edge-agent.rules" "$ROOT/etc/polkit-1/rules.d/50-edge-agent.rules"
 
 # Networking: DHCP on any wired link (the box's LAN port; virtio-net under QEMU).
 install -m 0644 "$HERE/wired.network" "$ROOT/etc/systemd/network/20-wired.network"

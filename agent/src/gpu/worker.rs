@@ -352,10 +352,10 @@ impl GpuWorker {
     /// Stops the worker at once.
     pub async fn kill(&mut self) {
         self.in_flight = 0;
-        if let Some(mut running) = self.running.take() {
-            if let Some(child) = &mut running.child {
-                let _ = child.kill().await;
-            }
+        if let Some(mut running) = self.running.take()
+            && let Some(child) = &mut running.child
+        {
+            let _ = child.kill().await;
         }
     }
 
