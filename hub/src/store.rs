@@ -614,16 +614,41 @@ fn take_job(
     Ok(job.map(|(_, text)| text))
 }
 
-/// A job's end, from its device's signed report. The receipt must verify, name the same job and
-/// come from the device the job was given to.
+/// A job's end, from its device's signed report. Only for a job handed to that device and not yet
+/// finished; a receipt must verify, come from that device, and name the job, its kernel and (where
+/// the job alone says them) its inputs as issued.
 fn record_job_result(
     tx: &rusqlite::Transaction<'_>,
     device_id: &str,
     report: &JobReport,
     now_ms: u64,
 ) -> rusqlite::Result<()> {
+    let issued: Option<(String, String)> = tx
+        .query_row(
+            "SELECT state, job FROM jobs WHERE job_id = ?1 AND device_id = ?2",
+            params![report.job_id, device_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((issued_state, issued_job)) = issued else {
+        tracing::warn!(job = %report.job_id, device = %device_id, "result for a job this device was not given");
+        return Ok(());
+    };
+    if issued_state != "assigned" {
+        tracing::warn!(job = %report.job_id, device = %device_id, state = %issued_state,
+            "result for a job that is not out with this device; ignored");
+        return Ok(());
+    }
+    let issued_job = edge_jobs::job::Job::from_json(&issued_job).ok();
     let (state, receipt, status, error) = match &report.outcome {
         JobOutcome::Done { receipt } => {
+            let what = &receipt.body.what;
+            let kernel = issued_job
+                .as_ref()
+                .map(|job| edge_jobs::digest::Sha256::of(job.kernel.wgsl.as_bytes()));
+            let inputs = issued_job
+                .as_ref()
+                .and_then(edge_jobs::job::Job::input_sha256);
             let status = match edge_jobs::receipt::verify(receipt) {
                 Err(e) => format!("INVALID: {e}"),
                 Ok(()) if receipt.body.device_id != device_id => {
@@ -632,8 +657,20 @@ fn record_job_result(
                         receipt.body.device_id
                     )
                 }
-                Ok(()) if receipt.body.what.job_id != report.job_id => {
-                    format!("INVALID: receipt is for job {}", receipt.body.what.job_id)
+                Ok(()) if what.job_id != report.job_id => {
+                    format!("INVALID: receipt is for job {}", what.job_id)
+                }
+                Ok(()) if kernel.is_some_and(|k| k != what.kernel_sha256) => {
+                    format!(
+                        "INVALID: receipt is for kernel {}, not the job's",
+                        what.kernel_sha256
+                    )
+                }
+                Ok(()) if inputs.is_some_and(|i| i != what.input_sha256) => {
+                    format!(
+                        "INVALID: receipt is for inputs {}, not the job's",
+                        what.input_sha256
+                    )
                 }
                 Ok(()) => "valid".to_owned(),
             };
@@ -647,7 +684,7 @@ fn record_job_result(
         JobOutcome::Refused { error } => ("refused", None, None, Some(error.clone())),
         JobOutcome::Failed { error } => ("failed", None, None, Some(error.clone())),
     };
-    let updated = tx.execute(
+    tx.execute(
         "UPDATE jobs SET state = ?3, finished_at_ms = ?4, receipt = ?5, receipt_status = ?6,
          error = ?7 WHERE job_id = ?1 AND device_id = ?2",
         params![
@@ -660,9 +697,6 @@ fn record_job_result(
             error
         ],
     )?;
-    if updated == 0 {
-        tracing::warn!(job = %report.job_id, device = %device_id, "result for a job this device was not given");
-    }
     Ok(())
 }
 

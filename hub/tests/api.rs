@@ -408,3 +408,129 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
         .expect("poll");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued() {
+    use edge_jobs::digest::Sha256;
+    use edge_jobs::job::{Blob, Job};
+    use edge_jobs::receipt::{self, Attested};
+    use edge_protocol::report::{JobOutcome, JobReport};
+
+    let hub = hub(1 << 20, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let device = me.device_id().to_string();
+    let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
+    job.bindings[0].input = Some(Blob::inline(&[9, 9, 9, 9]));
+    let issue = |id: &str| Job {
+        id: id.into(),
+        ..job.clone()
+    };
+    let db = store::open(&db_path(&hub.dir)).expect("db");
+    for (t, id) in [
+        (1, "wrong-kernel"),
+        (2, "wrong-inputs"),
+        (3, "good"),
+        (4, "kept"),
+    ] {
+        store::add_job(&db, &device, &issue(id), t).expect("queue");
+    }
+    // Three are handed out; "kept" stays queued.
+    for t in 0..3 {
+        let signed = edge_protocol::poll::sign(&me, SystemClock.unix_ms() + t);
+        let mut request = hub
+            .http
+            .get(format!("{}/v1/jobs/next?wait_secs=1", hub.base));
+        for (name, value) in signed {
+            request = request.header(name, value);
+        }
+        assert_eq!(request.send().await.expect("poll").status(), StatusCode::OK);
+    }
+
+    // What the worker hashes: each binding's contents, zero-padded, in order.
+    let inputs: Vec<Vec<u8>> = job
+        .bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut bytes = vec![0u8; b.size as usize];
+            if i == 0 {
+                bytes[..4].copy_from_slice(&[9, 9, 9, 9]);
+            }
+            bytes
+        })
+        .collect();
+    let right_inputs = Sha256::of_parts(inputs.iter().map(Vec::as_slice));
+    let right_kernel = Sha256::of(job.kernel.wgsl.as_bytes());
+    let result = |seq, id: &str, kernel, inputs| {
+        let receipt = receipt::sign(
+            &me,
+            Attested {
+                job_id: id.into(),
+                kernel_sha256: kernel,
+                input_sha256: inputs,
+                output_sha256: Sha256::of(b"out"),
+                adapter: "test".into(),
+                driver: "test".into(),
+                started_at_unix_ms: 1,
+                duration_us: 1,
+                kernel_us: None,
+                batch: None,
+            },
+        );
+        let body = Body::JobResult(Box::new(JobReport {
+            job_id: id.into(),
+            outcome: JobOutcome::Done {
+                receipt: Box::new(receipt),
+            },
+        }));
+        Signed::seal(&envelope(&me, seq, body), &me)
+    };
+    let reply = hub
+        .deliver(vec![
+            result(
+                2,
+                "wrong-kernel",
+                Sha256::of(b"another shader"),
+                right_inputs,
+            ),
+            result(3, "wrong-inputs", right_kernel, Sha256::of(b"other inputs")),
+            result(4, "good", right_kernel, right_inputs),
+            result(5, "kept", right_kernel, right_inputs),
+        ])
+        .await;
+    assert!(
+        verdicts(&reply).iter().all(|v| *v == Verdict::Accepted),
+        "{reply:?}"
+    );
+    let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
+    let job = |id: &str| {
+        jobs.iter()
+            .find(|j| j["job_id"] == id)
+            .expect("listed")
+            .clone()
+    };
+    let status = |id: &str| {
+        job(id)["receipt_status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        status("wrong-kernel").starts_with("INVALID: receipt is for kernel"),
+        "{}",
+        job("wrong-kernel")
+    );
+    assert!(
+        status("wrong-inputs").starts_with("INVALID: receipt is for inputs"),
+        "{}",
+        job("wrong-inputs")
+    );
+    assert_eq!(status("good"), "valid", "{}", job("good"));
+    // A result for a job never handed out changes nothing.
+    assert_eq!(job("kept")["state"], "queued", "{}", job("kept"));
+    assert!(job("kept")["receipt"].is_null(), "{}", job("kept"));
+}

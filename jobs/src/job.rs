@@ -177,6 +177,35 @@ impl Job {
             message: e.to_string(),
         })
     }
+
+    /// What a receipt for this job must say as its `input_sha256` (every binding's initial
+    /// contents, zero-padded, in binding order), worked out from the job alone: `None` when an
+    /// input is a blob (only its holder has the bytes), or is not valid base64 or is longer than
+    /// its binding (a device refuses such a job).
+    pub fn input_sha256(&self) -> Option<Sha256> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut inline = Vec::with_capacity(self.bindings.len());
+        for binding in &self.bindings {
+            let bytes = match &binding.input {
+                None => Vec::new(),
+                Some(Blob::Sha256(_)) => return None,
+                Some(Blob::Base64(text)) => base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .ok()?,
+            };
+            let padding = binding.size.checked_sub(bytes.len() as u64)?;
+            inline.push((bytes, padding));
+        }
+        let parts = inline.iter().flat_map(|(bytes, padding)| {
+            let chunk = ZEROS.len() as u64;
+            let full = (padding / chunk) as usize;
+            let rest = (padding % chunk) as usize;
+            std::iter::once(bytes.as_slice())
+                .chain(std::iter::repeat_n(ZEROS.as_slice(), full))
+                .chain(std::iter::once(&ZEROS[..rest]))
+        });
+        Some(Sha256::of_parts(parts))
+    }
 }
 
 /// Content-addressed input blobs: a directory of files named by their SHA-256.
@@ -268,6 +297,36 @@ mod tests {
         );
         let err = Job::from_json("{\n  \"version\": 1,\n  oops\n}").expect_err("syntax");
         assert!(matches!(err, JobError::Json { line: 3, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_input_digest_is_the_workers_padded_inputs_or_none_for_a_blob() {
+        let mut job = crate::kernels::hash_chain(1, 2, 64).expect("job");
+        job.bindings[0].input = Some(Blob::inline(&[1, 2, 3, 4]));
+        let size = job.bindings[0].size as usize;
+        let mut padded = vec![0u8; size];
+        padded[..4].copy_from_slice(&[1, 2, 3, 4]);
+        let rest: Vec<Vec<u8>> = job.bindings[1..]
+            .iter()
+            .map(|b| vec![0u8; b.size as usize])
+            .collect();
+        let expected = Sha256::of_parts(
+            std::iter::once(padded.as_slice()).chain(rest.iter().map(Vec::as_slice)),
+        );
+        assert_eq!(job.input_sha256(), Some(expected));
+        // Zeros past the 64 KiB chunk come out the same as one long run.
+        let mut big = job.clone();
+        big.bindings.truncate(1);
+        big.bindings[0].input = None;
+        big.bindings[0].size = (64 << 10) * 3 + 12;
+        assert_eq!(
+            big.input_sha256(),
+            Some(Sha256::of(&vec![0u8; (64 << 10) * 3 + 12]))
+        );
+        job.bindings[0].input = Some(Blob::Sha256(Sha256::of(b"x")));
+        assert_eq!(job.input_sha256(), None, "a blob's bytes are the device's");
+        job.bindings[0].input = Some(Blob::inline(&vec![7; size + 4]));
+        assert_eq!(job.input_sha256(), None, "longer than its binding");
     }
 
     #[test]
