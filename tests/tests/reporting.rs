@@ -370,3 +370,66 @@ fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
         .unwrap_or(0);
     assert!(heartbeats >= 6, "{heartbeats} heartbeats arrived");
 }
+
+#[test]
+fn the_hub_cannot_send_the_box_to_another_host_for_its_echo() {
+    // Where a hub that wanted to probe the owner's LAN would send the box: another host (here a
+    // second loopback address, so nothing leaves the machine) and plain http on the hub's host.
+    // Both listen, so that a box that went there would be seen.
+    let lan = std::net::TcpListener::bind("127.0.0.2:0").expect("127.0.0.2");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    for listener in [&lan, &plain] {
+        listener.set_nonblocking(true).expect("nonblocking");
+    }
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().expect("addr").port()
+    };
+    let own = format!("https://127.0.0.1:{port}{}", edge_protocol::api::IP_ECHO);
+    let elsewhere = format!(
+        "https://{}{}",
+        lan.local_addr().expect("addr"),
+        edge_protocol::api::IP_ECHO
+    );
+    let http = format!(
+        "http://{}{}",
+        plain.local_addr().expect("addr"),
+        edge_protocol::api::IP_ECHO
+    );
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let _server = hub.serve_with(
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+        None,
+        &[
+            "--echo-url",
+            &own,
+            "--echo-url",
+            &elsewhere,
+            "--echo-url",
+            &http,
+        ],
+    );
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{port}"), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    let capability = eventually(Duration::from_secs(60), || {
+        let device = hub.device(&id)?;
+        (!device["latest_capability"].is_null()).then(|| device["latest_capability"].clone())
+    })
+    .expect("a capability report reaches the hub");
+    stop(agent);
+    let endpoints: Vec<&str> = capability["body"]["ip"]["observations"]
+        .as_array()
+        .expect("observations")
+        .iter()
+        .filter_map(|o| o["endpoint"].as_str())
+        .collect();
+    assert_eq!(endpoints, [own.as_str()], "{capability}");
+    for (what, listener) in [("another host", &lan), ("plain http", &plain)] {
+        assert!(
+            listener.accept().is_err(),
+            "the box connected to {what} the hub named"
+        );
+    }
+}

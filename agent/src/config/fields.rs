@@ -357,7 +357,8 @@ pub(crate) const FIELDS: &[Field] = &[
         kind: Kind::TextList,
         owner: false,
         doc: &[
-            "IP echo endpoints (https://). Default: the ones the hub names (at least two where it has them).",
+            "IP echo endpoints (https://), used as given. Default: the ones the hub names (at least two where",
+            "it has them), of which only https:// ones on the hub's own host are used.",
         ],
         example: "# echo_urls = [\"https://echo-a.example.net/v1/ip\", \"https://echo-b.example.net/v1/ip\"]",
     },

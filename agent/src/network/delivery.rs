@@ -160,7 +160,8 @@ impl DeliveryTask {
         edge_tasks::blocking(move || outbox.raise_next(next)).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
         let echo_urls = if self.configured_echo_urls.is_empty() {
-            self.client.info().await?.echo_urls
+            let named = self.client.info().await?.echo_urls;
+            self.client.on_hub_host(named)
         } else {
             self.configured_echo_urls.clone()
         };

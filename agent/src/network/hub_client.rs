@@ -116,6 +116,9 @@ impl HubClient {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config_pem(ca_pem, ca_origin)?)
             .no_proxy()
+            // A redirect is an answer, not an instruction: followed, it would let whoever
+            // answers send the box to any address, the owner's LAN included.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("edge-agent/", env!("CARGO_PKG_VERSION")))
@@ -181,7 +184,30 @@ impl HubClient {
         Ok(Some(offer.job))
     }
 
-    /// Asks an echo endpoint (any URL) which address it sees.
+    /// Of echo URLs the hub named, those the box may fetch: `https://` on the hub's own host (any
+    /// port), the rest left out with a warning. Fetched as given, they would let a hub use the box
+    /// to probe the owner's LAN (a connect error goes back in the IP report). Echo URLs from the
+    /// config are the operator's and are not filtered.
+    pub(crate) fn on_hub_host(&self, urls: Vec<String>) -> Vec<String> {
+        let host = |url: &str| {
+            reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| u.scheme() == "https")
+                .and_then(|u| u.host_str().map(str::to_owned))
+        };
+        let hub = host(&self.base);
+        urls.into_iter()
+            .filter(|url| {
+                let kept = hub.is_some() && host(url) == hub;
+                if !kept {
+                    tracing::warn!(%url, "an echo URL from the hub is not https:// on the hub's own host; left out");
+                }
+                kept
+            })
+            .collect()
+    }
+
+    /// Asks an echo endpoint which address it sees.
     pub(crate) async fn echo(&self, url: &str) -> Result<IpEcho, HubError> {
         self.send(self.http.get(url), url).await
     }
