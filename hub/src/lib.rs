@@ -45,6 +45,25 @@ pub struct ServeConfig {
     pub rate_per_device: f64,
     /// Requests per device at once.
     pub burst_per_device: u32,
+    /// Seconds the hub's clock runs ahead of the system's (negative: behind). Zero but to test
+    /// devices against a hub whose clock differs from theirs.
+    pub clock_offset_secs: i64,
+}
+
+/// The system's clock moved by a fixed offset (`serve --clock-offset-secs`).
+#[derive(Debug, Clone, Copy)]
+struct OffsetClock(std::time::Duration, bool);
+
+impl edge_hal::Clock for OffsetClock {
+    fn monotonic(&self) -> std::time::Duration {
+        edge_hal::Clock::monotonic(&edge_hal::SystemClock)
+    }
+
+    fn wall(&self) -> std::time::SystemTime {
+        let now = edge_hal::Clock::wall(&edge_hal::SystemClock);
+        let (by, ahead) = (self.0, self.1);
+        if ahead { now + by } else { now - by }
+    }
 }
 
 /// Errors starting the hub.
@@ -132,7 +151,10 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
         echo_urls,
         counters: api::Counters::default(),
         last_poll: Default::default(),
-        clock: Arc::new(edge_hal::SystemClock),
+        clock: Arc::new(OffsetClock(
+            std::time::Duration::from_secs(config.clock_offset_secs.unsigned_abs()),
+            config.clock_offset_secs >= 0,
+        )),
     });
     Ok(Server {
         main_addr,

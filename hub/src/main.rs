@@ -53,6 +53,10 @@ enum Command {
         /// Requests per device at once.
         #[arg(long, default_value_t = 20)]
         burst: u32,
+        /// Run the hub's clock this many seconds ahead of the system's (negative: behind), to
+        /// test devices whose clock is off.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        clock_offset_secs: i64,
     },
     /// Owners, who devices are bound to.
     Owner {
@@ -139,6 +143,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_body_bytes,
             rate,
             burst,
+            clock_offset_secs,
         } => serve(ServeConfig {
             dir,
             listen,
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_body_bytes,
             rate_per_device: rate,
             burst_per_device: burst,
+            clock_offset_secs,
         }),
         Command::Owner {
             command: OwnerCommand::Add { name },

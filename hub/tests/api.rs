@@ -53,6 +53,7 @@ async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
         max_body_bytes,
         rate_per_device: 1.0,
         burst_per_device: burst,
+        clock_offset_secs: 0,
     })
     .await
     .expect("bind");

@@ -433,3 +433,50 @@ fn the_hub_cannot_send_the_box_to_another_host_for_its_echo() {
         );
     }
 }
+
+#[test]
+fn a_box_whose_clock_is_off_the_hubs_still_takes_jobs() {
+    // The hub's clock 15 minutes ahead: the box's is as far behind, three times what the hub
+    // accepts in a signed poll. A box without NTP (or a battery-backed clock) sees this.
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve_with(
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        None,
+        &["--clock-offset-secs", "900"],
+    );
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", server.main.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(60), || hub.device(&id)).expect("registered");
+    let offset = eventually(Duration::from_secs(30), || {
+        sandbox.status()["network"]["clock_offset_ms"].as_i64()
+    })
+    .expect("the offset is shown");
+    assert!(
+        (870_000..=930_000).contains(&offset),
+        "the hub is 900 s ahead, the box says {offset} ms"
+    );
+    let job = sandbox.dir.path().join("job.json");
+    std::fs::write(&job, DOUBLE_JOB.replace("\"ID\"", "\"skewed-1\"")).expect("write job");
+    let out = std::process::Command::new(edge_tests::bin("edge-hub"))
+        .arg("--dir")
+        .arg(hub.dir.path())
+        .args(["job", "submit", "--device", &id])
+        .arg(&job)
+        .output()
+        .expect("submit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = eventually(Duration::from_secs(60), || {
+        hub.jobs()
+            .into_iter()
+            .find(|j| j["job_id"] == "skewed-1" && j["state"] == "done")
+    });
+    stop(agent);
+    let done = done.expect("the job was polled, ran and came back");
+    assert_eq!(done["receipt_status"], "valid", "{done}");
+}

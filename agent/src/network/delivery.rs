@@ -39,6 +39,8 @@ pub(crate) struct NetworkView {
     pub last_error: Option<String>,
     /// Echo endpoints in use.
     pub echo_urls: Vec<String>,
+    /// The hub's clock less the box's at the last registration, ms.
+    pub clock_offset_ms: Option<i64>,
     pub ip: Option<edge_protocol::report::IpReport>,
     pub bandwidth: Option<edge_protocol::report::Bandwidth>,
 }
@@ -155,7 +157,11 @@ impl DeliveryTask {
             agent_version: VERSIONS.agent.into(),
         });
         let signed = edge_tasks::blocking(move || outbox.seal_unqueued(body)).await?;
+        let sent_ms = self.clock.unix_ms();
         let registered = self.client.register(&signed).await?;
+        let offset =
+            self.client
+                .learn_hub_time(registered.server_time_ms, sent_ms, self.clock.unix_ms());
         let (outbox, next) = (self.outbox.clone(), registered.last_seq + 1);
         edge_tasks::blocking(move || outbox.raise_next(next)).await?;
         tracing::info!(owner = %registered.owner, hub_last_seq = registered.last_seq, "registered with the hub");
@@ -169,6 +175,7 @@ impl DeliveryTask {
         self.registered.send_replace(true);
         self.update(|v| {
             v.registered = true;
+            v.clock_offset_ms = Some(offset);
             v.owner = Some(registered.owner);
             v.echo_urls = echo_urls;
             v.last_error = None;

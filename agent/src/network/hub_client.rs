@@ -2,6 +2,7 @@
 //! roots), no proxies. The device initiates everything; it sits behind NAT.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use edge_identity::Identity;
@@ -79,7 +80,13 @@ impl HubError {
 pub(crate) struct HubClient {
     http: reqwest::Client,
     base: String,
+    /// The hub's clock less the box's, ms, as learned at registration; shared by the clones.
+    offset_ms: Arc<AtomicI64>,
 }
+
+/// A clock this far off the hub's is said in the log (polls are signed with the hub's time
+/// either way).
+const SKEW_WARNING_MS: i64 = 60_000;
 
 /// The TLS settings the agent uses for the network: TLS 1.3, ring, only the certificates in
 /// `ca_pem` trusted; `origin` names where they came from in errors.
@@ -127,7 +134,31 @@ impl HubClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            offset_ms: Arc::new(AtomicI64::new(0)),
         })
+    }
+
+    /// Learns how far the box's clock is off the hub's from the hub's time in a reply
+    /// (`server_time_ms`) to a request sent at local `sent_ms` and answered at local `got_ms`
+    /// (the hub's time is taken as the midpoint's); returns the offset, hub less box, ms. A box
+    /// without a battery-backed clock or NTP may be minutes or years off; the hub refuses polls
+    /// more than five minutes off its own clock.
+    pub(crate) fn learn_hub_time(&self, server_time_ms: u64, sent_ms: u64, got_ms: u64) -> i64 {
+        let midpoint = sent_ms / 2 + got_ms / 2;
+        let offset = server_time_ms as i64 - midpoint as i64;
+        self.offset_ms.store(offset, Ordering::Relaxed);
+        if offset.abs() >= SKEW_WARNING_MS {
+            tracing::warn!(
+                offset_secs = offset / 1000,
+                "this box's clock is off the hub's; polls are signed with the hub's time"
+            );
+        }
+        offset
+    }
+
+    /// `local_ms` (the box's clock) on the hub's clock.
+    pub(crate) fn hub_time(&self, local_ms: u64) -> u64 {
+        local_ms.saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// The underlying client (bandwidth tests stream through it).
@@ -164,7 +195,8 @@ impl HubClient {
         .await
     }
 
-    /// Long-polls for the device's next job, waiting up to `wait` on the hub.
+    /// Long-polls for the device's next job, waiting up to `wait` on the hub; the poll is signed
+    /// with `now_ms` (the box's clock) moved onto the hub's ([`HubClient::learn_hub_time`]).
     pub(crate) async fn next_job(
         &self,
         identity: &Identity,
@@ -173,7 +205,7 @@ impl HubClient {
     ) -> Result<Option<Job>, HubError> {
         let url = format!("{}?wait_secs={}", self.url(api::JOBS_NEXT), wait.as_secs());
         let mut request = self.http.get(&url).timeout(wait + REQUEST_TIMEOUT);
-        for (name, value) in poll::sign(identity, now_ms) {
+        for (name, value) in poll::sign(identity, self.hub_time(now_ms)) {
             request = request.header(name, value);
         }
         let response = self.raw(request, &url).await?;
