@@ -412,9 +412,16 @@ fn a_factory_reset_erases_owner_and_settings_and_keeps_the_identity() {
     ));
     let state = device.sandbox.state();
     assert!(state.join("owner.toml").exists());
+    // Files set aside as corrupt hold the owner's data too (an old queue, an old record).
+    for aside in ["outbox.db.corrupt", "pairing.json.corrupt"] {
+        std::fs::write(state.join(aside), b"the previous owner's").expect("set aside");
+    }
 
     ok(&edgectl(owner.path(), &["factory-reset"]));
     assert!(!state.join("owner.toml").exists(), "owner settings erased");
+    for aside in ["outbox.db.corrupt", "pairing.json.corrupt"] {
+        assert!(!state.join(aside).exists(), "{aside} erased");
+    }
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("pairing.json")).expect("read"))
             .expect("JSON");
@@ -425,6 +432,29 @@ fn a_factory_reset_erases_owner_and_settings_and_keeps_the_identity() {
         ok(&edgectl(owner.path(), &["devices"])).is_empty(),
         "edgectl forgot it too"
     );
+    stop(agent);
+}
+
+#[test]
+fn a_factory_reset_that_fails_half_way_keeps_the_owner_who_can_try_again() {
+    let device = Box::new();
+    let agent = device.start();
+    let owner = tempfile::tempdir().expect("tempdir");
+    ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+    // The owner's settings cannot be erased (here a directory where the file should be).
+    let settings = device.sandbox.state().join("owner.toml");
+    std::fs::create_dir(&settings).expect("dir");
+    std::fs::write(settings.join("stuck"), b"x").expect("file");
+
+    let out = edgectl(owner.path(), &["factory-reset"]);
+    assert!(!out.status.success(), "the reset said it was done");
+    // Before, the owner was forgotten first and the error ignored: the box was nobody's, its
+    // settings still there, and no one could finish the reset.
+    ok(&edgectl(owner.path(), &["status"]));
+    assert_eq!(device.pairing()["owned"], true, "{}", device.pairing());
+    std::fs::remove_dir_all(&settings).expect("cleared");
+    ok(&edgectl(owner.path(), &["factory-reset"]));
+    assert_eq!(device.pairing()["window_open"], true);
     stop(agent);
 }
 

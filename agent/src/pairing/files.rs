@@ -131,12 +131,12 @@ pub(crate) fn qr_payload(identity: &Identity, code: &SetupCode) -> String {
 }
 
 /// Erases the owner, the owner's settings, the owner's network binding and report queue, the
-/// Wi-Fi credentials and the pairing failure count, keeping the identity (`edge-agent
-/// factory-reset`, run with the agent stopped).
+/// Wi-Fi credentials, the pairing failure count and every file set aside as corrupt, keeping the
+/// identity (`edge-agent factory-reset`, run with the agent stopped). The owner goes last: a reset
+/// that fails half-way leaves the box with its owner, who can try again, never with nobody able to
+/// finish it.
 pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeError> {
-    let files = BridgeFiles::in_dir(state_dir);
-    files.save(&PairingRecord::default())?;
-    durable::remove(&crate::config::owner_file(state_dir))?;
+    erase_owner_data(state_dir)?;
     // The owner's network binding and queued reports; `seq-floor` stays, so numbers never go back.
     for file in [
         crate::network::binding::FILE,
@@ -148,6 +148,21 @@ pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeErr
     }
     if let Err(e) = hal.wifi.forget_all() {
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
+    }
+    BridgeFiles::in_dir(state_dir).save(&PairingRecord::default())
+}
+
+/// What a reset erases of the owner's besides the binding, in both resets (the agent's and the
+/// owner's app's): the owner's settings, and the files set aside as corrupt (`*.corrupt`: an old
+/// queue, pairing record or settings, which hold the owner's data too).
+pub(crate) fn erase_owner_data(state_dir: &Path) -> Result<(), BridgeError> {
+    durable::remove(&crate::config::owner_file(state_dir))?;
+    let entries =
+        std::fs::read_dir(state_dir).map_err(|e| durable::FileError::at("read", state_dir)(e))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".corrupt") {
+            durable::remove(&entry.path())?;
+        }
     }
     Ok(())
 }

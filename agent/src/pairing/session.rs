@@ -228,6 +228,31 @@ impl Served {
     /// Forgets the owner; a factory reset also erases Wi-Fi credentials, the owner's settings and
     /// the failure count. The identity stays.
     async fn unpair(&self, factory: bool) -> Response {
+        if factory {
+            // Everything of the owner's first, the owner last: a reset that fails half-way leaves
+            // the box with its owner, who is told and can try again.
+            let (wifi, state_dir) = (
+                self.task.control.hal.wifi.clone(),
+                self.task.control.state_dir.clone(),
+            );
+            let erased = edge_tasks::blocking(move || {
+                super::files::erase_owner_data(&state_dir)?;
+                if let Err(e) = wifi.forget_all() {
+                    // No Wi-Fi manager on the box is not a failure of the reset.
+                    tracing::warn!(error = %e, "factory reset: Wi-Fi credentials not erased");
+                }
+                Ok::<(), BridgeError>(())
+            })
+            .await;
+            if let Err(e) = erased {
+                tracing::error!(error = %e, "factory reset failed; the owner is kept");
+                return Response::error(ErrorCode::Internal);
+            }
+            if let Err(e) = self.task.control.binding.unbind().await {
+                tracing::error!(error = %e, "factory reset: the network binding not erased; the owner is kept");
+                return Response::error(ErrorCode::Internal);
+            }
+        }
         let failures = if factory {
             0
         } else {
@@ -247,26 +272,9 @@ impl Served {
             return Response::error(ErrorCode::Internal);
         }
         if factory {
-            let (wifi, owner_file) = (
-                self.task.control.hal.wifi.clone(),
-                crate::config::owner_file(&self.task.control.state_dir),
-            );
-            let erased = edge_tasks::blocking(move || {
-                let _ = std::fs::remove_file(&owner_file);
-                wifi.forget_all()
-            })
-            .await;
-            if let Err(e) = erased {
-                // No Wi-Fi manager on the box is not a failure of the reset.
-                tracing::warn!(error = %e, "factory reset: Wi-Fi credentials not erased");
-            }
-            if let Err(e) = self.task.control.binding.unbind().await {
-                tracing::error!(error = %e, "factory reset: the network binding not erased");
-                return Response::error(ErrorCode::Internal);
-            }
             crate::host::logging::clear();
             tracing::warn!(
-                "factory reset: owner, owner settings, network binding, report queue, recent logs and pairing state erased"
+                "factory reset: owner, owner settings, network binding, report queue, files set aside, recent logs and pairing state erased"
             );
         } else {
             tracing::info!("unpaired");
