@@ -40,7 +40,7 @@ use crate::network::delivery::NetworkStatus;
 use crate::network::outbox::{Bounds, LOW_SPACE, Outbox};
 use crate::network::supervisor::NetworkSupervisor;
 use crate::network::telemetry::Sources;
-use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, Control};
+use crate::pairing::{BridgeFiles, BridgeStatus, BridgeTask, ButtonEvent, Control};
 use crate::status::report::AgentState;
 use crate::status::server::StatusServer;
 
@@ -384,12 +384,13 @@ impl Drain {
 }
 
 /// What opens the pairing window: the button's input device, if configured, and SIGUSR1
-/// (`systemctl kill -s USR1 edge-agent`) always. Both are tasks of the set.
+/// (`systemctl kill -s USR1 edge-agent`) always; and what resets the box: the button held. Both
+/// are tasks of the set.
 fn pairing_button(
     tasks: &Tasks,
     config: &Config,
     hal: &Hal,
-) -> Result<mpsc::Receiver<()>, AgentError> {
+) -> Result<mpsc::Receiver<ButtonEvent>, AgentError> {
     let (button, pressed) = mpsc::channel(1);
     if let Some(wanted) = &config.pairing.button {
         // Opening an input device is a quick syscall; the wait for presses is what blocks.
@@ -417,19 +418,19 @@ fn pairing_button(
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok::<_, Infallible>(()),
-                Some(()) = sigusr1.recv() => { let _ = button.try_send(()); }
+                Some(()) = sigusr1.recv() => { let _ = button.try_send(ButtonEvent::Pressed); }
             }
         }
     });
     Ok(pressed)
 }
 
-/// Sends each press of `button` to `pressed` until shutdown, the bridge is gone, or the device
-/// ends. Runs on a blocking thread; the wait's timeout bounds how late it sees shutdown.
+/// Sends each press and hold of `button` to `pressed` until shutdown, the bridge is gone, or the
+/// device ends. Runs on a blocking thread; the wait's timeout bounds how late it sees shutdown.
 fn forward_button(
     mut button: Box<dyn Button>,
     device: &Path,
-    pressed: &mpsc::Sender<()>,
+    pressed: &mpsc::Sender<ButtonEvent>,
     stop: &CancellationToken,
 ) {
     let device = device.display();
@@ -437,7 +438,12 @@ fn forward_button(
         match button.wait(std::time::Duration::from_millis(250)) {
             Ok(Wait::Pressed) => {
                 tracing::info!(%device, "pairing button pressed");
-                let _ = pressed.try_send(());
+                let _ = pressed.try_send(ButtonEvent::Pressed);
+            }
+            Ok(Wait::Held) => {
+                tracing::warn!(%device, hold = ?edge_hal::button::RESET_HOLD, "pairing button held: factory reset");
+                // Never dropped, unlike a press the bridge has not taken yet.
+                let _ = pressed.blocking_send(ButtonEvent::Held);
             }
             Ok(Wait::TimedOut) => {}
             Ok(Wait::Ended) => {
@@ -487,7 +493,9 @@ mod tests {
             forward_button(button, Path::new("/dev/input/event2"), &tx, &stop);
         });
         assert_eq!(buttons.press(), 1);
-        assert_eq!(rx.recv().await, Some(()));
+        assert_eq!(rx.recv().await, Some(ButtonEvent::Pressed));
+        assert_eq!(buttons.hold(), 1);
+        assert_eq!(rx.recv().await, Some(ButtonEvent::Held));
         buttons.unplug();
         tokio::time::timeout(std::time::Duration::from_secs(5), thread)
             .await

@@ -3,10 +3,11 @@
 //!
 //! The device is read as a stream of `struct input_event` records: a `timeval` (two `long`s), then
 //! `u16` type, `u16` code and `i32` value, in native byte order ([`EVENT_SIZE`]: 24 bytes on 64-bit
-//! Linux). A press is a key-down: type `EV_KEY`, the configured code, value 1. Releases (0),
-//! auto-repeats (2), other codes and other event types are ignored. A press counts at once, not
-//! after a hold: the window it opens only ever opens on a box without an owner, and a long hold
-//! stays free for a later gesture. Debouncing is the driver's (`gpio-keys`' `debounce-interval`).
+//! Linux). A press is a key-down: type `EV_KEY`, the configured code, value 1; it counts at once,
+//! not after a hold. A key held down for [`RESET_HOLD`] (no release, value 0, in between) is a
+//! hold as well, said once: the physical factory reset. Auto-repeats (2), other codes and other
+//! event types are ignored. The hold is timed by this reader's monotonic clock from when it read
+//! the key-down. Debouncing is the driver's (`gpio-keys`' `debounce-interval`).
 //!
 //! The file is opened non-blocking and polled with a timeout, so the thread waiting on it notices
 //! shutdown. Anything pollable reads the same, so a FIFO or a plain file stands in for the device
@@ -29,6 +30,9 @@ pub const EV_KEY: u16 = 1;
 
 /// `KEY_CONNECT`, a usual code for a pairing button.
 pub const KEY_CONNECT: u16 = 218;
+
+/// How long the key must be held down to be a hold (the factory reset).
+pub const RESET_HOLD: Duration = Duration::from_secs(10);
 
 /// `KEY_MAX`: the highest key code.
 pub const KEY_MAX: u16 = 0x2ff;
@@ -70,6 +74,8 @@ pub enum ButtonError {
 pub enum Wait {
     /// The key was pressed: one key-down, possibly read before this wait began.
     Pressed,
+    /// The key has been held down for the hold time since its last press (once per press).
+    Held,
     /// No press within the timeout.
     TimedOut,
     /// The input ended (the device went away, a FIFO's writer closed it): no press will come.
@@ -107,6 +113,15 @@ impl InputEvent {
             kind: EV_KEY,
             code,
             value: 1,
+        }
+    }
+
+    /// A key-up of key `code`.
+    pub fn release(code: u16) -> Self {
+        Self {
+            kind: EV_KEY,
+            code,
+            value: 0,
         }
     }
 
@@ -156,6 +171,10 @@ pub struct EvdevButton {
     partial: Vec<u8>,
     /// Presses read but not reported yet.
     presses: usize,
+    /// When the key went down, while it is down and its hold is not reported yet.
+    down_since: Option<Instant>,
+    /// How long a hold is ([`RESET_HOLD`]).
+    hold: Duration,
     ended: bool,
 }
 
@@ -176,8 +195,16 @@ impl EvdevButton {
             key,
             partial: Vec::with_capacity(EVENT_SIZE),
             presses: 0,
+            down_since: None,
+            hold: RESET_HOLD,
             ended: false,
         })
+    }
+
+    /// The same button with a hold of `hold` instead of [`RESET_HOLD`] (tests).
+    pub fn with_hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     fn read_error(&self, source: std::io::Error) -> ButtonError {
@@ -208,8 +235,12 @@ impl EvdevButton {
                     let Ok(record) = <&[u8; EVENT_SIZE]>::try_from(record) else {
                         continue;
                     };
-                    if InputEvent::decode(record) == InputEvent::press(self.key) {
+                    let event = InputEvent::decode(record);
+                    if event == InputEvent::press(self.key) {
                         self.presses += 1;
+                        self.down_since = Some(Instant::now());
+                    } else if event == InputEvent::release(self.key) {
+                        self.down_since = None;
                     }
                 }
                 self.partial.drain(..whole);
@@ -233,18 +264,25 @@ impl Button for EvdevButton {
                 self.presses -= 1;
                 return Ok(Wait::Pressed);
             }
+            let held_at = self.down_since.map(|since| since + self.hold);
+            if held_at.is_some_and(|at| Instant::now() >= at) {
+                self.down_since = None;
+                return Ok(Wait::Held);
+            }
             if self.ended {
                 return Ok(Wait::Ended);
             }
             // Poll before reading: a FIFO that never had a writer reads as its end, but does
-            // not poll readable.
-            let left = deadline.saturating_duration_since(Instant::now());
+            // not poll readable. A hold under way wakes it when it is due.
+            let until = held_at.map_or(deadline, |at| at.min(deadline));
+            let left = until.saturating_duration_since(Instant::now());
             let millis = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
             match poll(
                 &mut fds,
                 PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
             ) {
+                Ok(0) if until < deadline => {}
                 Ok(0) => return Ok(Wait::TimedOut),
                 Ok(_) => self.read_some()?,
                 Err(Errno::EINTR) => {}
@@ -271,6 +309,7 @@ mod tests {
         loop {
             match button.wait(WAIT)? {
                 Wait::Pressed => n += 1,
+                Wait::Held => panic!("a hold, with every press released"),
                 Wait::Ended => return Ok(n),
                 Wait::TimedOut => panic!("no end of input within {WAIT:?}"),
             }
@@ -297,6 +336,43 @@ mod tests {
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
             .expect("mkfifo");
         path
+    }
+
+    #[test]
+    fn a_key_held_down_is_a_hold_once_and_a_released_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fifo(dir.path());
+        let hold = Duration::from_millis(300);
+        let mut button = EvdevButton::open(&path, KEY_CONNECT)
+            .expect("open")
+            .with_hold(hold);
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("write end");
+        // Down and up again, with a repeat between: a press, and no hold.
+        let tap = [
+            event(EV_KEY, KEY_CONNECT, 1),
+            event(EV_KEY, KEY_CONNECT, 2),
+            event(EV_KEY, KEY_CONNECT, 0),
+        ]
+        .concat();
+        writer.write_all(&tap).expect("write");
+        assert_eq!(button.wait(WAIT).expect("wait"), Wait::Pressed);
+        assert_eq!(button.wait(hold * 3).expect("wait"), Wait::TimedOut);
+        // Down and kept down (auto-repeats only): a press at once, then one hold, not before.
+        let down = [event(EV_KEY, KEY_CONNECT, 1), event(EV_KEY, KEY_CONNECT, 2)].concat();
+        writer.write_all(&down).expect("write");
+        let pressed = Instant::now();
+        assert_eq!(button.wait(WAIT).expect("wait"), Wait::Pressed);
+        assert_eq!(button.wait(WAIT).expect("wait"), Wait::Held);
+        assert!(pressed.elapsed() >= hold, "held {:?}", pressed.elapsed());
+        assert_eq!(button.wait(hold * 2).expect("wait"), Wait::TimedOut, "once");
+        // Another key held does not count.
+        writer
+            .write_all(&event(EV_KEY, KEY_CONNECT + 1, 1))
+            .expect("write");
+        assert_eq!(button.wait(hold * 2).expect("wait"), Wait::TimedOut);
     }
 
     #[test]

@@ -315,10 +315,11 @@ impl crate::power::Power for FakePower {
     }
 }
 
-/// Buttons the test presses: every button opened reports each [`FakeButtons::press`].
+/// Buttons the test presses: every button opened reports each [`FakeButtons::press`] and
+/// [`FakeButtons::hold`].
 #[derive(Debug, Default)]
 pub struct FakeButtons {
-    opened: Mutex<Vec<(PathBuf, u16, std::sync::mpsc::Sender<()>)>>,
+    opened: Mutex<Vec<(PathBuf, u16, std::sync::mpsc::Sender<Wait>)>>,
     /// `open` fails as for a missing device.
     pub missing: std::sync::atomic::AtomicBool,
 }
@@ -326,8 +327,17 @@ pub struct FakeButtons {
 impl FakeButtons {
     /// Presses every open button; how many were still waited on.
     pub fn press(&self) -> usize {
+        self.send(Wait::Pressed)
+    }
+
+    /// Says every open button has been held down for the hold time (a press comes first).
+    pub fn hold(&self) -> usize {
+        self.send(Wait::Held)
+    }
+
+    fn send(&self, what: Wait) -> usize {
         let mut opened = lock(&self.opened);
-        opened.retain(|(.., tx)| tx.send(()).is_ok());
+        opened.retain(|(.., tx)| tx.send(what).is_ok());
         opened.len()
     }
 
@@ -361,12 +371,12 @@ impl Buttons for FakeButtons {
 
 /// A button opened by [`FakeButtons`].
 #[derive(Debug)]
-pub struct FakeButton(std::sync::mpsc::Receiver<()>);
+pub struct FakeButton(std::sync::mpsc::Receiver<Wait>);
 
 impl Button for FakeButton {
     fn wait(&mut self, timeout: Duration) -> Result<Wait, ButtonError> {
         match self.0.recv_timeout(timeout) {
-            Ok(()) => Ok(Wait::Pressed),
+            Ok(what) => Ok(what),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(Wait::TimedOut),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(Wait::Ended),
         }

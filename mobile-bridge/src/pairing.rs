@@ -1032,7 +1032,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_handshake_fails_after_sixty_seconds() {
+    fn a_stalled_handshake_fails_after_its_timeout() {
         let mut b = bench(0);
         let (client, start) =
             ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");

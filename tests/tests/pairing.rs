@@ -663,14 +663,13 @@ fn input_event(kind: u16, code: u16, value: i32) -> Vec<u8> {
     record
 }
 
-#[test]
-fn the_pairing_button_opens_a_window_that_failures_closed() {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+const EV_KEY: u16 = 1;
+const KEY_CONNECT: u16 = 218;
 
-    const EV_KEY: u16 = 1;
-    const KEY_CONNECT: u16 = 218;
-    // A FIFO stands in for the button's input device.
+/// A box whose pairing button is a FIFO (standing in for its input device), started, and the
+/// FIFO's write end.
+fn box_with_a_button() -> (Box, Running, std::fs::File, tempfile::TempDir) {
+    use std::os::unix::fs::OpenOptionsExt;
     let input = tempfile::tempdir().expect("tempdir");
     let fifo = input.path().join("gpio-keys-event");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
@@ -682,15 +681,23 @@ fn the_pairing_button_opens_a_window_that_failures_closed() {
         )),
         addr,
     };
-    let wrong = wrong_code_for(&device);
-    let id = device.code()["device_id"].as_str().expect("id").to_owned();
     let agent = device.start();
     // The agent opened the read end before READY, so this neither blocks nor fails.
-    let mut button = std::fs::OpenOptions::new()
+    let button = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(&fifo)
         .expect("the agent reads the button's device");
+    (device, agent, button, input)
+}
+
+#[test]
+fn the_pairing_button_opens_a_window_that_failures_closed() {
+    use std::io::Write;
+
+    let (device, agent, mut button, _input) = box_with_a_button();
+    let wrong = wrong_code_for(&device);
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
 
     let attacker = tempfile::tempdir().expect("tempdir");
     for _ in 0..20 {
@@ -714,15 +721,49 @@ fn the_pairing_button_opens_a_window_that_failures_closed() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(device.pairing()["window_open"], false, "no press yet");
 
+    // A press: down, then up (held, it would be a reset).
     button
         .write_all(&input_event(EV_KEY, KEY_CONNECT, 1))
         .expect("press");
     let opened = edge_tests::hub::eventually(Duration::from_secs(10), || {
         (device.pairing()["window_open"] == true).then_some(())
     });
+    button
+        .write_all(&input_event(EV_KEY, KEY_CONNECT, 0))
+        .expect("release");
     assert!(opened.is_some(), "{}", device.pairing());
     let owner = tempfile::tempdir().expect("tempdir");
     ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+    stop(agent);
+}
+
+#[test]
+fn the_pairing_button_held_ten_seconds_resets_the_box_for_its_next_owner() {
+    use std::io::Write;
+
+    let (device, agent, mut button, _input) = box_with_a_button();
+    let seller = tempfile::tempdir().expect("tempdir");
+    ok(&pair(seller.path(), None, &device.addr, &device.qr()));
+    ok(&edgectl(
+        seller.path(),
+        &["config", "set", "network.accept_jobs", "false"],
+    ));
+    let state = device.sandbox.state();
+    assert!(state.join("owner.toml").exists());
+    // Before, only the owner's app or a shell could reset a box: a buyer whose seller did not
+    // could never pair it.
+    button
+        .write_all(&input_event(EV_KEY, KEY_CONNECT, 1))
+        .expect("hold");
+    let reset = edge_tests::hub::eventually(Duration::from_secs(30), || {
+        (device.pairing()["owned"] == false).then_some(())
+    });
+    assert!(reset.is_some(), "not reset: {}", device.pairing());
+    assert!(!state.join("owner.toml").exists(), "owner settings erased");
+    assert_eq!(device.pairing()["window_open"], true);
+    refused(&edgectl(seller.path(), &["status"]), "Unauthorized");
+    let buyer = tempfile::tempdir().expect("tempdir");
+    ok(&pair(buyer.path(), None, &device.addr, &device.qr()));
     stop(agent);
 }
 

@@ -527,8 +527,9 @@ pub(crate) const FIELDS: &[Field] = &[
         owner: false,
         doc: &[
             "The pairing button: a key on a Linux input device (evdev). A press (key-down, no hold) opens the",
-            "pairing window, as SIGUSR1 does (`systemctl kill -s USR1 edge-agent`), which keeps working. A",
-            "device that is missing or unreadable is a warning at start; the agent runs on with SIGUSR1 only.",
+            "pairing window, as SIGUSR1 does (`systemctl kill -s USR1 edge-agent`), which keeps working. Held",
+            "down 10 s it resets the box (the factory reset). A device that is missing or unreadable is a",
+            "warning at start; the agent runs on with SIGUSR1 only.",
             "Needs listen. Default: none.",
         ],
         example: "# button = \"/dev/input/by-path/platform-gpio-keys-event\"",

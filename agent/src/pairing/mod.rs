@@ -5,10 +5,10 @@
 //! State, in the state directory: `setup-code` (the per-device setup secret, 0600, made on first
 //! start; the label's QR code and manual code come from it) and `pairing.json` (the owner's public
 //! key and the persistent failure count, 0600, written durably before any reply that depends on
-//! them). The pairing window opens at start while the box has no owner, and again on the pairing
-//! button (`[pairing] button`, or SIGUSR1); it closes after 15 minutes, 20 failures, or a pairing. At 100 failures over the
-//! box's life pairing is locked until a factory reset (`edge-agent factory-reset`, or the owner's
-//! app).
+//! them). The pairing window opens at start on a box never paired, and on the pairing button
+//! (`[pairing] button`, or SIGUSR1); it closes after 15 minutes, 20 failures, or a pairing. From
+//! 100 failures over the box's life, attempts are slowed (never locked out). The button held 10 s
+//! is the factory reset, as `edge-agent factory-reset` and the owner's app's.
 
 pub(crate) mod advertise;
 mod control;
@@ -19,4 +19,4 @@ mod task;
 
 pub(crate) use control::Control;
 pub(crate) use files::{BridgeError, BridgeFiles, factory_reset, qr_payload};
-pub(crate) use task::{BridgeStatus, BridgeTask, BridgeView, OwnerStatus};
+pub(crate) use task::{BridgeStatus, BridgeTask, BridgeView, ButtonEvent, OwnerStatus};

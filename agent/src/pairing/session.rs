@@ -227,6 +227,15 @@ impl Served {
 
     /// Forgets the owner; a factory reset also erases Wi-Fi credentials, the owner's settings and
     /// the failure count. The identity stays.
+    /// The factory reset without the owner's app (the pairing button held): as the app's, and
+    /// said in the log either way.
+    pub(super) async fn factory_reset(&self, why: &str) {
+        tracing::warn!(%why, "factory reset");
+        if self.unpair(true).await != Response::Ok {
+            tracing::error!(%why, "the factory reset failed; hold the button again to retry");
+        }
+    }
+
     async fn unpair(&self, factory: bool) -> Response {
         if factory {
             // Everything of the owner's first, the owner last: a reset that fails half-way leaves

@@ -83,12 +83,22 @@ pub(crate) struct BridgeView {
 /// Shared with `/status`.
 pub(crate) type BridgeStatus = Arc<Mutex<BridgeView>>;
 
+/// What the pairing button did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ButtonEvent {
+    /// Pressed (or SIGUSR1): opens a pairing window.
+    Pressed,
+    /// Held down for `edge_hal::button::RESET_HOLD`: the physical factory reset, for an owner
+    /// without the app, or a buyer whose seller did not reset the box.
+    Held,
+}
+
 impl BridgeTask {
-    /// Serves until `shutdown`. `button` fires when the owner presses the pairing button.
+    /// Serves until `shutdown`. `button` says what the owner does with the pairing button.
     pub(crate) async fn run(
         self,
         status: BridgeStatus,
-        mut button: tokio::sync::mpsc::Receiver<()>,
+        mut button: tokio::sync::mpsc::Receiver<ButtonEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), BridgeError> {
         let files = self.files.clone();
@@ -157,7 +167,10 @@ impl BridgeTask {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                Some(()) = button.recv() => this.open_window("pairing button"),
+                Some(event) = button.recv() => match event {
+                    ButtonEvent::Pressed => this.open_window("pairing button"),
+                    ButtonEvent::Held => this.factory_reset("the pairing button held").await,
+                },
                 _ = tick.tick() => this.tick(),
                 _ = look.tick(), if links.is_some() => {
                     if let Some((addr, watch)) = links.as_mut() {
