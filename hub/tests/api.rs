@@ -126,6 +126,20 @@ impl Hub {
         response.json().await.expect("reply")
     }
 
+    /// A job poll (waiting at most a second) with these signed headers.
+    fn poll(
+        &self,
+        headers: [(&'static str, String); 3],
+    ) -> impl Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/jobs/next?wait_secs=1", self.base));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    }
+
     fn stored(&self, identity: &Identity) -> serde_json::Value {
         inspect::device(&db_path(&self.dir), &identity.device_id().to_string())
             .expect("inspect")
@@ -367,15 +381,7 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
     let err = store::add_job(&db, &me.device_id().to_string(), &job, 2).expect_err("same id");
     assert!(err.to_string().contains("j1 already exists"), "{err}");
 
-    let poll = |headers: [(&'static str, String); 3]| {
-        let mut request = hub
-            .http
-            .get(format!("{}/v1/jobs/next?wait_secs=1", hub.base));
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        request.send()
-    };
+    let poll = |headers| hub.poll(headers);
     let t = SystemClock.unix_ms();
     let signed = edge_protocol::poll::sign(&me, t);
     let response = poll(signed.clone()).await.expect("poll");
@@ -442,13 +448,10 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
     // Three are handed out; "kept" stays queued.
     for t in 0..3 {
         let signed = edge_protocol::poll::sign(&me, SystemClock.unix_ms() + t);
-        let mut request = hub
-            .http
-            .get(format!("{}/v1/jobs/next?wait_secs=1", hub.base));
-        for (name, value) in signed {
-            request = request.header(name, value);
-        }
-        assert_eq!(request.send().await.expect("poll").status(), StatusCode::OK);
+        assert_eq!(
+            hub.poll(signed).await.expect("poll").status(),
+            StatusCode::OK
+        );
     }
 
     // What the worker hashes: each binding's contents, zero-padded, in order.

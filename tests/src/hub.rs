@@ -148,6 +148,13 @@ impl HubDir {
             .collect()
     }
 
+    /// Queues the job in `file` for `device` (`edge-hub job submit`).
+    pub fn submit(&self, device: &str, file: &Path) {
+        run(Self::command(self.dir.path())
+            .args(["job", "submit", "--device", device])
+            .arg(file));
+    }
+
     /// `edge-hub jobs`: every job, newest first.
     pub fn jobs(&self) -> Vec<serde_json::Value> {
         run(Self::command(self.dir.path()).arg("jobs"))

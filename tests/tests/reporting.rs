@@ -288,18 +288,7 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
     )
     .expect("write job");
     for file in [&good, &bad] {
-        let out = std::process::Command::new(edge_tests::bin("edge-hub"))
-            .arg("--dir")
-            .arg(hub.dir.path())
-            .args(["job", "submit", "--device", &id])
-            .arg(file)
-            .output()
-            .expect("submit");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        hub.submit(&id, file);
     }
     let jobs = eventually(Duration::from_secs(120), || {
         let jobs = hub.jobs();
@@ -459,18 +448,7 @@ fn a_box_whose_clock_is_off_the_hubs_still_takes_jobs() {
     );
     let job = sandbox.dir.path().join("job.json");
     std::fs::write(&job, DOUBLE_JOB.replace("\"ID\"", "\"skewed-1\"")).expect("write job");
-    let out = std::process::Command::new(edge_tests::bin("edge-hub"))
-        .arg("--dir")
-        .arg(hub.dir.path())
-        .args(["job", "submit", "--device", &id])
-        .arg(&job)
-        .output()
-        .expect("submit");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hub.submit(&id, &job);
     let done = eventually(Duration::from_secs(60), || {
         hub.jobs()
             .into_iter()
