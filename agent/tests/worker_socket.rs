@@ -49,6 +49,13 @@ impl Activator {
     }
 }
 
+/// Under qemu-user (the aarch64 tests on an x86 host) the worker runs unconfined, and says so.
+fn emulated() -> bool {
+    cfg!(target_arch = "aarch64")
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .is_ok_and(|c| c.contains("GenuineIntel") || c.contains("AuthenticAMD"))
+}
+
 /// `None` (said loudly) where there is no GPU to test with; a missing activator fails.
 fn activator() -> Option<Activator> {
     let worker = edge_hal::gpu::worker_beside(Path::new(env!("CARGO_BIN_EXE_edge-agent")));
@@ -95,10 +102,17 @@ async fn through_its_socket_the_worker_is_found_runs_jobs_and_reports_its_confin
     let key = activator.dir.path().join("identity.key");
     std::fs::write(&key, "not really a key").expect("key");
     let report = worker.sandbox_report(&key).await.expect("a report");
-    assert_eq!(report["seccomp"], 2, "{report}");
-    for refused in ["open_probe", "socket_inet", "ptrace_parent"] {
-        let outcome = report[refused].as_str().expect("outcome");
-        assert!(outcome.starts_with("refused"), "{refused}: {report}");
+    if emulated() {
+        eprintln!(
+            "SKIPPED the confinement half of this test: qemu-user emulates neither seccomp nor \
+             Landlock (the image's boot test checks the arm64 worker); got {report}"
+        );
+    } else {
+        assert_eq!(report["seccomp"], 2, "{report}");
+        for refused in ["open_probe", "socket_inet", "ptrace_parent"] {
+            let outcome = report[refused].as_str().expect("outcome");
+            assert!(outcome.starts_with("refused"), "{refused}: {report}");
+        }
     }
     // The same worker then runs a job.
     let job = kernels::hash_chain(7, 10, 64).expect("job");
