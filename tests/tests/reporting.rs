@@ -458,3 +458,31 @@ fn a_box_whose_clock_is_off_the_hubs_still_takes_jobs() {
     let done = done.expect("the job was polled, ran and came back");
     assert_eq!(done["receipt_status"], "valid", "{done}");
 }
+
+#[test]
+fn a_hub_reply_larger_than_the_agent_takes_is_not_read() {
+    // A hub (or whoever answers in its place) that answers its info with over 256 KiB: here three
+    // echo URLs of 100 KiB each. Before, the agent read any reply whole.
+    let long = |i: usize| format!("https://127.0.0.1/{i}{}", "x".repeat(100 << 10));
+    let urls: Vec<String> = (0..3).map(long).collect();
+    let mut args = Vec::new();
+    for url in &urls {
+        args.extend(["--echo-url", url.as_str()]);
+    }
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve_with("127.0.0.1:0", "127.0.0.1:0", None, &args);
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", server.main.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let error = eventually(Duration::from_secs(60), || {
+        let network = sandbox.status()["network"].clone();
+        network["last_error"].as_str().map(str::to_owned)
+    });
+    let registered = sandbox.status()["network"]["registered"].clone();
+    stop(agent);
+    let error = error.expect("the agent says why it is not registered");
+    assert!(
+        error.contains("/v1/info") && error.contains("over 262144 bytes"),
+        "{error}"
+    );
+    assert_eq!(registered, false, "an info it could not read");
+}

@@ -21,6 +21,14 @@ use serde::de::DeserializeOwned;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting (TCP and TLS) takes at most this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of an API reply: a registration, report verdicts (256 at most), the hub's info, an
+/// IP echo, a ping or upload answer. Whoever answers in the hub's place cannot make the agent hold
+/// more.
+pub(crate) const REPLY_LIMIT: usize = 256 << 10;
+/// Most bytes of a job offer: a job with its inputs inline (larger inputs are for blobs).
+pub(crate) const JOB_LIMIT: usize = 64 << 20;
+/// Most bytes of an error reply kept for its message.
+const ERROR_LIMIT: usize = 4 << 10;
 
 /// Errors talking to the hub.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +49,12 @@ pub enum HubError {
         status: StatusCode,
         message: String,
     },
+    /// The reply was larger than any the agent takes from there; it was not read further.
+    #[error("{url}: the reply is over {limit} bytes, more than this agent takes; not read")]
+    TooLarge { url: String, limit: usize },
+    /// The reply is not what was asked for.
+    #[error("{url}: the reply is not valid: {reason}")]
+    BadReply { url: String, reason: String },
 }
 
 impl HubError {
@@ -60,6 +74,8 @@ impl HubError {
             Self::Refused { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
+            // A hub that answers nonsense may be fixed; its answers are not trusted meanwhile.
+            Self::TooLarge { .. } | Self::BadReply { .. } => true,
             Self::Ca { .. } | Self::Client(_) => false,
         }
     }
@@ -212,7 +228,7 @@ impl HubClient {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let offer: JobOffer = response.json().await.map_err(HubError::unreachable(&url))?;
+        let offer: JobOffer = parse(&read_capped(response, JOB_LIMIT, &url).await?, &url)?;
         Ok(Some(offer.job))
     }
 
@@ -255,7 +271,7 @@ impl HubClient {
             self.url(what)
         };
         let response = self.raw(request, &url).await?;
-        response.json().await.map_err(HubError::unreachable(&url))
+        parse(&read_capped(response, REPLY_LIMIT, &url).await?, &url)
     }
 
     /// Sends `request` (for `url`) and hands back a successful response unread, for callers that
@@ -276,8 +292,41 @@ impl HubClient {
 }
 
 /// The hub's error reply as a [`HubError::Refused`].
+/// The body of `response` (from `url`), if it is at most `limit` bytes; read no further than that.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+    url: &str,
+) -> Result<Vec<u8>, HubError> {
+    let too_large = || HubError::TooLarge {
+        url: url.to_owned(),
+        limit,
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(HubError::unreachable(url))? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8], url: &str) -> Result<T, HubError> {
+    serde_json::from_slice(body).map_err(|e| HubError::BadReply {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 async fn refused(url: String, status: StatusCode, response: reqwest::Response) -> HubError {
-    let text = response.text().await.unwrap_or_default();
+    let text = match read_capped(response, ERROR_LIMIT, &url).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(e) => e.to_string(),
+    };
     let message = serde_json::from_str::<ApiError>(&text)
         .map(|e| e.error)
         .unwrap_or(text);

@@ -21,7 +21,7 @@ use edge_protocol::report::{Bandwidth, IpObservation, IpReport};
 use futures_util::StreamExt;
 
 use crate::config::BandwidthConfig;
-use crate::network::hub_client::{HubClient, HubError};
+use crate::network::hub_client::{HubClient, HubError, REPLY_LIMIT, read_capped};
 
 /// How often the byte counters are sampled.
 pub(crate) const SAMPLE: Duration = Duration::from_millis(250);
@@ -78,7 +78,7 @@ async fn pings(hub: &HubClient) -> Result<Vec<f64>, MeasureError> {
     for _ in 0..PINGS {
         let start = Instant::now();
         let response = hub.raw(hub.http().get(&url), &url).await?;
-        let _ = response.bytes().await;
+        let _ = read_capped(response, REPLY_LIMIT, &url).await;
         rtts.push(start.elapsed().as_secs_f64() * 1e3);
     }
     rtts.remove(0);
@@ -250,7 +250,7 @@ async fn upload(
         .post(&url)
         .body(reqwest::Body::wrap_stream(chunks));
     let response = hub.raw(request, &url).await?;
-    let _ = response.bytes().await;
+    let _ = read_capped(response, REPLY_LIMIT, &url).await;
     Ok(())
 }
 
