@@ -72,6 +72,10 @@ impl ShaderCache {
 }
 
 fn analyze(kernel: &Kernel, limits: &GpuLimits) -> ShaderCheck {
+    // A source over the bound is not given to the compiler at all (`check_job` says why).
+    if kernel.wgsl.len() > edge_jobs::check::MAX_WGSL_BYTES {
+        return ShaderCheck::default();
+    }
     // The shader: parse, validate, find the entry point and the bindings it uses.
     let mut problems = Problems(Vec::new());
     let mut used: BTreeMap<u32, (BindingKind, u64, String)> = BTreeMap::new();

@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -21,10 +22,11 @@ use edge_protocol::exposition::Exposition;
 use edge_protocol::report::Register;
 use edge_protocol::{Body as ReportBody, Signed, poll};
 use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use ring::digest;
 use serde::Deserialize;
 
-use crate::limits::RateLimiter;
+use crate::limits::{self, RateLimiter, Replay, Replays};
 use crate::store::{Checked, Registration, Store, StoreError};
 use crate::tls::Peer;
 
@@ -41,12 +43,16 @@ pub struct Hub {
     pub store: Store,
     /// Per-device request limits.
     pub limiter: RateLimiter,
+    /// Per-address request limits, checked before anything else.
+    pub per_address: RateLimiter,
     /// Echo endpoints told to devices at registration.
     pub echo_urls: Vec<String>,
     /// Counters for `/metrics`.
     pub counters: Counters,
-    /// Each device's latest accepted poll time (a poll must be newer: no replays).
-    pub last_poll: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Signed requests already taken (no replays).
+    pub replays: Replays,
+    /// How long a device has to send a job's result before it is handed out again.
+    pub job_lease: std::time::Duration,
     /// Wall time, for receipt stamps, skew checks and job deadlines.
     pub clock: Arc<dyn Clock>,
 }
@@ -60,6 +66,8 @@ pub struct Counters {
     duplicate: AtomicU64,
     rejected: AtomicU64,
     rate_limited: AtomicU64,
+    address_limited: AtomicU64,
+    body_timeouts: AtomicU64,
     bad_requests: AtomicU64,
     echo: AtomicU64,
     jobs_handed_out: AtomicU64,
@@ -67,8 +75,14 @@ pub struct Counters {
     upload_bytes: AtomicU64,
 }
 
-/// The router; `max_body` bounds every request body but uploads.
-pub fn router(hub: Arc<Hub>, max_body: usize) -> Router {
+/// The router. Every request is first counted against its address's limit; every body but an
+/// upload's is read whole, within the body limits, before its handler runs.
+pub fn router(hub: Arc<Hub>, limits: &crate::Limits) -> Router {
+    let whole = BodyRules {
+        max: limits.max_body_bytes,
+        deadline: limits.body_timeout,
+        hub: hub.clone(),
+    };
     Router::new()
         .route(api::REGISTER, post(register))
         .route(api::REPORTS, post(reports))
@@ -78,12 +92,93 @@ pub fn router(hub: Arc<Hub>, max_body: usize) -> Router {
         .route(api::DOWNLOAD, get(download))
         .route(api::JOBS_NEXT, get(next_job))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(whole),
+            read_whole_body,
+        ))
         .route(
             api::UPLOAD,
             post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES as usize)),
         )
+        .layer(middleware::from_fn_with_state(hub.clone(), per_address))
         .with_state(hub)
+}
+
+/// Refuses a request from an address over its rate, before its body is read or any signature
+/// checked: an address cannot make the hub spend CPU on it faster than its rate.
+async fn per_address(
+    State(hub): State<Arc<Hub>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match hub
+        .per_address
+        .check(&limits::address_key(peer.ip()), Instant::now())
+    {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            hub.counters.address_limited.fetch_add(1, Ordering::Relaxed);
+            too_many(format!("too many requests from {}", peer.ip()), wait)
+        }
+    }
+}
+
+/// A 429 that says when to come back.
+fn too_many(message: String, wait: std::time::Duration) -> Response {
+    let mut response = Refusal(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// How a request body is read: whole, at most `max` bytes, within `deadline`.
+struct BodyRules {
+    max: usize,
+    deadline: std::time::Duration,
+    hub: Arc<Hub>,
+}
+
+/// Reads the body whole before the handler: a client that sends it slower than the deadline
+/// allows is answered 408 and its connection's slot is freed (a header timeout alone would let
+/// it hold the slot by trickling the body).
+async fn read_whole_body(
+    State(rules): State<Arc<BodyRules>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, rules.max);
+    let bytes = match tokio::time::timeout(rules.deadline, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Refusal::too_large().into_response();
+        }
+        Ok(Err(e)) => {
+            return Refusal(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+                .into_response();
+        }
+        Err(_) => {
+            rules
+                .hub
+                .counters
+                .body_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "the request body did not arrive within {} s",
+                rules.deadline.as_secs_f64()
+            );
+            let mut response = Refusal(StatusCode::REQUEST_TIMEOUT, message).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// An error reply: its status, and the message sent as `{"error": ...}`.
@@ -101,14 +196,21 @@ impl From<Refusal> for Response {
     }
 }
 
+impl Refusal {
+    fn too_large() -> Self {
+        Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is over the hub's size limit (edge-hub serve --max-body-bytes)".into(),
+        )
+    }
+}
+
 impl From<BytesRejection> for Refusal {
     fn from(r: BytesRejection) -> Self {
-        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "request body is over the hub's size limit (edge-hub serve --max-body-bytes)".into()
-        } else {
-            r.body_text()
-        };
-        Refusal(r.status(), message)
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Refusal::too_large();
+        }
+        Refusal(r.status(), r.body_text())
     }
 }
 
@@ -233,15 +335,10 @@ async fn reports(
         && let Err(wait) = hub.limiter.check(device, Instant::now())
     {
         hub.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-        let mut response = Refusal(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Err(too_many(
             format!("too many requests from device {device}"),
-        )
-        .into_response();
-        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return Err(response);
+            wait,
+        ));
     }
     let results = hub
         .store
@@ -347,12 +444,14 @@ struct NextQuery {
 /// How often a waiting long-poll looks for a new job.
 const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Long-poll for the device's next job; 204 when none came within the wait.
-async fn next_job(
-    State(hub): State<Arc<Hub>>,
-    headers: axum::http::HeaderMap,
-    Query(NextQuery { wait_secs }): Query<NextQuery>,
-) -> Result<Response, Refusal> {
+/// The device a request spending no sequence number (a poll, a bandwidth test) is signed by:
+/// registered, its clock within the skew of the hub's, the signature over this path, this
+/// `(device, path, time)` not taken before, and the device under its rate.
+fn signed_device(
+    hub: &Hub,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+) -> Result<String, Refusal> {
     let unauthorized = |m: String| Refusal(StatusCode::UNAUTHORIZED, m);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (Some(device), Some(time), Some(signature)) = (
@@ -361,7 +460,7 @@ async fn next_job(
         header(poll::SIGNATURE),
     ) else {
         return Err(unauthorized(format!(
-            "a poll needs the {}, {} and {} headers",
+            "{path} needs the {}, {} and {} headers (signed as a registered device)",
             poll::DEVICE,
             poll::TIME,
             poll::SIGNATURE
@@ -376,29 +475,32 @@ async fn next_job(
     let Some(key) = key else {
         return Err(unauthorized(format!("device {device} is not registered")));
     };
-    let skew = time.abs_diff(hub.clock.unix_ms());
+    let now = hub.clock.unix_ms();
+    let skew = time.abs_diff(now);
     if skew > poll::MAX_SKEW_MS {
         return Err(unauthorized(format!(
-            "poll time is {skew} ms from the hub's clock (at most {} allowed); check the device clock",
+            "request time is {skew} ms from the hub's clock (at most {} allowed); check the device clock",
             poll::MAX_SKEW_MS
         )));
     }
-    if !poll::verify(&key, device, time, signature) {
+    if !poll::verify(&key, device, path, time, signature) {
         return Err(unauthorized(format!(
-            "poll signature does not verify for device {device}"
+            "request signature does not verify for device {device} and {path}"
         )));
     }
-    {
-        let Ok(mut last) = hub.last_poll.lock() else {
-            return Err(internal(StoreError::Stopped));
-        };
-        let previous = last.entry(device.to_owned()).or_insert(0);
-        if time <= *previous {
+    match hub.replays.take(device, path, time, now, poll::MAX_SKEW_MS) {
+        Ok(()) => {}
+        Err(Replay::Seen) => {
             return Err(unauthorized(format!(
-                "poll time {time} is not after the previous poll ({previous}): replayed"
+                "{path} signed at {time} was already taken: replayed"
             )));
         }
-        *previous = time;
+        Err(Replay::TooMany) => {
+            return Err(Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many signed requests to {path} from device {device} at once"),
+            ));
+        }
     }
     hub.limiter.check(device, Instant::now()).map_err(|_| {
         Refusal(
@@ -406,12 +508,23 @@ async fn next_job(
             format!("too many requests from device {device}"),
         )
     })?;
+    Ok(device.to_owned())
+}
+
+/// Long-poll for the device's next job; 204 when none came within the wait.
+async fn next_job(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    Query(NextQuery { wait_secs }): Query<NextQuery>,
+) -> Result<Response, Refusal> {
+    let device = signed_device(&hub, &headers, api::JOBS_NEXT)?;
+    let device = device.as_str();
     let wait = std::time::Duration::from_secs(wait_secs.unwrap_or(25).min(api::MAX_WAIT_SECS));
     let deadline = Instant::now() + wait;
     loop {
         if let Some(job) = hub
             .store
-            .take_job(device, hub.clock.unix_ms())
+            .take_job(device, hub.clock.unix_ms(), hub.job_lease)
             .await
             .map_err(internal)?
         {
@@ -435,8 +548,10 @@ struct DownloadQuery {
 
 async fn download(
     State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<DownloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Refusal> {
+    signed_device(&hub, &headers, api::DOWNLOAD)?;
     let Query(DownloadQuery { bytes }) = query.map_err(|e| {
         Refusal(
             StatusCode::BAD_REQUEST,
@@ -473,7 +588,12 @@ async fn download(
         .into_response())
 }
 
-async fn upload(State(hub): State<Arc<Hub>>, body: Body) -> Result<Json<Uploaded>, Refusal> {
+async fn upload(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<Uploaded>, Refusal> {
+    signed_device(&hub, &headers, api::UPLOAD)?;
     let mut stream = body.into_data_stream();
     let (mut bytes, mut first) = (0u64, None);
     while let Some(chunk) = stream.next().await {
@@ -545,6 +665,16 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
         "edge_hub_requests_refused_total",
         &[("reason", "bad_request")],
         get(&c.bad_requests),
+    )
+    .sample(
+        "edge_hub_requests_refused_total",
+        &[("reason", "address_rate_limit")],
+        get(&c.address_limited),
+    )
+    .sample(
+        "edge_hub_requests_refused_total",
+        &[("reason", "body_timeout")],
+        get(&c.body_timeouts),
     );
     e.family(
         "edge_hub_jobs_handed_out_total",

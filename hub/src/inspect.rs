@@ -137,7 +137,8 @@ pub fn jobs(db: &Path) -> Result<Vec<Value>, StoreError> {
     let mut stmt = conn
         .prepare(
             "SELECT job_id, device_id, state, created_at_ms, assigned_at_ms, finished_at_ms,
-                    receipt_status, error, receipt FROM jobs ORDER BY created_at_ms DESC, job_id",
+                    receipt_status, error, receipt, attempts, lease_until_ms FROM jobs
+             ORDER BY created_at_ms DESC, job_id",
         )
         .map_err(sqlite)?;
     let rows = stmt
@@ -153,6 +154,8 @@ pub fn jobs(db: &Path) -> Result<Vec<Value>, StoreError> {
                 "receipt_status": row.get::<_, Option<String>>(6)?,
                 "error": row.get::<_, Option<String>>(7)?,
                 "receipt": receipt.and_then(|r| serde_json::from_str::<Value>(&r).ok()),
+                "attempts": row.get::<_, i64>(9)?,
+                "lease_until_ms": row.get::<_, Option<i64>>(10)?,
             }))
         })
         .map_err(sqlite)?;

@@ -8,11 +8,11 @@
 //!
 //! Design: axum handlers over a hand-written rustls accept loop ([`tls`]); SQLite in WAL mode
 //! written by one thread that commits waiting requests together ([`store`]); in-memory
-//! per-device rate limits ([`limits`]).
+//! per-device and per-address rate limits and the replay marks of signed requests
+//! ([`limits`]).
 //!
-//! Limits today: one process, one database file; rate limits and poll replay marks reset when
-//! the hub restarts; a long-poll looks for new jobs every 500 ms; a job handed out whose result
-//! never comes stays `assigned`.
+//! Limits today: one process, one database file; rate limits and the marks of signed requests
+//! already seen reset when the hub restarts; a long-poll looks for new jobs every 500 ms.
 
 pub mod api;
 pub mod inspect;
@@ -25,6 +25,7 @@ use edge_tasks::Tasks;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -39,15 +40,56 @@ pub struct ServeConfig {
     pub echo_listen: Option<SocketAddr>,
     /// Echo URLs told to devices; default: `https://<listener>/v1/ip` for each listener.
     pub echo_urls: Vec<String>,
+    /// What one device, one address and one connection may ask of the hub.
+    pub limits: Limits,
+    /// Seconds the hub's clock runs ahead of the system's (negative: behind). Zero but to test
+    /// devices against a hub whose clock differs from theirs.
+    pub clock_offset_secs: i64,
+}
+
+/// The hub's limits: what keeps one device, one address or one slow client from using it up,
+/// and how long it keeps what devices send.
+#[derive(Debug, Clone)]
+pub struct Limits {
     /// Largest request body but uploads, bytes.
     pub max_body_bytes: usize,
+    /// Time to receive a whole request body but an upload's (slow senders are cut off).
+    pub body_timeout: Duration,
     /// Requests per second per device, sustained.
     pub rate_per_device: f64,
     /// Requests per device at once.
     pub burst_per_device: u32,
-    /// Seconds the hub's clock runs ahead of the system's (negative: behind). Zero but to test
-    /// devices against a hub whose clock differs from theirs.
-    pub clock_offset_secs: i64,
+    /// Requests per second per client address (IPv6: per /64), sustained; checked before any
+    /// body is read or signature checked.
+    pub rate_per_address: f64,
+    /// Requests per address at once.
+    pub burst_per_address: u32,
+    /// Connections open at once, per listener; beyond it the hub stops accepting until one
+    /// closes.
+    pub max_connections: usize,
+    /// How long a device has to send a job's result before the job is handed out again.
+    pub job_lease: Duration,
+    /// Reports older than this are deleted.
+    pub retention: Duration,
+    /// Reports kept per device: its newest this many sequence numbers.
+    pub max_reports_per_device: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(30),
+            rate_per_device: 5.0,
+            burst_per_device: 20,
+            rate_per_address: 50.0,
+            burst_per_address: 200,
+            max_connections: 1024,
+            job_lease: Duration::from_secs(600),
+            retention: Duration::from_secs(90 * 24 * 3600),
+            max_reports_per_device: 1_000_000,
+        }
+    }
 }
 
 /// The system's clock moved by a fixed offset (`serve --clock-offset-secs`).
@@ -112,13 +154,21 @@ pub struct Server {
     echo: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
+    max_connections: usize,
 }
 
 /// Loads the TLS material, opens the database and binds the listeners.
 pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
     let files = pki::PkiFiles::in_dir(&config.dir);
     let tls = tls::server_config(&files.server_cert, &files.server_key)?;
-    let store = store::Store::start(&db_path(&config.dir))?;
+    let limits = config.limits.clone();
+    let store = store::Store::start(
+        &db_path(&config.dir),
+        store::Retention {
+            max_age: limits.retention,
+            max_reports_per_device: limits.max_reports_per_device,
+        },
+    )?;
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -147,10 +197,12 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
     };
     let hub = Arc::new(api::Hub {
         store,
-        limiter: limits::RateLimiter::new(config.rate_per_device, config.burst_per_device),
+        limiter: limits::RateLimiter::new(limits.rate_per_device, limits.burst_per_device),
+        per_address: limits::RateLimiter::new(limits.rate_per_address, limits.burst_per_address),
         echo_urls,
         counters: api::Counters::default(),
-        last_poll: Default::default(),
+        replays: limits::Replays::default(),
+        job_lease: limits.job_lease,
         clock: Arc::new(OffsetClock(
             std::time::Duration::from_secs(config.clock_offset_secs.unsigned_abs()),
             config.clock_offset_secs >= 0,
@@ -162,7 +214,8 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
         main,
         echo,
         tls,
-        app: api::router(hub, config.max_body_bytes),
+        app: api::router(hub, &limits),
+        max_connections: limits.max_connections,
     })
 }
 
@@ -172,12 +225,22 @@ impl Server {
     pub fn spawn(self, tasks: &Tasks) {
         tracing::info!(main = %self.main_addr, echo = ?self.echo_addr, "serving");
         if let Some(echo) = self.echo {
-            let serve = tls::serve(echo, self.tls.clone(), self.app.clone(), tasks.clone());
+            let serve = tls::serve(
+                echo,
+                self.tls.clone(),
+                self.app.clone(),
+                self.max_connections,
+                tasks.clone(),
+            );
             tasks.spawn("echo listener", serve);
         }
-        tasks.spawn(
-            "main listener",
-            tls::serve(self.main, self.tls, self.app, tasks.clone()),
+        let serve = tls::serve(
+            self.main,
+            self.tls,
+            self.app,
+            self.max_connections,
+            tasks.clone(),
         );
+        tasks.spawn("main listener", serve);
     }
 }

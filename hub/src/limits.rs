@@ -1,13 +1,15 @@
-//! Per-device request rate limits: a token bucket per key, refilled continuously.
+//! Request limits kept in memory: a token bucket per key (a device, or a client address),
+//! refilled continuously; and the signed requests already seen, so none is taken twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Buckets beyond this many are pruned (full ones first) so the map cannot grow without bound.
 const MAX_BUCKETS: usize = 100_000;
 
-/// A token-bucket limiter keyed by device id.
+/// A token-bucket limiter keyed by device id or [`address_key`].
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
@@ -48,6 +50,72 @@ impl RateLimiter {
     }
 }
 
+/// The key a client address is limited by: an IPv4 address as it is, an IPv6 one by its /64
+/// (one home or one host is given a /64 and can pick any address in it).
+pub fn address_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// Signed times in use at once per device and path: a device makes a handful of signed
+/// requests at a time (a poll, the streams of a bandwidth test).
+const MAX_MARKS: usize = 64;
+
+/// Why a signed request is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// This device already signed this path at this time.
+    Seen,
+    /// The device has [`MAX_MARKS`] signed requests to this path within the skew window.
+    TooMany,
+}
+
+/// Signed requests taken within the skew window, by device and path: each `(device, path,
+/// time)` is taken once. A time outside the window is refused by the skew check before, so
+/// older marks are forgotten and the map stays bounded by the devices active in the window.
+#[derive(Default)]
+pub struct Replays {
+    marks: Mutex<HashMap<(String, String), BTreeSet<u64>>>,
+}
+
+impl Replays {
+    /// Takes `(device, path, time_ms)` once, forgetting marks older than `window_ms` before
+    /// `now_ms`.
+    pub fn take(
+        &self,
+        device: &str,
+        path: &str,
+        time_ms: u64,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<(), Replay> {
+        let Ok(mut marks) = self.marks.lock() else {
+            return Err(Replay::TooMany);
+        };
+        let oldest = now_ms.saturating_sub(window_ms);
+        if marks.len() >= MAX_BUCKETS {
+            marks.retain(|_, times| times.last().is_some_and(|t| *t >= oldest));
+        }
+        let times = marks
+            .entry((device.to_owned(), path.to_owned()))
+            .or_default();
+        *times = times.split_off(&oldest);
+        if times.contains(&time_ms) {
+            return Err(Replay::Seen);
+        }
+        if times.len() >= MAX_MARKS {
+            return Err(Replay::TooMany);
+        }
+        times.insert(time_ms);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +135,31 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         assert!(limiter.check("a", t1).is_ok());
         assert!(limiter.check("a", t1).is_err());
+    }
+
+    #[test]
+    fn addresses_are_limited_by_ipv4_address_and_ipv6_slash_64() {
+        let key = |s: &str| address_key(s.parse().expect("ip"));
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn a_signed_time_is_taken_once_per_path_and_old_marks_are_forgotten() {
+        let replays = Replays::default();
+        let take = |path, t, now| replays.take("d", path, t, now, 1_000);
+        assert_eq!(take("/a", 10, 10), Ok(()));
+        assert_eq!(take("/a", 10, 10), Err(Replay::Seen));
+        // Another path, or another time out of order, is its own request.
+        assert_eq!(take("/b", 10, 10), Ok(()));
+        assert_eq!(take("/a", 9, 10), Ok(()));
+        for t in 100..100 + MAX_MARKS as u64 - 2 {
+            assert_eq!(take("/a", t, 100), Ok(()));
+        }
+        assert_eq!(take("/a", 5_000, 100), Err(Replay::TooMany));
+        // Once the window has moved past them, the marks are gone and room is back.
+        assert_eq!(take("/a", 5_000, 4_500), Ok(()));
     }
 }

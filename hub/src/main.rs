@@ -4,9 +4,10 @@ use edge_hal::{Clock, SystemClock};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use edge_hub::{Limits, ServeConfig, db_path, inspect, pki, store};
 use edge_tasks::Tasks;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing_subscriber::filter::Targets;
@@ -53,6 +54,28 @@ enum Command {
         /// Requests per device at once.
         #[arg(long, default_value_t = 20)]
         burst: u32,
+        /// Requests per second per client address (IPv6: per /64), sustained; checked before
+        /// any body is read or signature checked.
+        #[arg(long, default_value_t = 50.0)]
+        rate_per_address: f64,
+        /// Requests per address at once.
+        #[arg(long, default_value_t = 200)]
+        burst_per_address: u32,
+        /// Connections open at once, per listener.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Seconds to receive a whole request body (uploads excepted).
+        #[arg(long, default_value_t = 30)]
+        body_timeout_secs: u64,
+        /// Seconds a device has to send a job's result before it is handed out again.
+        #[arg(long, default_value_t = 600)]
+        job_lease_secs: u64,
+        /// Days reports are kept.
+        #[arg(long, default_value_t = 90)]
+        retention_days: u64,
+        /// Reports kept per device (its newest sequence numbers).
+        #[arg(long, default_value_t = 1_000_000)]
+        max_reports_per_device: u64,
         /// Run the hub's clock this many seconds ahead of the system's (negative: behind), to
         /// test devices whose clock is off.
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
@@ -143,15 +166,31 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_body_bytes,
             rate,
             burst,
+            rate_per_address,
+            burst_per_address,
+            max_connections,
+            body_timeout_secs,
+            job_lease_secs,
+            retention_days,
+            max_reports_per_device,
             clock_offset_secs,
         } => serve(ServeConfig {
             dir,
             listen,
             echo_listen: Some(echo_listen),
             echo_urls,
-            max_body_bytes,
-            rate_per_device: rate,
-            burst_per_device: burst,
+            limits: Limits {
+                max_body_bytes,
+                body_timeout: Duration::from_secs(body_timeout_secs),
+                rate_per_device: rate,
+                burst_per_device: burst,
+                rate_per_address,
+                burst_per_address,
+                max_connections,
+                job_lease: Duration::from_secs(job_lease_secs),
+                retention: Duration::from_secs(retention_days.saturating_mul(24 * 3600)),
+                max_reports_per_device,
+            },
             clock_offset_secs,
         }),
         Command::Owner {

@@ -63,10 +63,38 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at_ms INTEGER,
     receipt TEXT,
     receipt_status TEXT,
-    error TEXT
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (device_id, state, created_at_ms);
 ";
+
+/// Columns added since the first schema, added to databases made before them: (table, column,
+/// declaration).
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "lease_until_ms", "INTEGER"),
+];
+
+/// A job handed out this many times without a result is given up (`expired`).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// How long the hub keeps reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Reports received longer ago than this are deleted.
+    pub max_age: std::time::Duration,
+    /// Per device, only the newest this many sequence numbers are kept.
+    pub max_reports_per_device: u64,
+}
+
+impl Retention {
+    /// How often old reports are looked for: hourly, or more often for a short retention.
+    fn sweep_every(&self) -> std::time::Duration {
+        (self.max_age / 4).min(std::time::Duration::from_secs(3600))
+    }
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +179,7 @@ enum Op {
     TakeJob {
         device_id: String,
         now_ms: u64,
+        lease_ms: u64,
         reply: oneshot::Sender<Result<Option<String>, StoreError>>,
     },
     Ingest {
@@ -180,13 +209,32 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         source,
     };
     // Foreign keys are a setting of the connection, not of the file: on for this one.
-    edge_identity::database::open(path, &format!("PRAGMA foreign_keys = ON;\n{SCHEMA}"))
-        .map_err(err)
+    let conn = edge_identity::database::open(path, &format!("PRAGMA foreign_keys = ON;\n{SCHEMA}"))
+        .map_err(err)?;
+    add_missing_columns(&conn).map_err(err)?;
+    Ok(conn)
+}
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, declaration) in ADDED_COLUMNS {
+        let present: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if present == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
-    /// Opens the database and starts the writer thread (it ends when every handle is dropped).
-    pub fn start(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the database and starts the writer thread (it ends when every handle is dropped),
+    /// which keeps reports as long as `retention` says.
+    pub fn start(path: &Path, retention: Retention) -> Result<Self, StoreError> {
         let conn = open(path)?;
         let keys = load_keys(&conn).map_err(|source| StoreError::Sqlite {
             path: path.to_owned(),
@@ -196,6 +244,8 @@ impl Store {
         let writer = Writer {
             conn,
             path: path.to_owned(),
+            retention,
+            next_sweep: std::time::Instant::now(),
         };
         std::thread::Builder::new()
             .name("hub-db-writer".into())
@@ -227,17 +277,21 @@ impl Store {
         Ok(registered)
     }
 
-    /// The oldest queued job for `device_id`, now marked assigned (its JSON text), if any.
+    /// The oldest queued job for `device_id`, now assigned to it for `lease` (its JSON text), if
+    /// any. Jobs whose lease ran out without a result are queued again first, or given up after
+    /// [`MAX_ATTEMPTS`] hand-outs.
     pub async fn take_job(
         &self,
         device_id: &str,
         now_ms: u64,
+        lease: std::time::Duration,
     ) -> Result<Option<String>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.ops
             .send(Op::TakeJob {
                 device_id: device_id.to_owned(),
                 now_ms,
+                lease_ms: lease.as_millis() as u64,
                 reply,
             })
             .map_err(|_| StoreError::Stopped)?;
@@ -306,6 +360,9 @@ pub fn add_owner(
 struct Writer {
     conn: Connection,
     path: PathBuf,
+    retention: Retention,
+    /// When to look for reports past their age next.
+    next_sweep: std::time::Instant,
 }
 
 /// What one op answers, held until its group is committed.
@@ -352,6 +409,8 @@ impl Writer {
             Err(e) => return fail_all(group, || sqlite(clone_err(&e))),
         };
         let mut pending = Vec::with_capacity(group.len());
+        let retention = self.retention;
+        let mut newest_now = None;
         for op in group {
             match op {
                 Op::Register(registration, reply) => {
@@ -364,8 +423,9 @@ impl Writer {
                 Op::TakeJob {
                     device_id,
                     now_ms,
+                    lease_ms,
                     reply,
-                } => match take_job(&tx, &device_id, now_ms) {
+                } => match take_job(&tx, &device_id, now_ms, lease_ms) {
                     Ok(job) => pending.push(Pending::TakeJob(reply, job)),
                     Err(e) => {
                         let _ = reply.send(Err(sqlite(e)));
@@ -376,12 +436,31 @@ impl Writer {
                     peer_ip,
                     now_ms,
                     reply,
-                } => match ingest(&tx, reports, &peer_ip, now_ms) {
-                    Ok(results) => pending.push(Pending::Ingest(reply, results)),
+                } => match ingest(&tx, reports, &peer_ip, now_ms, &retention) {
+                    Ok(results) => {
+                        newest_now = newest_now.max(Some(now_ms));
+                        pending.push(Pending::Ingest(reply, results));
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(sqlite(e)));
                     }
                 },
+            }
+        }
+        if let Some(now_ms) = newest_now
+            && std::time::Instant::now() >= self.next_sweep
+        {
+            self.next_sweep = std::time::Instant::now() + retention.sweep_every();
+            let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as u64);
+            match tx.execute(
+                "DELETE FROM reports WHERE received_at_ms < ?1",
+                [cutoff as i64],
+            ) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, max_age = ?retention.max_age, "reports past the retention deleted")
+                }
+                Err(e) => tracing::error!(error = %e, "reports past the retention not deleted"),
             }
         }
         if let Err(e) = tx.commit() {
@@ -515,9 +594,10 @@ fn ingest(
     reports: Vec<Checked>,
     peer_ip: &str,
     now_ms: u64,
+    retention: &Retention,
 ) -> rusqlite::Result<Vec<ReportResult>> {
     let mut results = Vec::with_capacity(reports.len());
-    let mut newest: HashMap<String, (u64, i64, String)> = HashMap::new();
+    let mut newest: HashMap<String, (u64, i64, String, u64)> = HashMap::new();
     for report in reports {
         let (envelope, signed) = match report {
             Checked::Verified(pair) => *pair,
@@ -573,6 +653,7 @@ fn ingest(
                 now_ms,
                 now_ms as i64 - envelope.sent_at_ms as i64,
                 envelope.boot_id,
+                seq,
             ),
         );
         results.push(ReportResult {
@@ -582,12 +663,17 @@ fn ingest(
         });
     }
     // The newest report of a batch is the freshest: its delay bounds the device's clock skew.
-    for (device_id, (seen, skew, boot_id)) in newest {
+    for (device_id, (seen, skew, boot_id, seq)) in newest {
         tx.prepare_cached(
             "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3, last_boot_id = ?4, last_ip = ?5
              WHERE device_id = ?1",
         )?
         .execute(params![device_id, seen as i64, skew, boot_id, peer_ip])?;
+        // The device's quota: its newest sequence numbers only (a range of the primary key).
+        if let Some(below) = seq.checked_sub(retention.max_reports_per_device) {
+            tx.prepare_cached("DELETE FROM reports WHERE device_id = ?1 AND seq <= ?2")?
+                .execute(params![device_id, below as i64])?;
+        }
     }
     Ok(results)
 }
@@ -596,7 +682,22 @@ fn take_job(
     tx: &rusqlite::Transaction<'_>,
     device_id: &str,
     now_ms: u64,
+    lease_ms: u64,
 ) -> rusqlite::Result<Option<String>> {
+    // Leases that ran out: queued again (first in line, by age), or given up. A job assigned
+    // before leases existed has none and is queued again at once.
+    let requeued = tx
+        .prepare_cached(
+            "UPDATE jobs SET
+                 state = CASE WHEN attempts >= ?3 THEN 'expired' ELSE 'queued' END,
+                 error = CASE WHEN attempts >= ?3
+                     THEN 'no result after ' || attempts || ' hand-outs' ELSE error END
+             WHERE device_id = ?1 AND state = 'assigned' AND COALESCE(lease_until_ms, 0) < ?2",
+        )?
+        .execute(params![device_id, now_ms as i64, MAX_ATTEMPTS])?;
+    if requeued > 0 {
+        tracing::info!(device = %device_id, jobs = requeued, "job leases ran out without a result");
+    }
     let job: Option<(String, String)> = tx
         .query_row(
             "SELECT job_id, job FROM jobs WHERE device_id = ?1 AND state = 'queued'
@@ -607,34 +708,42 @@ fn take_job(
         .optional()?;
     if let Some((job_id, _)) = &job {
         tx.execute(
-            "UPDATE jobs SET state = 'assigned', assigned_at_ms = ?2 WHERE job_id = ?1",
-            params![job_id, now_ms as i64],
+            "UPDATE jobs SET state = 'assigned', assigned_at_ms = ?2, attempts = attempts + 1,
+             lease_until_ms = ?3 WHERE job_id = ?1",
+            params![
+                job_id,
+                now_ms as i64,
+                now_ms.saturating_add(lease_ms) as i64
+            ],
         )?;
     }
     Ok(job.map(|(_, text)| text))
 }
 
 /// A job's end, from its device's signed report. Only for a job handed to that device and not yet
-/// finished; a receipt must verify, come from that device, and name the job, its kernel and (where
-/// the job alone says them) its inputs as issued.
+/// finished (a result that comes after the lease ran out still counts: reports are queued on
+/// the box while it is offline); a receipt must verify, come from that device, and name the job,
+/// its kernel and (where the job alone says them) its inputs as issued.
 fn record_job_result(
     tx: &rusqlite::Transaction<'_>,
     device_id: &str,
     report: &JobReport,
     now_ms: u64,
 ) -> rusqlite::Result<()> {
-    let issued: Option<(String, String)> = tx
+    let issued: Option<(String, String, i64)> = tx
         .query_row(
-            "SELECT state, job FROM jobs WHERE job_id = ?1 AND device_id = ?2",
+            "SELECT state, job, attempts FROM jobs WHERE job_id = ?1 AND device_id = ?2",
             params![report.job_id, device_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
-    let Some((issued_state, issued_job)) = issued else {
+    let Some((issued_state, issued_job, attempts)) = issued else {
         tracing::warn!(job = %report.job_id, device = %device_id, "result for a job this device was not given");
         return Ok(());
     };
-    if issued_state != "assigned" {
+    let out = issued_state == "assigned"
+        || (attempts > 0 && matches!(issued_state.as_str(), "queued" | "expired"));
+    if !out {
         tracing::warn!(job = %report.job_id, device = %device_id, state = %issued_state,
             "result for a job that is not out with this device; ignored");
         return Ok(());

@@ -14,6 +14,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// A TLS handshake or request head that takes longer than this is dropped (slow-loris).
@@ -66,16 +67,36 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `app` over TLS on `listener` until the set's shutdown; each connection is a task of
-/// `tasks`, ended gracefully (the request in flight is answered) within 5 s.
+/// `tasks`, ended gracefully (the request in flight is answered) within 5 s. At most
+/// `max_connections` are open at once: when full, the hub stops accepting (new clients wait in
+/// the kernel's backlog) until one closes, so a flood of connections costs it no more than that.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
+    max_connections: usize,
     tasks: Tasks,
 ) -> Result<(), Infallible> {
     let acceptor = TlsAcceptor::from(tls);
     let shutdown = tasks.shutdown();
+    let open = Arc::new(Semaphore::new(max_connections.max(1)));
     loop {
+        let slot = match open.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections,
+                    "connection cap reached; accepting again when one closes"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    slot = open.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return Ok(()),
+                    },
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
@@ -91,6 +112,7 @@ pub async fn serve(
         let app = app.clone().layer(Extension(Peer(peer)));
         let shutdown = shutdown.clone();
         tasks.spawn_logged("connection", async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

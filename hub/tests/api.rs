@@ -8,7 +8,7 @@
 
 use edge_hal::{Clock, SystemClock};
 
-use edge_hub::{ServeConfig, db_path, inspect, pki, store};
+use edge_hub::{Limits, ServeConfig, db_path, inspect, pki, store};
 use edge_identity::Identity;
 use edge_protocol::api::{Batch, BatchReply, HubInfo, IpEcho, Registered, Verdict};
 use edge_protocol::envelope::VERSION;
@@ -33,6 +33,11 @@ impl Drop for Hub {
 }
 
 async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
+    hub_with(max_body_bytes, burst, Limits::default()).await
+}
+
+/// A hub with these limits, but `max_body_bytes` and a per-device `burst` at 1 request/s.
+async fn hub_with(max_body_bytes: usize, burst: u32, limits: Limits) -> Hub {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_owned();
     pki::init(
@@ -50,9 +55,12 @@ async fn hub(max_body_bytes: usize, burst: u32) -> Hub {
         listen: "127.0.0.1:0".parse().expect("addr"),
         echo_listen: Some("127.0.0.1:0".parse().expect("addr")),
         echo_urls: Vec::new(),
-        max_body_bytes,
-        rate_per_device: 1.0,
-        burst_per_device: burst,
+        limits: Limits {
+            max_body_bytes,
+            rate_per_device: 1.0,
+            burst_per_device: burst,
+            ..limits
+        },
         clock_offset_secs: 0,
     })
     .await
@@ -154,6 +162,11 @@ async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
         status,
         body["error"].as_str().unwrap_or_default().to_owned(),
     )
+}
+
+/// The headers of a job poll signed by `identity` at `time_ms`.
+fn poll_sign(identity: &Identity, time_ms: u64) -> [(&'static str, String); 3] {
+    edge_protocol::poll::sign(identity, edge_protocol::api::JOBS_NEXT, time_ms)
 }
 
 fn verdicts(reply: &BatchReply) -> Vec<Verdict> {
@@ -383,7 +396,7 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
 
     let poll = |headers| hub.poll(headers);
     let t = SystemClock.unix_ms();
-    let signed = edge_protocol::poll::sign(&me, t);
+    let signed = poll_sign(&me, t);
     let response = poll(signed.clone()).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);
     let offer: edge_protocol::api::JobOffer = response.json().await.expect("offer");
@@ -395,24 +408,17 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
     assert!(error.contains("replayed"), "{error}");
     // Signed by someone else.
     let other = Identity::generate_ephemeral().expect("key");
-    let mut forged = edge_protocol::poll::sign(&other, t + 1);
+    let mut forged = poll_sign(&other, t + 1);
     forged[0].1 = me.device_id().to_string();
     let (status, error) = error_of(poll(forged).await.expect("poll")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(error.contains("does not verify"), "{error}");
     // A clock far off.
-    let (status, error) = error_of(
-        poll(edge_protocol::poll::sign(&me, t - 3_600_000))
-            .await
-            .expect("poll"),
-    )
-    .await;
+    let (status, error) = error_of(poll(poll_sign(&me, t - 3_600_000)).await.expect("poll")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(error.contains("clock"), "{error}");
     // Nothing more queued: an empty answer after the wait.
-    let response = poll(edge_protocol::poll::sign(&me, t + 2))
-        .await
-        .expect("poll");
+    let response = poll(poll_sign(&me, t + 2)).await.expect("poll");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
 
@@ -447,7 +453,7 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
     }
     // Three are handed out; "kept" stays queued.
     for t in 0..3 {
-        let signed = edge_protocol::poll::sign(&me, SystemClock.unix_ms() + t);
+        let signed = poll_sign(&me, SystemClock.unix_ms() + t);
         assert_eq!(
             hub.poll(signed).await.expect("poll").status(),
             StatusCode::OK
@@ -537,4 +543,278 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
     // A result for a job never handed out changes nothing.
     assert_eq!(job("kept")["state"], "queued", "{}", job("kept"));
     assert!(job("kept")["receipt"].is_null(), "{}", job("kept"));
+}
+
+/// `request` with the headers of a request to `path` signed by `identity` at `time_ms`.
+fn signed(
+    mut request: reqwest::RequestBuilder,
+    identity: &Identity,
+    path: &str,
+    time_ms: u64,
+) -> reqwest::RequestBuilder {
+    for (name, value) in edge_protocol::poll::sign(identity, path, time_ms) {
+        request = request.header(name, value);
+    }
+    request
+}
+
+#[tokio::test]
+async fn bandwidth_tests_are_for_registered_devices_signed_for_that_test() {
+    use edge_protocol::api::{DOWNLOAD, JOBS_NEXT, UPLOAD};
+    let hub = hub(1 << 20, 100).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    let stranger = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let download = || hub.http.get(format!("{}{DOWNLOAD}?bytes=100000", hub.base));
+    let t = SystemClock.unix_ms();
+
+    // No signature, a stranger's, or one made for the job poll: refused before a byte is sent.
+    let (status, error) = error_of(download().send().await.expect("download")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    assert!(error.contains("signed as a registered device"), "{error}");
+    let response = signed(download(), &stranger, DOWNLOAD, t).send().await;
+    let (status, error) = error_of(response.expect("download")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    assert!(error.contains("not registered"), "{error}");
+    let response = signed(download(), &me, JOBS_NEXT, t).send().await;
+    let (status, error) = error_of(response.expect("download")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    assert!(error.contains("does not verify"), "{error}");
+
+    // Signed for the download: served; two streams sign two times and both are served.
+    for time in [t, t + 1] {
+        let response = signed(download(), &me, DOWNLOAD, time)
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.bytes().await.expect("body").len(), 100_000);
+    }
+    // The same request again: a replay.
+    let response = signed(download(), &me, DOWNLOAD, t).send().await;
+    let (status, error) = error_of(response.expect("download")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    assert!(error.contains("replayed"), "{error}");
+
+    let upload = || {
+        hub.http
+            .post(format!("{}{UPLOAD}", hub.base))
+            .body(vec![0u8; 50_000])
+    };
+    let (status, _) = error_of(upload().send().await.expect("upload")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The download's signature does not open the upload.
+    let response = signed(upload(), &me, DOWNLOAD, t + 2).send().await;
+    let (status, _) = error_of(response.expect("upload")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let uploaded: edge_protocol::api::Uploaded = signed(upload(), &me, UPLOAD, t)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(uploaded.bytes, 50_000);
+}
+
+#[tokio::test]
+async fn an_address_over_its_rate_is_refused_before_any_signature_is_checked() {
+    let limits = Limits {
+        rate_per_address: 0.5,
+        burst_per_address: 3,
+        ..Limits::default()
+    };
+    let hub = hub_with(1 << 20, 100, limits).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    // Registrations with a wrong owner token cost a signature check each; after the burst the
+    // address is refused first, with 429 and when to come back, not 403.
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..5 {
+        let response = hub.register(&me, 1, "not-a-token").await;
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    assert_eq!(statuses[..3], [StatusCode::FORBIDDEN; 3], "{statuses:?}");
+    let response = limited.expect("the address's burst of 3 runs out");
+    assert!(response.headers().contains_key("retry-after"));
+    let (_, error) = error_of(response).await;
+    assert!(
+        error.contains("too many requests from 127.0.0.1"),
+        "{error}"
+    );
+}
+
+/// A TLS connection to the hub's main listener, trusting its CA, for requests written by hand.
+async fn tls_stream(hub: &Hub) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(hub.dir.join("ca.pem")).expect("ca")
+    {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let port = hub.base.rsplit(':').next().expect("port");
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake")
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_cut_off_and_others_are_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = Limits {
+        body_timeout: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let hub = hub_with(1 << 20, 100, limits).await;
+    let mut slow = tls_stream(&hub).await;
+    slow.write_all(
+        b"POST /v1/reports HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"reports\": [",
+    )
+    .await
+    .expect("write");
+    slow.flush().await.expect("flush");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        slow.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the hub kept waiting for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    // The hub goes on serving.
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let hub = hub_with(1 << 20, 100, limits).await;
+    let port = hub.base.rsplit(':').next().expect("port").to_owned();
+    let connect = || tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"));
+    // Two clients that connect and say nothing hold both places.
+    let silent = (
+        connect().await.expect("connect"),
+        connect().await.expect("connect"),
+    );
+    let ping = || {
+        hub.http
+            .get(format!("{}/v1/ping", hub.base))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+    };
+    let refused = ping().await;
+    assert!(
+        refused.is_err(),
+        "a third connection was served: {refused:?}"
+    );
+    // One of them leaves: the waiting client is served.
+    drop(silent.0);
+    let response = ping().await.expect("served once a place is free");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    drop(silent.1);
+}
+
+#[tokio::test]
+async fn a_job_whose_result_never_comes_is_handed_out_again_then_given_up() {
+    let limits = Limits {
+        job_lease: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let hub = hub_with(1 << 20, 100, limits).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
+    let db = store::open(&db_path(&hub.dir)).expect("db");
+    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
+    let state = || {
+        let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
+        (jobs[0]["state"].clone(), jobs[0]["attempts"].clone())
+    };
+    let mut t = SystemClock.unix_ms();
+    let mut poll = || {
+        t += 1;
+        hub.poll(poll_sign(&me, t))
+    };
+    for attempt in 1..=store::MAX_ATTEMPTS {
+        let response = poll().await.expect("poll");
+        assert_eq!(response.status(), StatusCode::OK, "hand-out {attempt}");
+        let offer: edge_protocol::api::JobOffer = response.json().await.expect("offer");
+        assert_eq!(offer.job.id, job.id);
+        assert_eq!(state(), ("assigned".into(), attempt.into()));
+        // No result comes; the lease runs out.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    // The last lease ran out: given up, and said so.
+    let response = poll().await.expect("poll");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
+    assert_eq!(jobs[0]["state"], "expired", "{}", jobs[0]);
+    assert_eq!(
+        jobs[0]["error"], "no result after 3 hand-outs",
+        "{}",
+        jobs[0]
+    );
+}
+
+#[tokio::test]
+async fn reports_past_the_device_quota_or_the_retention_are_deleted() {
+    let limits = Limits {
+        max_reports_per_device: 3,
+        retention: std::time::Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let hub = hub_with(1 << 20, 100, limits).await;
+    let me = Identity::generate_ephemeral().expect("key");
+    assert_eq!(
+        hub.register(&me, 1, &hub.token).await.status(),
+        StatusCode::OK
+    );
+    let reply = hub
+        .deliver((2..=7).map(|seq| heartbeat(&me, seq)).collect())
+        .await;
+    assert!(verdicts(&reply).iter().all(|v| *v == Verdict::Accepted));
+    // Only the newest three sequence numbers are kept; an older one sent again is stale.
+    assert_eq!(hub.stored(&me)["reports"]["heartbeat"], 3);
+    let reply = hub.deliver(vec![heartbeat(&me, 3)]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Rejected]);
+    // Past the retention, the old ones go at the next sweep; the new one stays.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let reply = hub.deliver(vec![heartbeat(&me, 8)]).await;
+    assert_eq!(verdicts(&reply), [Verdict::Accepted]);
+    let stored = hub.stored(&me);
+    assert_eq!(stored["reports"]["heartbeat"], 1, "{stored}");
+    assert_eq!(stored["latest_heartbeat"]["seq"], 8, "{stored}");
 }

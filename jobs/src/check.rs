@@ -15,6 +15,10 @@ pub const MAX_BINDINGS: usize = 64;
 /// Longest run time a job may ask for, in milliseconds.
 pub const MAX_RUNTIME_MS: u64 = 600_000;
 
+/// Longest WGSL source a job may carry, bytes. Compute kernels are a few KiB; the bound keeps a
+/// hostile source from costing the shader compiler unbounded time and memory.
+pub const MAX_WGSL_BYTES: usize = 256 * 1024;
+
 /// One reason a job is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -143,6 +147,15 @@ pub fn check_job(
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !id_ok {
         problems.fail("id", "must be 1 to 128 of A-Z a-z 0-9 . _ -".into());
+    }
+    if job.kernel.wgsl.len() > MAX_WGSL_BYTES {
+        problems.fail(
+            "kernel.wgsl",
+            format!(
+                "{} bytes; at most {MAX_WGSL_BYTES} are accepted",
+                job.kernel.wgsl.len()
+            ),
+        );
     }
     if !(1..=MAX_RUNTIME_MS).contains(&job.limits.max_runtime_ms) {
         problems.fail(
@@ -406,6 +419,22 @@ mod tests {
             huge.iter()
                 .any(|p| p.contains("larger than the adapter allows")),
             "{huge:?}"
+        );
+    }
+
+    #[test]
+    fn a_shader_source_over_the_bound_is_refused_before_any_compiler_sees_it() {
+        let mut long = job(16);
+        long.kernel.wgsl = "/".repeat(MAX_WGSL_BYTES);
+        assert!(problems(&long, 1 << 20).is_empty());
+        long.kernel.wgsl.push('/');
+        let refused = problems(&long, 1 << 20);
+        assert_eq!(
+            refused,
+            [format!(
+                "kernel.wgsl: {} bytes; at most {MAX_WGSL_BYTES} are accepted",
+                MAX_WGSL_BYTES + 1
+            )]
         );
     }
 

@@ -29,14 +29,62 @@ pub struct ReceiptBody {
     pub what: Attested,
 }
 
-/// A signed receipt: the body's fields and `signature`, all in one flat JSON object.
+/// A signed receipt: the body's fields and `signature`, all in one flat JSON object. A field it
+/// does not know is refused: the signature covers the known fields only, so anything else in
+/// it would be unsigned text passed on as if the device had said it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireReceipt")]
 pub struct Receipt {
     /// The signed part: format, device, key and what ran.
     #[serde(flatten)]
     pub body: ReceiptBody,
     /// Ed25519 signature over [`ReceiptBody::signed_bytes`], hex.
     pub signature: String,
+}
+
+/// Every field of a receipt's JSON: [`ReceiptBody`]'s, [`Attested`]'s and the signature.
+const FIELDS: [&str; 14] = [
+    "version",
+    "device_id",
+    "public_key",
+    "job_id",
+    "kernel_sha256",
+    "input_sha256",
+    "output_sha256",
+    "adapter",
+    "driver",
+    "started_at_unix_ms",
+    "duration_us",
+    "kernel_us",
+    "batch",
+    "signature",
+];
+
+/// A receipt as read, and every field of it in `fields` (serde's `deny_unknown_fields` does not
+/// work beside `flatten`, and a flattened struct inside another leaves its fields in the map).
+#[derive(Deserialize)]
+struct WireReceipt {
+    #[serde(flatten)]
+    body: ReceiptBody,
+    signature: String,
+    #[serde(flatten)]
+    fields: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl TryFrom<WireReceipt> for Receipt {
+    type Error = String;
+
+    fn try_from(wire: WireReceipt) -> Result<Self, String> {
+        if let Some(field) = wire.fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field `{field}` in a receipt (a receipt holds only what its signature covers)"
+            ));
+        }
+        Ok(Self {
+            body: wire.body,
+            signature: wire.signature,
+        })
+    }
 }
 
 /// Why a receipt does not verify.
@@ -195,5 +243,37 @@ mod tests {
         let json = serde_json::to_string(&batched).expect("json");
         assert!(json.contains(r#""batch":8"#), "{json}");
         verify(&serde_json::from_str(&json).expect("parse")).expect("verifies");
+    }
+
+    #[test]
+    fn a_receipt_with_a_field_its_signature_does_not_cover_is_refused() {
+        let id = Identity::generate_ephemeral().expect("key");
+        let json = serde_json::to_string(&receipt(&id)).expect("json");
+        let padded = json.replacen('{', r#"{"paid_to":"mallory","#, 1);
+        // Without the check, it parsed and verified: the extra field is not signed.
+        let err = serde_json::from_str::<Receipt>(&padded).expect_err("refused");
+        assert!(err.to_string().contains("unknown field `paid_to`"), "{err}");
+        // The fields it knows, in any order, still parse.
+        let value: serde_json::Value = serde_json::from_str(&json).expect("value");
+        let reordered = serde_json::to_string(&value).expect("json");
+        verify(&serde_json::from_str(&reordered).expect("parse")).expect("verifies");
+    }
+
+    #[test]
+    fn the_list_of_known_fields_is_every_field_a_receipt_has() {
+        let id = Identity::generate_ephemeral().expect("key");
+        let mut what = receipt(&id).body.what;
+        what.batch = Some(2);
+        let value = serde_json::to_value(sign(&id, what)).expect("json");
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut known = FIELDS.to_vec();
+        keys.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(keys, known);
     }
 }

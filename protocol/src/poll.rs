@@ -1,7 +1,9 @@
-//! Authenticating a long-poll for work without spending a sequence number: the device signs
-//! `edge-poll-v1\n<device_id>\n<time_ms>` and sends it in three headers. The hub accepts a time
-//! within [`MAX_SKEW_MS`] of its own clock and above the device's previous poll, so a captured
-//! poll cannot be replayed to take the device's jobs.
+//! Authenticating a request without spending a sequence number (the job long-poll and the
+//! bandwidth tests): the device signs `edge-request-v1\n<device_id>\n<time_ms>\n<path>` and sends
+//! it in three headers. The hub accepts a time within [`MAX_SKEW_MS`] of its own clock and above
+//! the device's previous request to that path, so a captured request can be neither replayed nor
+//! used on another path (a poll to take the device's jobs, a download to spend the hub's
+//! bandwidth in its name).
 
 use edge_identity::hex;
 use edge_identity::keys::{self, Identity};
@@ -15,14 +17,14 @@ pub const SIGNATURE: &str = "x-edge-signature";
 /// How far the device's clock may be from the hub's.
 pub const MAX_SKEW_MS: u64 = 5 * 60 * 1000;
 
-fn signed_bytes(device_id: &str, time_ms: u64) -> Vec<u8> {
-    format!("edge-poll-v1\n{device_id}\n{time_ms}").into_bytes()
+fn signed_bytes(device_id: &str, time_ms: u64, path: &str) -> Vec<u8> {
+    format!("edge-request-v1\n{device_id}\n{time_ms}\n{path}").into_bytes()
 }
 
-/// The three header values for a poll at `time_ms`.
-pub fn sign(identity: &Identity, time_ms: u64) -> [(&'static str, String); 3] {
+/// The three header values for a request to `path` (no query) at `time_ms`.
+pub fn sign(identity: &Identity, path: &str, time_ms: u64) -> [(&'static str, String); 3] {
     let device = identity.device_id().to_string();
-    let signature = hex::encode(&identity.sign(&signed_bytes(&device, time_ms)));
+    let signature = hex::encode(&identity.sign(&signed_bytes(&device, time_ms, path)));
     [
         (DEVICE, device),
         (TIME, time_ms.to_string()),
@@ -30,10 +32,20 @@ pub fn sign(identity: &Identity, time_ms: u64) -> [(&'static str, String); 3] {
     ]
 }
 
-/// Whether the signature over `(device_id, time_ms)` holds for `public_key`.
-pub fn verify(public_key: &[u8; 32], device_id: &str, time_ms: u64, signature: &str) -> bool {
+/// Whether the signature over `(device_id, time_ms, path)` holds for `public_key`.
+pub fn verify(
+    public_key: &[u8; 32],
+    device_id: &str,
+    path: &str,
+    time_ms: u64,
+    signature: &str,
+) -> bool {
     let signature = hex::decode(signature).unwrap_or_default();
-    keys::verify(public_key, &signed_bytes(device_id, time_ms), &signature)
+    keys::verify(
+        public_key,
+        &signed_bytes(device_id, time_ms, path),
+        &signature,
+    )
 }
 
 #[cfg(test)]
@@ -41,13 +53,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_poll_verifies_for_its_own_device_and_time_only() {
+    fn a_request_verifies_for_its_own_device_time_and_path_only() {
         let me = Identity::generate_ephemeral().expect("key");
-        let [(_, device), (_, time), (_, sig)] = sign(&me, 1_000);
+        let [(_, device), (_, time), (_, sig)] = sign(&me, "/v1/jobs/next", 1_000);
         assert_eq!(time, "1000");
-        assert!(verify(me.public_key(), &device, 1_000, &sig));
-        assert!(!verify(me.public_key(), &device, 1_001, &sig));
+        assert!(verify(
+            me.public_key(),
+            &device,
+            "/v1/jobs/next",
+            1_000,
+            &sig
+        ));
+        assert!(!verify(
+            me.public_key(),
+            &device,
+            "/v1/jobs/next",
+            1_001,
+            &sig
+        ));
+        assert!(!verify(
+            me.public_key(),
+            &device,
+            "/v1/bandwidth/download",
+            1_000,
+            &sig
+        ));
         let other = Identity::generate_ephemeral().expect("key");
-        assert!(!verify(other.public_key(), &device, 1_000, &sig));
+        assert!(!verify(
+            other.public_key(),
+            &device,
+            "/v1/jobs/next",
+            1_000,
+            &sig
+        ));
     }
 }

@@ -6,17 +6,37 @@
     reason = "an integration test crate: its tests need no test module"
 )]
 
-use edge_tests::hub::Across;
+use std::time::Duration;
+
+use edge_tests::NotifySocket;
+use edge_tests::hub::{Across, eventually};
 use edge_tests::netns::{Link, emulated, unavailable};
 
 /// Runs `edge-agent measure` in the device namespace against a hub in the hub namespace, over a
-/// link shaped to `mbit`; returns the bandwidth JSON.
+/// link shaped to `mbit`; returns the bandwidth JSON. The hub serves its bandwidth tests to
+/// registered devices only: the agent runs first, until it has registered.
 pub fn measure_over(mbit: u32) -> serde_json::Value {
     let link = Link::new();
     link.shape(mbit);
     let across = Across::link(&link);
     let sandbox = across.agent_sandbox(
         "bandwidth_warmup_secs = 1\nbandwidth_window_secs = 4\nbandwidth_streams = 4\n",
+    );
+    let mut notify = NotifySocket::bind(sandbox.dir.path());
+    let mut agent = sandbox.start_in(Some(&link.device_ns), &notify, &[]);
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(120)),
+        "{:?}",
+        notify.seen
+    );
+    let registered = eventually(Duration::from_secs(60), || {
+        (sandbox.status()["network"]["registered"] == true).then_some(())
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        registered.is_some(),
+        "the agent did not register with the hub"
     );
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &link.device_ns])

@@ -15,7 +15,7 @@ use crate::host::snapshot::HardwareSnapshot;
 use crate::host::state_dir;
 use crate::network::binding::Binding;
 use crate::network::hub_client::HubClient;
-use crate::network::measure;
+use crate::network::measure::{self, MeasureError};
 use crate::pairing::{self, BridgeFiles};
 use crate::status::client::{self, Endpoint};
 
@@ -207,8 +207,25 @@ pub async fn measure(config: &Config, hal: &Hal, no_bandwidth: bool) -> Exit {
     let (bandwidth, exit) = if no_bandwidth {
         (None, Exit::Ok)
     } else {
-        match measure::bandwidth(&client, &config.network.bandwidth, hal.clock.as_ref()).await {
+        let measured = match identity(config, hal) {
+            Ok(identity) => {
+                let identity = std::sync::Arc::new(identity);
+                let bandwidth = &config.network.bandwidth;
+                measure::bandwidth(&client, &identity, bandwidth, hal.clock.as_ref()).await
+            }
+            Err(e) => {
+                eprintln!("edge-agent: the bandwidth tests are signed as the device: {e}");
+                return Exit::Config;
+            }
+        };
+        match measured {
             Ok(b) => (Some(b), Exit::Ok),
+            Err(MeasureError::Hub(e)) if e.is_unregistered() => {
+                eprintln!(
+                    "edge-agent: bandwidth: {e}\n(the network serves its bandwidth tests to registered boxes only; the agent registers when it starts)"
+                );
+                (None, Exit::Failed)
+            }
             Err(e) => {
                 eprintln!("edge-agent: bandwidth: {e}");
                 (None, Exit::Failed)

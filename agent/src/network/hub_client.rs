@@ -220,16 +220,30 @@ impl HubClient {
         now_ms: u64,
     ) -> Result<Option<Job>, HubError> {
         let url = format!("{}?wait_secs={}", self.url(api::JOBS_NEXT), wait.as_secs());
-        let mut request = self.http.get(&url).timeout(wait + REQUEST_TIMEOUT);
-        for (name, value) in poll::sign(identity, self.hub_time(now_ms)) {
-            request = request.header(name, value);
-        }
+        let request = self.http.get(&url).timeout(wait + REQUEST_TIMEOUT);
+        let request = self.signed(request, identity, api::JOBS_NEXT, now_ms);
         let response = self.raw(request, &url).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
         let offer: JobOffer = parse(&read_capped(response, JOB_LIMIT, &url).await?, &url)?;
         Ok(Some(offer.job))
+    }
+
+    /// `request` to `path` (a request that spends no sequence number: the job poll, the
+    /// bandwidth tests) signed as the device, with `now_ms` (the box's clock) moved onto the
+    /// hub's. Two requests to one path need different times: the hub takes each time once.
+    pub(crate) fn signed(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        identity: &Identity,
+        path: &str,
+        now_ms: u64,
+    ) -> reqwest::RequestBuilder {
+        for (name, value) in poll::sign(identity, path, self.hub_time(now_ms)) {
+            request = request.header(name, value);
+        }
+        request
     }
 
     /// Of echo URLs the hub named, those the box may fetch: `https://` on the hub's own host (any
@@ -334,5 +348,99 @@ async fn refused(url: String, status: StatusCode, response: reqwest::Response) -
         url,
         status,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A CA, and a server certificate for 127.0.0.1 it signed: (CA PEM, server TLS config).
+    fn pki() -> (String, Arc<rustls::ServerConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let server = CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        let cert = server.signed_by(&key, &issuer).expect("cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls 1.3")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            )
+            .expect("config");
+        (ca_pem, Arc::new(config))
+    }
+
+    /// Serves HTTPS on 127.0.0.1 from a thread: every request to `/elsewhere` is counted and
+    /// answered with an empty JSON object; every other request is sent there with a 302.
+    fn redirecting_server(tls: Arc<rustls::ServerConfig>) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let followed = Arc::new(AtomicUsize::new(0));
+        let count = followed.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let Ok(conn) = rustls::ServerConnection::new(tls.clone()) else {
+                    continue;
+                };
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                let mut head = [0u8; 4096];
+                let Ok(n) = stream.read(&mut head) else {
+                    continue;
+                };
+                let answer = if head[..n].starts_with(b"GET /elsewhere") {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 302 Found\r\nlocation: https://127.0.0.1:{port}/elsewhere\r\n\
+                         content-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                };
+                let _ = stream.write_all(answer.as_bytes());
+                let _ = stream.flush();
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        });
+        (port, followed)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_from_the_hub_is_an_answer_never_followed() {
+        let (ca_pem, tls) = pki();
+        let (port, followed) = redirecting_server(tls);
+        let hub = HubClient::new(
+            &format!("https://127.0.0.1:{port}"),
+            ca_pem.as_bytes(),
+            "test",
+        )
+        .expect("client");
+        let err = hub
+            .info()
+            .await
+            .expect_err("a redirect is not the hub's info");
+        assert!(
+            matches!(&err, HubError::Refused { status, .. } if *status == StatusCode::FOUND),
+            "{err}"
+        );
+        let echo = hub.echo(&hub.url(api::IP_ECHO)).await;
+        assert!(echo.is_err(), "{echo:?}");
+        assert_eq!(
+            followed.load(Ordering::SeqCst),
+            0,
+            "the box went where it was sent"
+        );
     }
 }

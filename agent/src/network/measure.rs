@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edge_identity::Identity;
 use edge_protocol::api;
 use edge_protocol::report::{Bandwidth, IpObservation, IpReport};
 use futures_util::StreamExt;
+use reqwest::RequestBuilder;
 
 use crate::config::BandwidthConfig;
 use crate::network::hub_client::{HubClient, HubError, REPLY_LIMIT, read_capped};
@@ -42,16 +44,26 @@ pub(crate) enum MeasureError {
     Nothing(&'static str),
 }
 
-/// Measures latency, then download, then upload against the hub.
+/// Measures latency, then download, then upload against the hub. The transfers are signed
+/// as the device: the hub serves them to registered devices only.
 pub(crate) async fn bandwidth(
     hub: &HubClient,
+    identity: &Arc<Identity>,
     config: &BandwidthConfig,
     clock: &dyn Clock,
 ) -> Result<Bandwidth, MeasureError> {
     let rtt_ms = pings(hub).await?;
     let (latency_ms, jitter_ms) = latency_and_jitter(&rtt_ms);
-    let down = transfer(hub, config, Direction::Down).await?;
-    let up = transfer(hub, config, Direction::Up).await?;
+    let signer = Signer {
+        identity: identity.clone(),
+        now_ms: clock.unix_ms(),
+    };
+    let down = transfer(hub, &signer, config, Direction::Down).await?;
+    let signer = Signer {
+        now_ms: clock.unix_ms(),
+        ..signer
+    };
+    let up = transfer(hub, &signer, config, Direction::Up).await?;
     Ok(Bandwidth {
         method: "https-multistream".into(),
         server: hub.url(""),
@@ -119,9 +131,35 @@ struct Transfer {
     samples: Vec<f64>,
 }
 
+/// Who signs a direction's streams, and the time they start from: stream `i` signs
+/// `now_ms + i`, since the hub takes each signed time once per path.
+#[derive(Clone)]
+struct Signer {
+    identity: Arc<Identity>,
+    now_ms: u64,
+}
+
+impl Signer {
+    fn sign(
+        &self,
+        hub: &HubClient,
+        request: RequestBuilder,
+        path: &str,
+        stream: u32,
+    ) -> RequestBuilder {
+        hub.signed(
+            request,
+            &self.identity,
+            path,
+            self.now_ms + u64::from(stream),
+        )
+    }
+}
+
 /// One direction: start the streams, sample, stop at the deadline or the byte budget.
 async fn transfer(
     hub: &HubClient,
+    signer: &Signer,
     config: &BandwidthConfig,
     direction: Direction,
 ) -> Result<Transfer, MeasureError> {
@@ -129,12 +167,14 @@ async fn transfer(
     let stop = Arc::new(AtomicBool::new(false));
     let per_stream = (config.max_bytes / u64::from(config.streams)).max(CHUNK as u64);
     let mut streams = tokio::task::JoinSet::new();
-    for _ in 0..config.streams {
-        let (hub, moved, stop) = (hub.clone(), moved.clone(), stop.clone());
+    for stream in 0..config.streams {
+        let (hub, signer) = (hub.clone(), signer.clone());
+        let (moved, stop) = (moved.clone(), stop.clone());
         streams.spawn(async move {
+            let sign = (&signer, stream);
             match direction {
-                Direction::Down => download(&hub, per_stream, &moved, &stop).await,
-                Direction::Up => upload(&hub, per_stream, &moved, &stop).await,
+                Direction::Down => download(&hub, sign, per_stream, &moved, &stop).await,
+                Direction::Up => upload(&hub, sign, per_stream, &moved, &stop).await,
             }
         });
     }
@@ -206,13 +246,19 @@ fn mbps(bytes: u64, over: Duration) -> f64 {
 
 async fn download(
     hub: &HubClient,
+    (signer, stream): (&Signer, u32),
     bytes: u64,
     moved: &AtomicU64,
     stop: &AtomicBool,
 ) -> Result<(), HubError> {
     let url = format!("{}?bytes={bytes}", hub.url(api::DOWNLOAD));
     let unreachable = HubError::unreachable(&url);
-    let response = hub.raw(hub.http().get(&url), &url).await?;
+    let response = hub
+        .raw(
+            signer.sign(hub, hub.http().get(&url), api::DOWNLOAD, stream),
+            &url,
+        )
+        .await?;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         moved.fetch_add(chunk.map_err(&unreachable)?.len() as u64, Ordering::Relaxed);
@@ -225,6 +271,7 @@ async fn download(
 
 async fn upload(
     hub: &HubClient,
+    (signer, stream): (&Signer, u32),
     bytes: u64,
     moved: &Arc<AtomicU64>,
     stop: &Arc<AtomicBool>,
@@ -249,6 +296,7 @@ async fn upload(
         .http()
         .post(&url)
         .body(reqwest::Body::wrap_stream(chunks));
+    let request = signer.sign(hub, request, api::UPLOAD, stream);
     let response = hub.raw(request, &url).await?;
     let _ = read_capped(response, REPLY_LIMIT, &url).await;
     Ok(())

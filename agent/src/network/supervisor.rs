@@ -136,6 +136,7 @@ impl NetworkSupervisor {
         let capability = CapabilityReportTask {
             outbox,
             client,
+            identity: self.identity.clone(),
             sources: self.sources.clone(),
             echo_urls: echo_urls_rx,
             bandwidth: network.bandwidth.clone(),

@@ -3,6 +3,7 @@
 //! Both only push into the report queue; delivery is [`crate::network::delivery`]'s business.
 
 use edge_hal::Clock;
+use edge_identity::Identity;
 use edge_jobs::adapter::GpuStatus;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -111,6 +112,8 @@ pub(crate) struct CapabilityReportTask {
     pub outbox: Outbox,
     /// The hub (bandwidth and echo endpoints).
     pub client: HubClient,
+    /// Signs the bandwidth tests.
+    pub identity: Arc<Identity>,
     /// Hardware and GPU state.
     pub sources: Sources,
     /// Echo endpoints in use (from delivery's registration, or config).
@@ -197,7 +200,13 @@ impl CapabilityReportTask {
         if !self.bandwidth.measure {
             return None;
         }
-        match measure::bandwidth(&self.client, &self.bandwidth, self.clock.as_ref()).await {
+        let measured = measure::bandwidth(
+            &self.client,
+            &self.identity,
+            &self.bandwidth,
+            self.clock.as_ref(),
+        );
+        match measured.await {
             Ok(b) => {
                 tracing::info!(
                     down_mbps = b.down_mbps,
