@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of the repository for SECONDS each (default 30): the pairing
-# protocol's decoders (mobile-bridge/fuzz), the hub's report parsing (protocol/fuzz) and the
-# agent's job parsing and validation, WGSL included (gpu/fuzz).
+# protocol's decoders and its frames at link MTUs (mobile-bridge/fuzz), the hub's report,
+# registration and signed-request parsing and the hub replies the agent parses (protocol/fuzz),
+# the agent's job parsing and validation, WGSL included, and the worker's request line
+# (gpu/fuzz), Wi-Fi scan output and the pairing button's events (hal/fuzz).
 # A crash stops the run and leaves its input under <crate>/fuzz/artifacts/; keep it as a
 # regression test next to the decoder it broke.
 set -euo pipefail
@@ -15,7 +17,7 @@ fi
 # follow the kernels.
 cargo run -q -p edge-gpu --example fuzz_seeds -- gpu/fuzz/corpus/job_validate
 export PATH="$TOOLS/bin:$PATH" RUSTC_BOOTSTRAP=1
-for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz; do
+for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz hal/fuzz; do
     for target in $(cd "$dir" && cargo fuzz list); do
         echo "== $dir: $target (${SECONDS_EACH}s)"
         # Seeds kept in the repository (the corpus is not) start the fuzzer from real inputs.

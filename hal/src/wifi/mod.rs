@@ -44,6 +44,30 @@ use edge_identity::hex;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+/// Entry points for the fuzz targets (`hal/fuzz`): what the Wi-Fi tools print about networks
+/// in range (SSIDs come from the air) and the keyfile written for the owner's choice. Not an
+/// API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Passphrase, WifiNetwork};
+
+    /// `nmcli -t -f IN-USE,SSID,SIGNAL,SECURITY device wifi list` output as networks.
+    pub fn parse_nmcli_scan(out: &str) -> Vec<WifiNetwork> {
+        super::network_manager::parse_nmcli_scan(out)
+    }
+
+    /// `wpa_cli scan_results` output as networks.
+    pub fn parse_wpa_scan(out: &str) -> Vec<WifiNetwork> {
+        super::wpa_supplicant::parse_wpa_scan(out)
+    }
+
+    /// The NetworkManager keyfile for a hidden WPA2 network.
+    pub fn nm_keyfile(ssid: &str, passphrase: &Passphrase) -> String {
+        super::network_manager::keyfile_for_fuzzing(ssid, passphrase).to_string()
+    }
+}
+
 pub use network_manager::NetworkManagerWifi;
 pub use signal::{dbm_to_percent, percent_to_dbm};
 pub use wpa_supplicant::WpaSupplicantWifi;

@@ -242,6 +242,12 @@ fn keyfile_ssid(ssid: &str) -> String {
     }
 }
 
+/// The keyfile for a WPA2 network `ssid` with `passphrase`, not seen by a scan (fuzz targets).
+#[cfg(feature = "fuzzing")]
+pub(super) fn keyfile_for_fuzzing(ssid: &str, passphrase: &Passphrase) -> Zeroizing<String> {
+    nm_keyfile(ssid, ssid, Auth::Psk, passphrase, true)
+}
+
 /// `hidden` marks a network the scan did not see, so that NetworkManager probes for it by name.
 fn nm_keyfile(
     name: &str,
@@ -290,7 +296,7 @@ fn split_terse(line: &str) -> Vec<String> {
 }
 
 /// `nmcli -t -f IN-USE,SSID,SIGNAL,SECURITY device wifi list` output as networks.
-fn parse_nmcli_scan(out: &str) -> Vec<WifiNetwork> {
+pub(super) fn parse_nmcli_scan(out: &str) -> Vec<WifiNetwork> {
     strongest_per_ssid(out.lines().map(split_terse).filter_map(|f| {
         let [in_use, ssid, signal, security] = <[String; 4]>::try_from(f).ok()?;
         Some(WifiNetwork {

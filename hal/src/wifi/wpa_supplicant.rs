@@ -227,7 +227,7 @@ fn remove_networks(conf: &str, is_ours: impl Fn(&str) -> bool) -> (Zeroizing<Str
 
 /// `wpa_cli scan_results` output (`bssid / frequency / signal level / flags / ssid`, tab
 /// separated, SSID printf-escaped) as networks.
-fn parse_wpa_scan(out: &str) -> Vec<WifiNetwork> {
+pub(super) fn parse_wpa_scan(out: &str) -> Vec<WifiNetwork> {
     strongest_per_ssid(out.lines().filter_map(|line| {
         let mut f = line.splitn(5, '\t');
         let (_bssid, _freq, signal, flags, ssid) =
