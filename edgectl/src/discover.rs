@@ -19,6 +19,44 @@ struct Seen {
     pairing: String,
 }
 
+impl Seen {
+    /// A box as its mDNS answer describes it, if the answer is one a box gives: an `id` of 32
+    /// lowercase hex digits and a `pairing` of `open` or `closed` (`unknown` if absent). Anyone on
+    /// the LAN can answer, and whatever is printed of an answer must not carry their control
+    /// characters to the owner's terminal.
+    fn from_answer(
+        id: Option<&str>,
+        pairing: Option<&str>,
+        mut addresses: Vec<String>,
+    ) -> Option<Self> {
+        let id = id.filter(|id| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })?;
+        let pairing = match pairing {
+            None => "unknown",
+            Some(p @ ("open" | "closed")) => p,
+            Some(_) => return None,
+        };
+        addresses.sort();
+        Some(Self {
+            device_id: id.to_owned(),
+            addresses,
+            pairing: pairing.to_owned(),
+        })
+    }
+}
+
+/// Says, on stderr, that an answer was left out (its name printed escaped).
+fn say_left_out(name: &str) {
+    eprintln!(
+        "edgectl: left out an answer that is not an edge box's: {}",
+        name.escape_debug()
+    );
+}
+
 /// Browses for `wait` and prints one line (or JSON object) per box.
 pub(crate) async fn discover(wait: Duration, json: bool) -> Result<(), CtlError> {
     let fail = |e: mdns_sd::Error| CtlError::Local(format!("mDNS: {e}"));
@@ -31,28 +69,18 @@ pub(crate) async fn discover(wait: Duration, json: bool) -> Result<(), CtlError>
             break;
         };
         if let ServiceEvent::ServiceResolved(service) = event {
-            let Some(id) = service.txt_properties.get_property_val_str("id") else {
-                continue;
-            };
-            let mut addresses: Vec<String> = service
+            let txt = |key| service.txt_properties.get_property_val_str(key);
+            let addresses = service
                 .addresses
                 .iter()
                 .map(|a| std::net::SocketAddr::new(a.to_ip_addr(), service.port).to_string())
                 .collect();
-            addresses.sort();
-            let pairing = service
-                .txt_properties
-                .get_property_val_str("pairing")
-                .unwrap_or("unknown")
-                .to_owned();
-            seen.insert(
-                id.to_owned(),
-                Seen {
-                    device_id: id.to_owned(),
-                    addresses,
-                    pairing,
-                },
-            );
+            match Seen::from_answer(txt("id"), txt("pairing"), addresses) {
+                Some(box_) => {
+                    seen.insert(box_.device_id.clone(), box_);
+                }
+                None => say_left_out(&service.fullname),
+            }
         }
     }
     let _ = daemon.shutdown();
@@ -72,4 +100,34 @@ pub(crate) async fn discover(wait: Duration, json: bool) -> Result<(), CtlError>
         eprintln!("edgectl: no box answered within {wait:?}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_is_not_a_boxs_is_left_out_whole() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let addresses = || vec!["192.0.2.2:7466".to_owned(), "192.0.2.1:7466".to_owned()];
+        let found = Seen::from_answer(Some(id), Some("open"), addresses()).expect("a box");
+        assert_eq!(found.addresses, ["192.0.2.1:7466", "192.0.2.2:7466"]);
+        assert_eq!(
+            Seen::from_answer(Some(id), None, addresses()).map(|s| s.pairing),
+            Some("unknown".into())
+        );
+        // A neighbour's answer that would write to the owner's terminal, or claim to be a box
+        // without a box's id, is not shown.
+        for (id, pairing) in [
+            (Some("\x1b]0;owned\x07\x1b[2J"), Some("open")),
+            (Some(id), Some("open\x1b[31m")),
+            (Some("0123456789ABCDEF0123456789ABCDEF"), Some("open")),
+            (None, Some("open")),
+        ] {
+            assert!(
+                Seen::from_answer(id, pairing, addresses()).is_none(),
+                "{id:?} {pairing:?}"
+            );
+        }
+    }
 }

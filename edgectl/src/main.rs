@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use edge_identity::{FileKeyStore, KeyStore, KeyUri};
-use edge_mobile_bridge::client::{Client, Control, PairingProgress};
+use edge_mobile_bridge::client::{Client, ClientError, Control, PairingProgress};
 use edge_mobile_bridge::lan::LanLink;
-use edge_mobile_bridge::message::{Request, Response};
+use edge_mobile_bridge::message::{ErrorCode, Request, Response};
+use edge_mobile_bridge::pairing::PairingError;
 use edge_mobile_bridge::setup_code::DeviceFingerprint;
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
@@ -355,25 +356,80 @@ async fn pair(
         }
     }
     .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let device = pairing.device().clone();
     let mut link = connect(addr).await?;
     loop {
-        for message in pairing.outgoing() {
-            send(&mut link, &message).await?;
-        }
-        let reply = recv(&mut link).await?;
-        match pairing
-            .receive(&reply)
-            .map_err(|e| CtlError::Refused(e.to_string()))?
-        {
-            PairingProgress::Send(next) => pairing = next,
-            PairingProgress::Done(device, _control) => {
+        let reply = async {
+            for message in pairing.outgoing() {
+                send(&mut link, &message).await?;
+            }
+            recv(&mut link).await
+        };
+        let reply = match reply.await {
+            Ok(reply) => reply,
+            // The box may have taken this owner before the link went: what was lost is its
+            // proof, not the pairing.
+            Err(lost) if pairing.hello_sent() => return resume(client, addr, device, lost).await,
+            Err(e) => return Err(e),
+        };
+        match pairing.receive(&reply) {
+            Ok(PairingProgress::Send(next)) => pairing = next,
+            Ok(PairingProgress::Done(device, _control)) => {
                 return Ok(Known {
                     device_id: device.device_id.as_str().to_owned(),
                     device_key: edge_identity::hex::encode(&device.device_key),
                     addr,
                 });
             }
+            // The box is paired already: with this owner, if an earlier `pair` lost its link
+            // after the hello, or with someone else (who the session below does not fool).
+            Err(
+                e @ ClientError::Pairing(PairingError::Refused {
+                    code: ErrorCode::WindowClosed,
+                    ..
+                }),
+            ) => return resume(client, addr, device, CtlError::Refused(e.to_string())).await,
+            Err(e) => return Err(CtlError::Refused(e.to_string())),
         }
+    }
+}
+
+/// Ends a pairing whose last step was lost (`why`): a session as the box's owner, trusting on
+/// first use the key that `device` (the QR code's id) names, which the box proves it holds.
+async fn resume(
+    client: &Client,
+    addr: SocketAddr,
+    device: DeviceFingerprint,
+    why: CtlError,
+) -> Result<Known, CtlError> {
+    let session = async {
+        let connecting = client
+            .resume(device)
+            .map_err(|e| CtlError::Local(e.to_string()))?;
+        let mut link = connect(addr).await?;
+        send(&mut link, connecting.hello()).await?;
+        let accept = recv(&mut link).await?;
+        let (paired, _control, finish) = connecting
+            .accept_learning(&accept)
+            .map_err(|e| CtlError::Refused(e.to_string()))?;
+        send(&mut link, &finish).await?;
+        Ok::<_, CtlError>(paired)
+    };
+    match session.await {
+        Ok(paired) => {
+            eprintln!(
+                "edgectl: pairing did not finish ({why}), but the box had taken this owner: a session proved it is {}",
+                paired.device_id.as_str()
+            );
+            Ok(Known {
+                device_id: paired.device_id.as_str().to_owned(),
+                device_key: edge_identity::hex::encode(&paired.device_key),
+                addr,
+            })
+        }
+        Err(e) => Err(CtlError::Refused(format!(
+            "{why} (and the box does not take this client as its owner: {e})"
+        ))),
     }
 }
 

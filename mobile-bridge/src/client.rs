@@ -66,7 +66,7 @@ impl Client {
     }
 
     /// Starts pairing from a scanned QR payload: the pairing state and the first message.
-    pub fn pair_with_qr(&self, payload: &str) -> Result<Pairing, ClientError> {
+    pub fn pair_with_qr(&self, payload: &str) -> Result<Pairing<'_>, ClientError> {
         let qr = QrPayload::parse(payload)?;
         self.pair(&qr.code, qr.device)
     }
@@ -76,13 +76,18 @@ impl Client {
         &self,
         typed: &str,
         device: DeviceFingerprint,
-    ) -> Result<Pairing, ClientError> {
+    ) -> Result<Pairing<'_>, ClientError> {
         self.pair(&SetupCode::parse(typed)?, device)
     }
 
-    fn pair(&self, code: &SetupCode, device: DeviceFingerprint) -> Result<Pairing, ClientError> {
-        let (state, first) = ClientPairing::start(code, device, *self.identity.public_key())?;
+    fn pair(
+        &self,
+        code: &SetupCode,
+        device: DeviceFingerprint,
+    ) -> Result<Pairing<'_>, ClientError> {
+        let (state, first) = ClientPairing::start(code, device)?;
         Ok(Pairing {
+            client: self,
             state: PairingState::AwaitReply(state),
             outgoing: vec![first],
         })
@@ -93,6 +98,21 @@ impl Client {
         let (handshake, hello) = ClientHandshake::start(&self.identity, &device.device_key)?;
         Ok(Connecting {
             client: self,
+            device: device.device_id.clone(),
+            handshake,
+            hello,
+        })
+    }
+
+    /// Starts a session with a device this client sent its owner hello to but whose proof never
+    /// came (the link dropped): any key that hashes to `device` is taken (trust on first use),
+    /// and [`Connecting::accept_learning`] gives the device to keep. A device that did not take
+    /// this client as its owner refuses the session (`NotOwner`).
+    pub fn resume(&self, device: DeviceFingerprint) -> Result<Connecting<'_>, ClientError> {
+        let (handshake, hello) = ClientHandshake::start_first_use(&self.identity, device.clone())?;
+        Ok(Connecting {
+            client: self,
+            device,
             handshake,
             hello,
         })
@@ -105,12 +125,13 @@ enum PairingState {
 }
 
 /// A pairing in progress: send [`Pairing::outgoing`], feed each reply to [`Pairing::receive`].
-pub struct Pairing {
+pub struct Pairing<'a> {
+    client: &'a Client,
     state: PairingState,
     outgoing: Vec<Vec<u8>>,
 }
 
-impl std::fmt::Debug for Pairing {
+impl std::fmt::Debug for Pairing<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pairing").finish_non_exhaustive()
     }
@@ -118,25 +139,40 @@ impl std::fmt::Debug for Pairing {
 
 /// What a pairing step produced.
 #[derive(Debug)]
-pub enum PairingProgress {
+pub enum PairingProgress<'a> {
     /// Still pairing: send these messages, in order, then wait for the next reply.
-    Send(Pairing),
+    Send(Pairing<'a>),
     /// Paired: store the device, and use the control channel.
     Done(PairedDevice, Control),
 }
 
-impl Pairing {
+impl<'a> Pairing<'a> {
+    /// The device this pairing is with (the QR code's, or discovery's for a typed code).
+    pub fn device(&self) -> &DeviceFingerprint {
+        match &self.state {
+            PairingState::AwaitReply(state) => state.device(),
+            PairingState::AwaitProof(state) => state.device(),
+        }
+    }
+
+    /// Whether the owner hello has gone out (the device may have taken this client as its owner
+    /// already): a link lost from here on is for [`Client::resume`], not for pairing again.
+    pub fn hello_sent(&self) -> bool {
+        matches!(self.state, PairingState::AwaitProof(_))
+    }
+
     /// Messages to send now, in order (taken: a second call returns none).
     pub fn outgoing(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.outgoing)
     }
 
     /// Takes the device's next message.
-    pub fn receive(self, message: &[u8]) -> Result<PairingProgress, ClientError> {
+    pub fn receive(self, message: &[u8]) -> Result<PairingProgress<'a>, ClientError> {
         match self.state {
             PairingState::AwaitReply(state) => {
-                let (next, outgoing) = state.on_reply(message)?;
+                let (next, outgoing) = state.on_reply(message, &self.client.identity)?;
                 Ok(PairingProgress::Send(Pairing {
+                    client: self.client,
                     state: PairingState::AwaitProof(next),
                     outgoing,
                 }))
@@ -162,6 +198,7 @@ impl Pairing {
 /// A session handshake in progress.
 pub struct Connecting<'a> {
     client: &'a Client,
+    device: DeviceFingerprint,
     handshake: ClientHandshake,
     hello: Vec<u8>,
 }
@@ -182,6 +219,22 @@ impl Connecting<'_> {
     pub fn accept(self, message: &[u8]) -> Result<(Control, Vec<u8>), ClientError> {
         let (channel, finish) = self.handshake.finish(message, &self.client.identity)?;
         Ok((Control { channel }, finish))
+    }
+
+    /// [`Connecting::accept`], and the device as the session proved it (its key, for a session
+    /// started by [`Client::resume`]).
+    pub fn accept_learning(
+        self,
+        message: &[u8],
+    ) -> Result<(PairedDevice, Control, Vec<u8>), ClientError> {
+        let (channel, finish, device_key) = self
+            .handshake
+            .finish_learning(message, &self.client.identity)?;
+        let device = PairedDevice {
+            device_id: self.device,
+            device_key,
+        };
+        Ok((device, Control { channel }, finish))
     }
 }
 

@@ -10,7 +10,7 @@
 //! | 0x01 | `PakeStart`      | plain         | SPAKE2 message (33 bytes)               |
 //! | 0x02 | `PakeReply`      | plain         | SPAKE2 message, device MAC \[32\]         |
 //! | 0x03 | `PakeConfirm`    | plain         | client MAC \[32\]                         |
-//! | 0x04 | `OwnerHello`     | in a record   | owner key \[32\], challenge \[32\]          |
+//! | 0x04 | `OwnerHello`     | in a record   | owner key \[32\], challenge \[32\], sig \[64\] |
 //! | 0x05 | `DeviceProof`    | in a record   | device key \[32\], signature (64 bytes)   |
 //! | 0x10 | `SessionHello`   | plain         | client key \[32\], X25519 key \[32\]        |
 //! | 0x11 | `SessionAccept`  | plain         | device key \[32\], X25519 key \[32\], sig   |
@@ -226,6 +226,9 @@ pub struct OwnerHello {
     pub owner_key: [u8; 32],
     /// Random bytes the device signs.
     pub challenge: [u8; 32],
+    /// The owner key's signature over the pairing transcript and the challenge: proof that the
+    /// app holds the key it asks the device to take as its owner.
+    pub signature: [u8; 64],
 }
 
 /// Device → client in the new channel: the device's identity proof.
@@ -602,7 +605,7 @@ impl Message {
             Self::PakeStart(m) => body(kind, &m.pake.as_slice(), out),
             Self::PakeReply(m) => body(kind, &(m.pake.as_slice(), &m.confirm), out),
             Self::PakeConfirm(m) => body(kind, &m.confirm, out),
-            Self::OwnerHello(m) => body(kind, &(&m.owner_key, &m.challenge), out),
+            Self::OwnerHello(m) => body(kind, &(&m.owner_key, &m.challenge, &m.signature[..]), out),
             Self::DeviceProof(m) => body(kind, &(&m.device_key, &m.signature[..]), out),
             Self::SessionHello(m) => body(kind, &(&m.client_key, &m.ephemeral), out),
             Self::SessionAccept(m) => {
@@ -669,10 +672,12 @@ impl Message {
                 confirm: parse(kind, b)?,
             }),
             tag::OWNER_HELLO => {
-                let (owner_key, challenge) = parse(kind, b)?;
+                let (owner_key, challenge, signature): ([u8; 32], [u8; 32], &[u8]) =
+                    parse(kind, b)?;
                 Self::OwnerHello(OwnerHello {
                     owner_key,
                     challenge,
+                    signature: sig("signature", signature)?,
                 })
             }
             tag::DEVICE_PROOF => {
@@ -850,6 +855,7 @@ mod tests {
             Message::OwnerHello(OwnerHello {
                 owner_key: [1; 32],
                 challenge: [2; 32],
+                signature: [11; 64],
             }),
             Message::DeviceProof(DeviceProof {
                 device_key: [3; 32],

@@ -61,6 +61,7 @@ const APP_IDENTITY: &[u8] = b"edge-app";
 const PASSWORD_PREFIX: &[u8] = b"edge-setup-code-v1:";
 const LABEL: &[u8] = b"edge-pairing-v1";
 const PROOF_DOMAIN: &[u8] = b"edge-pairing-v1 device-proof";
+const OWNER_DOMAIN: &[u8] = b"edge-pairing-v1 owner-hello";
 
 /// Errors in pairing, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,9 @@ pub enum PairingError {
     /// The device's identity signature does not verify.
     #[error("the device's identity proof does not verify")]
     BadProof,
+    /// The owner's hello is not signed by the key it asks the device to take as its owner.
+    #[error("the owner's hello is not signed by the owner key it names")]
+    BadOwnerProof,
     /// The device refused with an error response.
     #[error("refused by the device: {code:?}: {message}")]
     Refused {
@@ -141,7 +145,9 @@ impl PairingError {
             Self::Busy => ErrorCode::Busy,
             Self::Timeout { .. } => ErrorCode::Timeout,
             Self::Unexpected { .. } | Self::Pake(_) | Self::Message(_) => ErrorCode::BadRequest,
-            Self::WrongCode | Self::WrongDevice { .. } | Self::BadProof => ErrorCode::Unauthorized,
+            Self::WrongCode | Self::WrongDevice { .. } | Self::BadProof | Self::BadOwnerProof => {
+                ErrorCode::Unauthorized
+            }
             Self::Refused { code, .. } => *code,
             Self::Session(e) => e.code(),
         }
@@ -380,6 +386,12 @@ fn proof_message(th2: &[u8; 32], challenge: &[u8; 32], owner_key: &[u8; 32]) -> 
     [PROOF_DOMAIN, th2, challenge, owner_key].concat()
 }
 
+/// What the owner signs in its hello: the transcript, its challenge and its key, so the
+/// signature belongs to this pairing and no other.
+fn owner_hello_message(th2: &[u8; 32], challenge: &[u8; 32], owner_key: &[u8; 32]) -> Vec<u8> {
+    [OWNER_DOMAIN, th2, challenge, owner_key].concat()
+}
+
 fn refused_or_unexpected(msg: Message, expected: &'static str) -> PairingError {
     match msg {
         Message::Response(Response::Error { code, message }) => {
@@ -598,6 +610,10 @@ impl DevicePairing {
                     Message::OwnerHello(h) => h,
                     other => return Err(refused_or_unexpected(other, "OwnerHello")),
                 };
+                let claimed = owner_hello_message(&th2, &hello.challenge, &hello.owner_key);
+                if !edge_identity::keys::verify(&hello.owner_key, &claimed, &hello.signature) {
+                    return Err(PairingError::BadOwnerProof);
+                }
                 let signature =
                     identity.sign(&proof_message(&th2, &hello.challenge, &hello.owner_key));
                 let reply = channel.seal(&Message::DeviceProof(DeviceProof {
@@ -625,7 +641,6 @@ pub struct ClientPairing {
     spake: Spake2<Ed25519Group>,
     start: Vec<u8>,
     device: DeviceFingerprint,
-    owner_key: [u8; 32],
 }
 
 impl std::fmt::Debug for ClientPairing {
@@ -637,11 +652,10 @@ impl std::fmt::Debug for ClientPairing {
 }
 
 impl ClientPairing {
-    /// Starts pairing with `device` using `code`, to make `owner_key` its owner: the `PakeStart`.
+    /// Starts pairing with `device` using `code`: the `PakeStart`.
     pub fn start(
         code: &SetupCode,
         device: DeviceFingerprint,
-        owner_key: [u8; 32],
     ) -> Result<(Self, Vec<u8>), PairingError> {
         let (spake, pake) = Spake2::<Ed25519Group>::start_a(
             &spake2::Password::new(&*password(code)),
@@ -653,14 +667,34 @@ impl ClientPairing {
             spake,
             start: start.clone(),
             device,
-            owner_key,
         };
         Ok((pairing, start))
     }
 
+    /// The device this pairing expects.
+    pub fn device(&self) -> &DeviceFingerprint {
+        &self.device
+    }
+
     /// Checks the device's `PakeReply`. Returns the next state and the messages to send, in
-    /// order: `PakeConfirm`, then the sealed `OwnerHello`. A wrong code fails here.
-    pub fn on_reply(self, reply: &[u8]) -> Result<(AwaitingProof, Vec<Vec<u8>>), PairingError> {
+    /// order: `PakeConfirm`, then the sealed `OwnerHello`, signed by `owner`, whose key the
+    /// device is to take as its owner. A wrong code fails here.
+    pub fn on_reply(
+        self,
+        reply: &[u8],
+        owner: &Identity,
+    ) -> Result<(AwaitingProof, Vec<Vec<u8>>), PairingError> {
+        self.on_reply_naming(reply, owner, *owner.public_key())
+    }
+
+    /// [`ClientPairing::on_reply`], the hello naming `owner_key` whoever signs it (a test makes
+    /// them differ).
+    fn on_reply_naming(
+        self,
+        reply: &[u8],
+        signer: &Identity,
+        owner_key: [u8; 32],
+    ) -> Result<(AwaitingProof, Vec<Vec<u8>>), PairingError> {
         let reply = match Message::decode(reply)? {
             Message::PakeReply(r) => r,
             other => return Err(refused_or_unexpected(other, "PakeReply")),
@@ -683,15 +717,17 @@ impl ClientPairing {
         let mut channel = SecureChannel::new(Role::Client, &keys.session)?;
         let mut challenge = [0; 32];
         session::random(&mut challenge)?;
+        let signature = signer.sign(&owner_hello_message(&keys.th2, &challenge, &owner_key));
         let hello = channel.seal(&Message::OwnerHello(OwnerHello {
-            owner_key: self.owner_key,
+            owner_key,
             challenge,
+            signature,
         }))?;
         let next = AwaitingProof {
             channel,
             th2: keys.th2,
             challenge,
-            owner_key: self.owner_key,
+            owner_key,
             device: self.device,
         };
         Ok((next, vec![confirm, hello]))
@@ -727,6 +763,11 @@ pub struct ClientPaired {
 }
 
 impl AwaitingProof {
+    /// The device this pairing expects.
+    pub fn device(&self) -> &DeviceFingerprint {
+        &self.device
+    }
+
     /// Checks the device's sealed `DeviceProof` against the expected device id and challenge.
     pub fn on_proof(mut self, message: &[u8]) -> Result<ClientPaired, PairingError> {
         let proof = match self.channel.open(message)? {
@@ -798,8 +839,7 @@ mod tests {
     /// One failed attempt on `conn`: the device charges it, the client detects the wrong code.
     fn fail_once(b: &mut Bench, conn: ConnId) -> u32 {
         let (client, start) =
-            ClientPairing::start(&wrong_code(&b.code), fingerprint(b), *b.owner.public_key())
-                .expect("start");
+            ClientPairing::start(&wrong_code(&b.code), fingerprint(b)).expect("start");
         let step = b
             .pairing
             .handle(b.now, conn, &start, &b.device)
@@ -808,7 +848,7 @@ mod tests {
             panic!("expected a charge, got {step:?}");
         };
         assert!(matches!(
-            client.on_reply(&reply),
+            client.on_reply(&reply, &b.owner),
             Err(PairingError::WrongCode)
         ));
         b.pairing.disconnected(conn);
@@ -818,8 +858,7 @@ mod tests {
     #[test]
     fn pairing_end_to_end_with_the_right_code() {
         let mut b = bench(3);
-        let (client, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let conn = ConnId(1);
         let DeviceStep::PersistThenSend { failures, reply } = b
             .pairing
@@ -829,7 +868,7 @@ mod tests {
             panic!("expected a charge");
         };
         assert_eq!(failures, 4, "the attempt is charged before the reply");
-        let (client, out) = client.on_reply(&reply).expect("on_reply");
+        let (client, out) = client.on_reply(&reply, &b.owner).expect("on_reply");
         assert_eq!(out.len(), 2);
         assert!(matches!(
             b.pairing
@@ -874,8 +913,7 @@ mod tests {
         );
 
         // The window is closed: the device is owned now.
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let err = b
             .pairing
             .handle(b.now, ConnId(2), &start, &b.device)
@@ -897,8 +935,7 @@ mod tests {
         let mut b = bench(0);
         let conn = ConnId(7);
         let (client, start) =
-            ClientPairing::start(&wrong_code(&b.code), fingerprint(&b), *b.owner.public_key())
-                .expect("start");
+            ClientPairing::start(&wrong_code(&b.code), fingerprint(&b)).expect("start");
         let DeviceStep::PersistThenSend { failures, reply } = b
             .pairing
             .handle(b.now, conn, &start, &b.device)
@@ -907,7 +944,9 @@ mod tests {
             panic!("expected a charge");
         };
         assert_eq!(failures, 1);
-        let err = client.on_reply(&reply).expect_err("on_reply should fail");
+        let err = client
+            .on_reply(&reply, &b.owner)
+            .expect_err("on_reply should fail");
         assert!(matches!(err, PairingError::WrongCode));
         assert_eq!(err.code(), ErrorCode::Unauthorized);
 
@@ -929,8 +968,7 @@ mod tests {
         assert_eq!(b.pairing.window().active(), None);
 
         // The window is still open and the right code works next.
-        let (client, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let DeviceStep::PersistThenSend { reply, .. } = b
             .pairing
             .handle(b.now, conn, &start, &b.device)
@@ -938,7 +976,7 @@ mod tests {
         else {
             panic!("expected a charge");
         };
-        client.on_reply(&reply).expect("on_reply");
+        client.on_reply(&reply, &b.owner).expect("on_reply");
     }
 
     #[test]
@@ -947,8 +985,7 @@ mod tests {
         for i in 1..=MAX_WINDOW_FAILURES {
             assert_eq!(fail_once(&mut b, ConnId(u64::from(i))), i);
         }
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let err = b
             .pairing
             .handle(b.now, ConnId(99), &start, &b.device)
@@ -970,8 +1007,7 @@ mod tests {
         let mut b = bench(SLOW_FROM - 2);
         assert_eq!(fail_once(&mut b, ConnId(1)), SLOW_FROM - 1);
         assert_eq!(fail_once(&mut b, ConnId(2)), SLOW_FROM);
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let err = b
             .pairing
             .handle(b.now, ConnId(3), &start, &b.device)
@@ -997,8 +1033,7 @@ mod tests {
     #[test]
     fn a_second_concurrent_session_is_refused_with_busy() {
         let mut b = bench(0);
-        let (client, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let DeviceStep::PersistThenSend { reply, .. } = b
             .pairing
             .handle(b.now, ConnId(1), &start, &b.device)
@@ -1006,8 +1041,7 @@ mod tests {
         else {
             panic!("expected a charge");
         };
-        let (_, start2) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start2) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let err = b
             .pairing
             .handle(b.now, ConnId(2), &start2, &b.device)
@@ -1016,7 +1050,7 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::Busy);
         assert_eq!(b.pairing.window().failures(), 1, "a refusal is not charged");
         // The first session is undisturbed.
-        let (_, out) = client.on_reply(&reply).expect("on_reply");
+        let (_, out) = client.on_reply(&reply, &b.owner).expect("on_reply");
         assert!(matches!(
             b.pairing
                 .handle(b.now, ConnId(1), &out[0], &b.device)
@@ -1034,8 +1068,7 @@ mod tests {
     #[test]
     fn a_stalled_handshake_fails_after_its_timeout() {
         let mut b = bench(0);
-        let (client, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let DeviceStep::PersistThenSend { reply, .. } = b
             .pairing
             .handle(b.now, ConnId(1), &start, &b.device)
@@ -1043,7 +1076,7 @@ mod tests {
         else {
             panic!("expected a charge");
         };
-        let (_, out) = client.on_reply(&reply).expect("on_reply");
+        let (_, out) = client.on_reply(&reply, &b.owner).expect("on_reply");
         let late = b.now + HANDSHAKE_TIMEOUT + Duration::from_secs(1);
         let err = b
             .pairing
@@ -1059,14 +1092,12 @@ mod tests {
 
         // A stalled handshake does not hold the window: another client gets in once it is past.
         let mut b = bench(0);
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let _ = b
             .pairing
             .handle(b.now, ConnId(1), &start, &b.device)
             .expect("handle");
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let at = b.now + HANDSHAKE_TIMEOUT - Duration::from_secs(1);
         assert!(matches!(
             b.pairing.handle(at, ConnId(2), &start, &b.device),
@@ -1080,10 +1111,39 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_hello_naming_a_key_its_sender_does_not_hold_is_refused() {
+        let mut b = bench(0);
+        let victim = Identity::generate_ephemeral().expect("key");
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
+        let conn = ConnId(1);
+        let DeviceStep::PersistThenSend { reply, .. } = b
+            .pairing
+            .handle(b.now, conn, &start, &b.device)
+            .expect("handle")
+        else {
+            panic!("expected a charge");
+        };
+        // Someone who knows the code asks the device to take another's key as its owner.
+        let (_, out) = client
+            .on_reply_naming(&reply, &b.owner, *victim.public_key())
+            .expect("on_reply");
+        assert!(matches!(
+            b.pairing.handle(b.now, conn, &out[0], &b.device),
+            Ok(DeviceStep::Wait)
+        ));
+        // Before, the device stored the named key as its owner here.
+        let refused = b
+            .pairing
+            .handle(b.now, conn, &out[1], &b.device)
+            .expect_err("a hello its sender cannot sign for");
+        assert!(matches!(refused, PairingError::BadOwnerProof), "{refused}");
+        assert_eq!(refused.code(), ErrorCode::Unauthorized);
+    }
+
+    #[test]
     fn the_window_expires_after_fifteen_minutes() {
         let mut b = bench(0);
-        let (_, start) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (_, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let at = b.now + WINDOW_LIFETIME;
         assert!(matches!(
             b.pairing.handle(at, ConnId(1), &start, &b.device),
@@ -1099,12 +1159,8 @@ mod tests {
         let other = Identity::generate_ephemeral().expect("generate_ephemeral");
         // The client expects `other`, but the device it reaches is `b.device`: the SPAKE2
         // identities differ, so key confirmation fails before any proof is needed.
-        let (client, start) = ClientPairing::start(
-            &b.code,
-            DeviceFingerprint::of(other.device_id()),
-            *b.owner.public_key(),
-        )
-        .expect("start");
+        let (client, start) =
+            ClientPairing::start(&b.code, DeviceFingerprint::of(other.device_id())).expect("start");
         let DeviceStep::PersistThenSend { reply, .. } = b
             .pairing
             .handle(b.now, ConnId(1), &start, &b.device)
@@ -1113,7 +1169,7 @@ mod tests {
             panic!("expected a charge");
         };
         assert!(matches!(
-            client.on_reply(&reply),
+            client.on_reply(&reply, &b.owner),
             Err(PairingError::WrongCode)
         ));
     }
@@ -1121,11 +1177,10 @@ mod tests {
     #[test]
     fn a_refusal_reaches_the_client_as_a_typed_error() {
         let b = bench(0);
-        let (client, _) =
-            ClientPairing::start(&b.code, fingerprint(&b), *b.owner.public_key()).expect("start");
+        let (client, _) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let busy = PairingError::Busy.reply();
         assert!(matches!(
-            client.on_reply(&busy),
+            client.on_reply(&busy, &b.owner),
             Err(PairingError::Refused {
                 code: ErrorCode::Busy,
                 ..
@@ -1144,8 +1199,7 @@ mod tests {
         let mut b = bench(0);
         let conn = ConnId(1);
         let (client, start) =
-            ClientPairing::start(&wrong_code(&b.code), fingerprint(&b), *b.owner.public_key())
-                .expect("start");
+            ClientPairing::start(&wrong_code(&b.code), fingerprint(&b)).expect("start");
         let DeviceStep::PersistThenSend { reply, .. } = b
             .pairing
             .handle(b.now, conn, &start, &b.device)
@@ -1153,7 +1207,7 @@ mod tests {
         else {
             panic!("expected a charge");
         };
-        assert!(client.on_reply(&reply).is_err());
+        assert!(client.on_reply(&reply, &b.owner).is_err());
 
         let Message::PakeStart(recorded_start) = Message::decode(&start).expect("decode") else {
             panic!()

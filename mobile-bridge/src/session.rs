@@ -34,6 +34,7 @@ use crate::message::{
     ErrorCode, MAX_INNER, Message, MessageError, RECORD_PREFIX, Record, Response, SessionAccept,
     SessionFinish, SessionHello,
 };
+use crate::setup_code::DeviceFingerprint;
 
 /// How long a session handshake may take, from the `SessionHello` to the `SessionFinish` (one round
 /// trip with nobody in the loop).
@@ -368,11 +369,21 @@ fn signed(domain: &[u8], th: &[u8; 32]) -> Vec<u8> {
     [domain, th].concat()
 }
 
+/// Which device key a client's session takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trust {
+    /// The key learned at pairing.
+    Key([u8; 32]),
+    /// Any key that hashes to this device id (the QR code's): trust on first use, for a
+    /// pairing whose link dropped after the device took the owner but before its proof came.
+    FirstUse(DeviceFingerprint),
+}
+
 /// The client's half of a session handshake, waiting for the device's `SessionAccept`.
 pub struct ClientHandshake {
     ephemeral: EphemeralPrivateKey,
     hello: Vec<u8>,
-    device_key: [u8; 32],
+    trust: Trust,
 }
 
 impl std::fmt::Debug for ClientHandshake {
@@ -384,6 +395,20 @@ impl std::fmt::Debug for ClientHandshake {
 impl ClientHandshake {
     /// Starts a session as `owner` with the device holding `device_key`: the `SessionHello`.
     pub fn start(owner: &Identity, device_key: &[u8; 32]) -> Result<(Self, Vec<u8>), SessionError> {
+        Self::trusting(owner, Trust::Key(*device_key))
+    }
+
+    /// Starts a session as `owner` with whichever device key hashes to `device` (trust on first
+    /// use): for a pairing whose link dropped before the device's proof arrived. The device
+    /// signs the handshake with that key, so only the device the QR code names can answer.
+    pub fn start_first_use(
+        owner: &Identity,
+        device: DeviceFingerprint,
+    ) -> Result<(Self, Vec<u8>), SessionError> {
+        Self::trusting(owner, Trust::FirstUse(device))
+    }
+
+    fn trusting(owner: &Identity, trust: Trust) -> Result<(Self, Vec<u8>), SessionError> {
         let (ephemeral, public) = ephemeral(&SystemRandom::new())?;
         let hello = Message::SessionHello(SessionHello {
             client_key: *owner.public_key(),
@@ -393,7 +418,7 @@ impl ClientHandshake {
         let hs = Self {
             ephemeral,
             hello: hello.clone(),
-            device_key: *device_key,
+            trust,
         };
         Ok((hs, hello))
     }
@@ -404,6 +429,16 @@ impl ClientHandshake {
         accept: &[u8],
         owner: &Identity,
     ) -> Result<(SecureChannel, Vec<u8>), SessionError> {
+        self.finish_learning(accept, owner)
+            .map(|(channel, finish, _)| (channel, finish))
+    }
+
+    /// [`ClientHandshake::finish`], and the device key it took.
+    pub fn finish_learning(
+        self,
+        accept: &[u8],
+        owner: &Identity,
+    ) -> Result<(SecureChannel, Vec<u8>, [u8; 32]), SessionError> {
         let accept = match Message::decode(accept)? {
             Message::SessionAccept(a) => a,
             Message::Response(Response::Error { code, message }) => {
@@ -416,7 +451,11 @@ impl ClientHandshake {
                 });
             }
         };
-        if accept.device_key != self.device_key {
+        let trusted = match &self.trust {
+            Trust::Key(key) => accept.device_key == *key,
+            Trust::FirstUse(device) => device.matches_key(&accept.device_key),
+        };
+        if !trusted {
             return Err(SessionError::WrongDevice);
         }
         let th1 = transcript(&[
@@ -438,7 +477,11 @@ impl ClientHandshake {
             signature: owner.sign(&signed(SIGN_CLIENT, &th2)),
         })
         .encode()?;
-        Ok((SecureChannel::new(Role::Client, &keys)?, finish))
+        Ok((
+            SecureChannel::new(Role::Client, &keys)?,
+            finish,
+            accept.device_key,
+        ))
     }
 }
 
@@ -629,6 +672,27 @@ mod tests {
                 }))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_first_use_session_takes_only_the_key_the_device_id_names() {
+        let device = Identity::generate_ephemeral().expect("key");
+        let impostor = Identity::generate_ephemeral().expect("key");
+        let owner = Identity::generate_ephemeral().expect("key");
+        let named = DeviceFingerprint::of(device.device_id());
+        let now = Instant::now();
+        let answer = |identity: &Identity| {
+            let (hs, hello) =
+                ClientHandshake::start_first_use(&owner, named.clone()).expect("start");
+            let (_, accept) =
+                DeviceHandshake::accept(now, &hello, identity, Some(owner.public_key()))
+                    .expect("accept");
+            hs.finish_learning(&accept, &owner)
+        };
+        let (_, _, learned) = answer(&device).expect("the named device");
+        assert_eq!(&learned, device.public_key());
+        // A box that holds another key (and so hashes to another id) is refused.
+        assert!(matches!(answer(&impostor), Err(SessionError::WrongDevice)));
     }
 
     #[test]

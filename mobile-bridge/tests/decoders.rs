@@ -29,6 +29,7 @@ fn samples() -> Vec<Vec<u8>> {
         Message::OwnerHello(OwnerHello {
             owner_key: [1; 32],
             challenge: [2; 32],
+            signature: [4; 64],
         }),
         Message::SessionFinish(SessionFinish { signature: [3; 64] }),
         Message::Record(Record {

@@ -339,7 +339,7 @@ fn framed_pake_start(device_id: &str) -> Vec<u8> {
     use edge_mobile_bridge::setup_code::{DeviceFingerprint, SetupCode};
     let code = SetupCode::generate().expect("code");
     let device = DeviceFingerprint::parse(device_id).expect("device id");
-    let (_, start) = ClientPairing::start(&code, device, [7; 32]).expect("PakeStart");
+    let (_, start) = ClientPairing::start(&code, device).expect("PakeStart");
     let mut out = Vec::new();
     for frame in Fragmenter::new(LAN_MAX_FRAME)
         .expect("fragmenter")
@@ -833,5 +833,85 @@ fn out_of_descriptors_the_pairing_listener_pauses_instead_of_spinning() {
     set_limit(1024);
     let owner = tempfile::tempdir().expect("tempdir");
     ok(&pair(owner.path(), None, &device.addr, &device.qr()));
+    stop(agent);
+}
+
+/// A TCP relay to `upstream` whose first connection loses the box's second message (the
+/// `DeviceProof` after a pairing): it passes the first of the box's LAN frames (a u16 length and
+/// the frame), then closes both sides. Later connections pass everything.
+fn relay_losing_the_proof(upstream: &str) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let upstream = upstream.to_owned();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let Ok(device) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut up_in, mut up_out) = (
+                client.try_clone().expect("clone"),
+                device.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up_in, &mut up_out);
+                let _ = up_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut down_in, mut down_out) = (device, client);
+            std::thread::spawn(move || {
+                if n > 0 {
+                    let _ = std::io::copy(&mut down_in, &mut down_out);
+                    let _ = down_out.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                let mut len = [0u8; 2];
+                if down_in.read_exact(&mut len).is_ok() {
+                    let mut frame = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if down_in.read_exact(&mut frame).is_ok() {
+                        let _ = down_out.write_all(&len);
+                        let _ = down_out.write_all(&frame);
+                    }
+                    // The next frame is the proof: the link goes before it arrives.
+                    let _ = down_in.read_exact(&mut len);
+                }
+                let _ = down_out.shutdown(std::net::Shutdown::Both);
+                let _ = down_in.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_pairing_whose_proof_is_lost_ends_in_a_session_that_proves_the_box() {
+    let device = Box::new();
+    let agent = device.start();
+    let owner = tempfile::tempdir().expect("tempdir");
+    let id = device.code()["device_id"].as_str().expect("id").to_owned();
+
+    // The box takes the owner, and its proof never arrives. Before, `edgectl pair` failed here,
+    // the box was owned and its window closed: nobody could reach it without the button.
+    let relay = relay_losing_the_proof(&device.addr);
+    let out = pair(owner.path(), None, &relay, &device.qr());
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(ok(&out).contains(&id));
+    assert!(said.contains("the box had taken this owner"), "{said}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&edgectl(owner.path(), &["status"]))).expect("status JSON");
+    assert_eq!(status["device_id"], id.as_str());
+
+    // The owner's app forgot the box (or crashed before saving it): pairing again ends the same
+    // way, through the owner's session, since the window is closed.
+    std::fs::remove_file(owner.path().join("devices.json")).expect("forget");
+    let out = pair(owner.path(), None, &device.addr, &device.qr());
+    assert!(ok(&out).contains(&id));
+    // Someone else with the label gets no session out of it.
+    let stranger = tempfile::tempdir().expect("tempdir");
+    refused(
+        &pair(stranger.path(), None, &device.addr, &device.qr()),
+        "does not take this client as its owner",
+    );
+    assert!(!stranger.path().join("devices.json").exists());
     stop(agent);
 }
