@@ -24,8 +24,15 @@ for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz hal/fuzz; do
         seeds=()
         [ -d "$dir/seeds/$target" ] && seeds=("corpus/$target" "seeds/$target")
         mkdir -p "$dir/corpus/$target"
-        (cd "$dir" && CARGO_TARGET_DIR="$PWD/target" cargo fuzz run "$target" "${seeds[@]}" -- \
-            -max_total_time="$SECONDS_EACH" -print_final_stats=1 2>&1 | grep -E "^(stat::number_of_executed_units|Done|==|INFO: Seed)" || true)
+        log="$dir/artifacts/$target.log"
+        mkdir -p "$dir/artifacts"
+        if ! (cd "$dir" && CARGO_TARGET_DIR="$PWD/target" cargo fuzz run "$target" "${seeds[@]}" -- \
+            -max_total_time="$SECONDS_EACH" -print_final_stats=1) >"$log" 2>&1; then
+            tail -30 "$log" >&2
+            echo "FAILED: $dir $target did not build or run to its end (or crashed); its output: $log" >&2
+            exit 1
+        fi
+        grep -E "^(stat::number_of_executed_units|stat::average_exec_per_sec|Done)" "$log"
         [ -z "$(ls -A "$dir/artifacts/$target" 2>/dev/null)" ] || { echo "crash in $target: $dir/artifacts/$target" >&2; exit 1; }
     done
 done

@@ -104,6 +104,16 @@ fn heartbeat(identity: &Identity, seq: u64) -> Signed {
 }
 
 impl Hub {
+    /// A new device, registered to the owner.
+    async fn registered(&self) -> Identity {
+        let me = Identity::generate_ephemeral().expect("key");
+        assert_eq!(
+            self.register(&me, 1, &self.token).await.status(),
+            StatusCode::OK
+        );
+        me
+    }
+
     async fn register(&self, identity: &Identity, seq: u64, token: &str) -> reqwest::Response {
         let body = Body::Register(Register {
             public_key: edge_identity::hex::encode(identity.public_key()),
@@ -337,11 +347,7 @@ async fn bad_requests_get_a_clear_error_with_the_right_status() {
 #[tokio::test]
 async fn a_device_over_its_rate_is_told_when_to_come_back() {
     let hub = hub(1 << 20, 3).await;
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    let me = hub.registered().await;
     let mut limited = None;
     for seq in 2..10 {
         let response = hub.send(vec![heartbeat(&me, seq)]).await;
@@ -379,11 +385,7 @@ fn init_refuses_to_overwrite_and_keys_are_private() {
 #[tokio::test]
 async fn job_polls_are_signed_fresh_and_never_replayed() {
     let hub = hub(1 << 20, 100).await;
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    let me = hub.registered().await;
     let job: edge_jobs::job::Job = serde_json::from_str(
         r#"{"version": 1, "id": "j1", "kernel": {"wgsl": "x", "entry_point": "main"},
             "bindings": [], "dispatch": [1, 1, 1]}"#,
@@ -430,11 +432,7 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
     use edge_protocol::report::{JobOutcome, JobReport};
 
     let hub = hub(1 << 20, 100).await;
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    let me = hub.registered().await;
     let device = me.device_id().to_string();
     let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     job.bindings[0].input = Some(Blob::inline(&[9, 9, 9, 9]));
@@ -704,12 +702,8 @@ async fn a_body_sent_too_slowly_is_cut_off_and_others_are_still_served() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
-    // The hub goes on serving.
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    // The hub goes on serving (registering asserts it).
+    hub.registered().await;
 }
 
 #[tokio::test]
@@ -751,11 +745,7 @@ async fn a_job_whose_result_never_comes_is_handed_out_again_then_given_up() {
         ..Limits::default()
     };
     let hub = hub_with(1 << 20, 100, limits).await;
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    let me = hub.registered().await;
     let job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     let db = store::open(&db_path(&hub.dir)).expect("db");
     store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
@@ -797,11 +787,7 @@ async fn reports_past_the_device_quota_or_the_retention_are_deleted() {
         ..Limits::default()
     };
     let hub = hub_with(1 << 20, 100, limits).await;
-    let me = Identity::generate_ephemeral().expect("key");
-    assert_eq!(
-        hub.register(&me, 1, &hub.token).await.status(),
-        StatusCode::OK
-    );
+    let me = hub.registered().await;
     let reply = hub
         .deliver((2..=7).map(|seq| heartbeat(&me, seq)).collect())
         .await;

@@ -837,6 +837,19 @@ mod tests {
     }
 
     /// One failed attempt on `conn`: the device charges it, the client detects the wrong code.
+    /// A client started with the right code on `conn`, and the device's charged reply.
+    fn started(b: &mut Bench, conn: ConnId) -> (ClientPairing, Vec<u8>) {
+        let (client, start) = ClientPairing::start(&b.code, fingerprint(b)).expect("start");
+        let step = b
+            .pairing
+            .handle(b.now, conn, &start, &b.device)
+            .expect("handle");
+        let DeviceStep::PersistThenSend { reply, .. } = step else {
+            panic!("expected a charge, got {step:?}");
+        };
+        (client, reply)
+    }
+
     fn fail_once(b: &mut Bench, conn: ConnId) -> u32 {
         let (client, start) =
             ClientPairing::start(&wrong_code(&b.code), fingerprint(b)).expect("start");
@@ -968,14 +981,7 @@ mod tests {
         assert_eq!(b.pairing.window().active(), None);
 
         // The window is still open and the right code works next.
-        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
-        let DeviceStep::PersistThenSend { reply, .. } = b
-            .pairing
-            .handle(b.now, conn, &start, &b.device)
-            .expect("handle")
-        else {
-            panic!("expected a charge");
-        };
+        let (client, reply) = started(&mut b, conn);
         client.on_reply(&reply, &b.owner).expect("on_reply");
     }
 
@@ -1114,15 +1120,8 @@ mod tests {
     fn an_owner_hello_naming_a_key_its_sender_does_not_hold_is_refused() {
         let mut b = bench(0);
         let victim = Identity::generate_ephemeral().expect("key");
-        let (client, start) = ClientPairing::start(&b.code, fingerprint(&b)).expect("start");
         let conn = ConnId(1);
-        let DeviceStep::PersistThenSend { reply, .. } = b
-            .pairing
-            .handle(b.now, conn, &start, &b.device)
-            .expect("handle")
-        else {
-            panic!("expected a charge");
-        };
+        let (client, reply) = started(&mut b, conn);
         // Someone who knows the code asks the device to take another's key as its owner.
         let (_, out) = client
             .on_reply_naming(&reply, &b.owner, *victim.public_key())

@@ -226,7 +226,9 @@ impl HubClient {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let offer: JobOffer = parse(&read_capped(response, JOB_LIMIT, &url).await?, &url)?;
+        let body = read_capped(response, JOB_LIMIT, &url).await?;
+        // Up to 64 MiB of JSON with its inputs inline: parsed off the runtime's threads.
+        let offer: JobOffer = edge_tasks::blocking(move || parse(&body, &url)).await?;
         Ok(Some(offer.job))
     }
 

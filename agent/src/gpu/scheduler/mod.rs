@@ -2,7 +2,8 @@
 //! policy applied between jobs.
 //!
 //! - Submissions are validated against the adapter's limits and the memory budget before they are
-//!   queued; a full queue refuses at once rather than growing.
+//!   queued, on a blocking thread (the check reads blobs and decodes inline inputs: a large job
+//!   must not hold a runtime thread); a full queue refuses at once rather than growing.
 //! - Higher priority first, then arrival order. A job whose deadline has passed is not started.
 //! - One job runs at a time. At full duty one more (small) job waits in the worker's pipe, so that
 //!   it starts the moment the running one ends; a job that arrives later with a higher priority runs
@@ -214,6 +215,45 @@ enum Msg {
 pub struct SchedulerHandle {
     tx: mpsc::Sender<Msg>,
     policy: Arc<watch::Sender<Policy>>,
+    admission: Arc<Admission>,
+}
+
+/// What a submission is checked against before it reaches the scheduler's task.
+#[derive(Debug)]
+struct Admission {
+    gpu: Result<GpuLimits, String>,
+    blobs: BlobStore,
+    metrics: Arc<GpuMetrics>,
+    /// The threads checks ran on (tests: never the runtime's).
+    #[cfg(test)]
+    checked_on: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl Admission {
+    /// The job's own checks: its fields, sizes, budget and inputs. The shader is the worker's to
+    /// check (naga runs there, not in the process holding the key); a job it refuses comes back
+    /// as refused all the same.
+    fn check(&self, job: &Job, budget: u64) -> Result<(), JobError> {
+        #[cfg(test)]
+        if let Ok(mut on) = self.checked_on.lock() {
+            on.push(std::thread::current().id());
+        }
+        let limits = self.gpu.as_ref().map_err(|reason| JobError::NoGpu {
+            reason: reason.clone(),
+        })?;
+        check_job(
+            job,
+            limits,
+            budget,
+            &self.blobs,
+            &ShaderCheck::UNREAD,
+            Inputs::Check,
+        )
+        .map(drop)
+        .map_err(|refused| JobError::Refused {
+            problems: refused.problems.iter().map(Problem::to_string).collect(),
+        })
+    }
 }
 
 impl SchedulerHandle {
@@ -240,6 +280,17 @@ impl SchedulerHandle {
     }
 
     async fn submit(&self, job: Job, outputs: bool) -> Result<JobResult, JobError> {
+        // Off the runtime's threads: the check reads blobs (up to the GPU budget) and decodes
+        // inline inputs.
+        let (admission, budget) = (self.admission.clone(), self.policy.borrow().memory_budget);
+        let job = edge_tasks::blocking(move || match admission.check(&job, budget) {
+            Ok(()) => Ok(job),
+            Err(e) => {
+                admission.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        })
+        .await?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Submit {
@@ -344,6 +395,13 @@ impl<W: Worker> Scheduler<W> {
         // absorb bursts between two turns of its loop.
         let (tx, inbox) = mpsc::channel(parts.policy.queue_capacity.max(1));
         let (policy, policy_rx) = watch::channel(parts.policy.clone());
+        let admission = Arc::new(Admission {
+            gpu: parts.gpu.clone(),
+            blobs: parts.blobs.clone(),
+            metrics: parts.metrics.clone(),
+            #[cfg(test)]
+            checked_on: std::sync::Mutex::default(),
+        });
         let now = Instant::now();
         let scheduler = Self {
             inbox,
@@ -362,6 +420,7 @@ impl<W: Worker> Scheduler<W> {
             SchedulerHandle {
                 tx,
                 policy: Arc::new(policy),
+                admission,
             },
         )
     }
@@ -815,13 +874,9 @@ impl<W: Worker> Scheduler<W> {
     }
 }
 
-/// Checks a submission before it is queued: its fields, sizes, budget and inputs. The shader is
-/// the worker's to check (naga runs there, not in the process holding the key); a job it refuses
-/// comes back as refused all the same.
+/// What is checked of a submission (already checked on its own by [`Admission::check`]) as it
+/// is queued: its deadline, and room in the queue.
 fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobError> {
-    let limits = parts.gpu.as_ref().map_err(|reason| JobError::NoGpu {
-        reason: reason.clone(),
-    })?;
     if is_late(job, parts.clock.unix_ms()) {
         return Err(JobError::DeadlinePassed);
     }
@@ -830,16 +885,5 @@ fn admit(parts: &SchedulerParts, queued: usize, job: &Job) -> Result<(), JobErro
             capacity: parts.policy.queue_capacity,
         });
     }
-    check_job(
-        job,
-        limits,
-        parts.policy.memory_budget,
-        &parts.blobs,
-        &ShaderCheck::UNREAD,
-        Inputs::Check,
-    )
-    .map(drop)
-    .map_err(|refused| JobError::Refused {
-        problems: refused.problems.iter().map(Problem::to_string).collect(),
-    })
+    Ok(())
 }

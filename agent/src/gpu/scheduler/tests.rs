@@ -175,6 +175,25 @@ fn sent(seen: &Mutex<Vec<Seen>>) -> Vec<(String, Duration)> {
         .collect()
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_submission_is_checked_off_the_runtime_thread() {
+    // The check decodes inline inputs and reads blobs (up to the GPU budget): on the runtime's
+    // thread, a large job would stall the owner's channel, the report queue and every timer.
+    let (worker, _seen) = FakeWorker::new(|_| Duration::from_millis(1));
+    let (handle, shutdown, _) = start(policy(), worker);
+    let mut big = job("inline", 0);
+    big.bindings[0].input = Some(edge_jobs::job::Blob::inline(&[1; 4096]));
+    let _ = handle.run(big).await;
+    let on = handle.admission.checked_on.lock().expect("threads").clone();
+    assert_eq!(on.len(), 1, "checked once");
+    assert_ne!(
+        on[0],
+        std::thread::current().id(),
+        "checked on the runtime's thread"
+    );
+    shutdown.cancel();
+}
+
 #[tokio::test(start_paused = true)]
 async fn jobs_that_wait_run_by_priority_and_each_receipt_is_signed_for_its_job() {
     let (worker, seen) = FakeWorker::new(|_| Duration::from_secs(1));
