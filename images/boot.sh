@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Boots the image built by images/build.sh in qemu-system-aarch64 (virt machine, Cortex-A76, 2
 # cores, 2 GiB, TCG). The box's pairing port 7466 is forwarded to 127.0.0.1:$PAIRING_PORT; user
-# networking is restricted, so the box reaches nothing outside QEMU. The serial console is this
+# networking is restricted, so the box reaches nothing outside QEMU but what NETDEV_EXTRA forwards
+# (e.g. `,guestfwd=tcp:10.0.2.100:8443-tcp:127.0.0.1:18443`: a network service on the host). The serial console is this
 # terminal (Ctrl-A X quits) unless extra QEMU arguments say otherwise. The NIC gets no option ROM
 # (`romfile=`): the kernel is booted directly, and the ROM (efi-virtio.rom) comes only with
 # ipxe-qemu, which qemu-system-arm merely recommends and the installer leaves out.
@@ -22,6 +23,6 @@ exec qemu-system-aarch64 -M virt -cpu cortex-a76 -smp 2 -m 2048 -accel tcg,threa
     -kernel "$DIR/vmlinuz" -initrd "$DIR/initrd.img" \
     -append "root=/dev/vda rw console=ttyAMA0" \
     -drive "file=$DISK,format=raw,if=virtio" \
-    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:7466" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:7466${NETDEV_EXTRA:-}" \
     -device virtio-net-pci,netdev=n0,romfile= \
     "$@"

@@ -15,8 +15,13 @@
 #  4. second boot: the same identity; a wrong setup code is refused; the owner pairs with the
 #     label's QR payload (made from the disk's setup code, as a factory would print it) and reads
 #     the box's status: its device id, and the GPU it found (lavapipe, emulated); the box measures
-#     its compute in the worker; the owner reboots it from the app (the unprivileged agent asks
-#     logind, which polkit's rule allows), and it goes down cleanly.
+#     its compute in the worker; the owner binds it to an account on a network service (an
+#     edge-hub on this host, which the guest reaches at 10.0.2.100 through QEMU's forward) and the
+#     box registers and reports there; the owner factory-resets it: it stops reporting, and the
+#     journal is erased (a root unit polkit lets the agent start); a next owner pairs with the
+#     same label and reboots it from the app (the unprivileged agent asks logind, which polkit's
+#     rule allows), and it goes down cleanly; on the disk, the journal holds nothing from before
+#     the reset.
 #
 #   images/test.sh [IMAGE_DIR]    # default target/image; KEEP_WORK=1 keeps the logs and disk
 set -euo pipefail
@@ -24,14 +29,17 @@ cd "$(dirname "$0")/.."
 IMAGE=$(realpath "${1:-target/image}")
 PORT=${PAIRING_PORT:-17466}
 MONITOR=${MONITOR_PORT:-17467}
+HUB_PORT=${HUB_PORT:-17468}
 BOOT_SECS=${BOOT_SECS:-900}
 # The first capability measurement runs on lavapipe inside a fully emulated CPU: over 900 s on a
 # slow host (seen on 2026-12-02), so it has its own, longer wait.
 MEASURE_SECS=${MEASURE_SECS:-1500}
 WORK=$(mktemp -d)
 QEMU=
+HUB=
 cleanup() {
     [ -n "$QEMU" ] && kill "$QEMU" 2>/dev/null || true
+    [ -n "$HUB" ] && kill "$HUB" 2>/dev/null || true
     if [ -n "${KEEP_WORK:-}" ]; then echo "kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -44,9 +52,10 @@ fail() {
 }
 
 [ -f "$IMAGE/disk.raw" ] || fail "no image in $IMAGE: run images/build.sh"
-cargo build -q -p edge-agent -p edgectl
+cargo build -q -p edge-agent -p edgectl -p edge-hub
 AGENT=$PWD/target/debug/edge-agent
 EDGECTL=$PWD/target/debug/edgectl
+EDGE_HUB=$PWD/target/debug/edge-hub
 cp --sparse=always "$IMAGE/disk.raw" "$WORK/disk.raw"
 
 # The test's overlay, on its copy of the disk only: a unit that, once the agent is up, asks a GPU
@@ -75,7 +84,7 @@ debugfs -R "cat /etc/systemd/system/edge-box-probe.service" "$WORK/disk.raw" 2>/
 boot() {
     local name=$1
     shift
-    IMAGE_DIR=$IMAGE PAIRING_PORT=$PORT images/boot.sh "$WORK/disk.raw" \
+    IMAGE_DIR=$IMAGE PAIRING_PORT=$PORT NETDEV_EXTRA="${NETDEV_EXTRA:-}" images/boot.sh "$WORK/disk.raw" \
         -serial "file:$WORK/$name.log" -monitor "tcp:127.0.0.1:$MONITOR,server,nowait" "$@" &
     QEMU=$!
 }
@@ -187,6 +196,15 @@ qr=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["qr_payload"])' <<<
 id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["device_id"])' <<<"$label")
 echo "device $id"
 
+# The owner's network: an edge-hub on this host, with a certificate for the address the guest
+# reaches it at (QEMU forwards 10.0.2.100:8443 to it; nothing else leaves the guest).
+"$EDGE_HUB" --dir "$WORK/hub" init --name 10.0.2.100 >/dev/null
+token=$("$EDGE_HUB" --dir "$WORK/hub" owner add alice)
+"$EDGE_HUB" --dir "$WORK/hub" serve --listen "127.0.0.1:$HUB_PORT" --echo-listen 127.0.0.1:0 \
+    --echo-url https://10.0.2.100:8443/v1/ip > "$WORK/hub.out" 2> "$WORK/hub.log" &
+HUB=$!
+NETDEV_EXTRA=",guestfwd=tcp:10.0.2.100:8443-tcp:127.0.0.1:$HUB_PORT"
+
 say "second boot"
 boot second -no-reboot
 console_says "Started edge-agent.service" "$WORK/second.log"
@@ -232,9 +250,43 @@ do
     "$EDGECTL" --config-dir "$WORK/owner" status > "$WORK/status.json" || fail "no status"
 done
 echo "capability measured $((SECONDS - measuring))s after the owner paired"
-# The owner reboots the box from the app: QEMU was started with -no-reboot, so it exits when the
-# guest restarts.
-"$EDGECTL" --config-dir "$WORK/owner" reboot || fail "the owner's reboot was refused"
+# The owner binds the box to their account on the network; the box registers and reports there.
+"$EDGECTL" --config-dir "$WORK/owner" bind --hub https://10.0.2.100:8443 --ca "$WORK/hub/ca.pem" \
+    <<<"$token" || fail "the owner could not bind the box"
+binding=$SECONDS
+heartbeats() {
+    "$EDGE_HUB" --dir "$WORK/hub" device "$id" 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["reports"].get("heartbeat", 0))' 2>/dev/null ||
+        echo 0
+}
+deadline=$((SECONDS + BOOT_SECS))
+until [ "$(heartbeats)" -ge 1 ]; do
+    [ $SECONDS -lt $deadline ] || fail "the box did not report to the hub within ${BOOT_SECS}s of the binding"
+    sleep 5
+done
+"$EDGE_HUB" --dir "$WORK/hub" device "$id" > "$WORK/hub-device.json"
+python3 - "$WORK/hub-device.json" <<'PY' || fail "hub: $(cat "$WORK/hub-device.json")"
+import json, sys
+device = json.load(open(sys.argv[1]))
+assert device["owner"] == "alice", device["owner"]
+assert device["latest_heartbeat"]["signature"] == "valid", device["latest_heartbeat"]
+print("hub: registered to alice, reports", device["reports"], "signatures valid")
+PY
+echo "reporting $((SECONDS - binding))s after the owner bound the box"
+# The owner resets the box: it forgets the binding (no more reports) and erases the journal.
+"$EDGECTL" --config-dir "$WORK/owner" factory-reset || fail "the factory reset was refused"
+console_says "Finished edge-agent-erase-logs.service" "$WORK/second.log"
+grep -q "Failed to start edge-agent-erase-logs" "$WORK/second.log" && fail "the journal's erasure failed"
+after_reset=$(heartbeats)
+sleep 10
+[ "$(heartbeats)" = "$after_reset" ] || fail "the box still reports to the old owner's network after the reset"
+echo "factory reset: unbound (no reports since: $after_reset heartbeats), journal erased"
+# A next owner pairs with the same label (a reset box opens its window) and reboots it from the
+# app: QEMU was started with -no-reboot, so it exits when the guest restarts.
+mkdir -m 0700 "$WORK/next"
+"$EDGECTL" --config-dir "$WORK/next" pair --addr "127.0.0.1:$PORT" <<<"$qr" \
+    || fail "the next owner could not pair after the reset"
+"$EDGECTL" --config-dir "$WORK/next" reboot || fail "the owner's reboot was refused"
 deadline=$((SECONDS + 300))
 while kill -0 "$QEMU" 2>/dev/null; do
     [ $SECONDS -lt $deadline ] || fail "no reboot within 300s of the owner's request"
@@ -245,6 +297,18 @@ QEMU=
 grep -q "Stopped edge-agent.service" "$WORK/second.log" || fail "the agent was not stopped before the reboot"
 grep -q "reboot: Restarting system" "$WORK/second.log" || fail "the guest did not restart"
 echo "reboot: asked by the owner, done by logind for the unprivileged agent"
+# The journal on the disk holds nothing from before the reset: not the first boot, not the
+# binding and its owner.
+rm -rf "$WORK/journal"
+debugfs -R "rdump /var/log/journal $WORK" "$WORK/disk.raw" 2>/dev/null
+boots=$(journalctl -D "$WORK/journal" --list-boots --no-pager 2>/dev/null | grep -cE '[0-9a-f]{32}' || true)
+[ "$boots" = 1 ] || fail "the journal holds $boots boots after the reset, not only the one it was reset in"
+if journalctl -D "$WORK/journal" -o cat --no-pager 2>/dev/null | grep -q "registered with the hub\|owner=alice"; then
+    fail "the journal still names the old owner's network after the reset"
+fi
+journalctl -D "$WORK/journal" -u edge-agent.service -o cat --no-pager 2>/dev/null | grep -q "factory reset" ||
+    fail "the journal does not say the box was reset"
+echo "journal: one boot, from the reset on; nothing of the old owner's network"
 # The GPU worker's compiled shaders were kept (Mesa's cache in the worker unit's cache directory).
 debugfs -R "rdump /var/cache/edge-gpu-worker $WORK" "$WORK/disk.raw" 2>/dev/null
 shaders=$(find "$WORK/edge-gpu-worker" -type f ! -name index 2>/dev/null | wc -l)

@@ -299,6 +299,7 @@ impl Hal {
             gpu: Arc::new(FakeGpu::default()),
             wifi: Arc::new(FakeWifi::default()),
             power: Arc::new(FakePower::default()),
+            journal: Arc::new(FakeJournal::default()),
             buttons: Arc::new(FakeButtons::default()),
         }
     }
@@ -312,6 +313,17 @@ impl crate::power::Power for FakePower {
     fn reboot(&self) -> Result<(), crate::power::PowerError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Counts journal erases; every one succeeds.
+#[derive(Debug, Default)]
+pub struct FakeJournal(pub std::sync::atomic::AtomicU32);
+
+impl crate::journal::SystemLog for FakeJournal {
+    fn erase(&self) -> Result<crate::journal::Erased, crate::power::PowerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(crate::journal::Erased::Journal)
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod button;
 pub mod clock;
 pub mod gpu;
+pub mod journal;
 pub mod net;
 pub mod power;
 pub mod storage;
@@ -32,6 +33,7 @@ use edge_identity::{FileKeyStore, KeyStore};
 pub use button::{Button, ButtonError, Buttons, EvdevButton, EvdevButtons, Wait};
 pub use clock::{CLOCK_FLOOR_UNIX_S, Clock, SystemClock};
 pub use gpu::{GpuProbe, IsolatedProbe};
+pub use journal::{SystemLog, SystemdJournal};
 pub use net::{Interface, Interfaces, LinuxInterfaces};
 pub use power::{Power, SystemdPower};
 pub use storage::{LinuxStorage, Storage, StorageUsage};
@@ -65,6 +67,8 @@ pub struct Hal {
     pub wifi: Arc<dyn Wifi>,
     /// Reboots the box (`systemctl reboot` on the real device).
     pub power: Arc<dyn Power>,
+    /// Erases the system journal at a factory reset (an erase unit, where the image installs it).
+    pub journal: Arc<dyn SystemLog>,
     /// Input devices: the pairing button.
     pub buttons: Arc<dyn Buttons>,
 }
@@ -84,6 +88,7 @@ impl Hal {
             gpu: Arc::new(IsolatedProbe::worker(&gpu::worker_beside_this_program())),
             wifi: Arc::new(LinuxWifi::default()),
             power: Arc::new(SystemdPower::default()),
+            journal: Arc::new(SystemdJournal::default()),
             buttons: Arc::new(EvdevButtons),
         }
     }

@@ -1,9 +1,10 @@
-//! Power: rebooting the box (the owner's app can ask for it).
+//! Power: rebooting the box (the owner's app can ask for it), and what the agent asks systemd
+//! for in general ([`systemctl`]).
 //!
 //! The real implementation asks systemd (`systemctl reboot`), so services stop in order and
 //! filesystems are synced; the fake counts requests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Errors asking for a reboot.
@@ -42,23 +43,29 @@ impl Default for SystemdPower {
 
 impl Power for SystemdPower {
     fn reboot(&self) -> Result<(), PowerError> {
-        let fail = |reason: String| PowerError::Command {
-            program: self.systemctl.clone(),
-            reason,
-        };
-        let out = Command::new(&self.systemctl)
-            .arg("reboot")
-            .output()
-            .map_err(|e| fail(e.to_string()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(fail(format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        systemctl(&self.systemctl, &["reboot"])
+    }
+}
+
+/// Runs `program` (a `systemctl`) with `args`; an error names it, with the OS error or the exit
+/// status and trimmed stderr.
+pub(crate) fn systemctl(program: &Path, args: &[&str]) -> Result<(), PowerError> {
+    let fail = |reason: String| PowerError::Command {
+        program: program.to_owned(),
+        reason,
+    };
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 

@@ -16,6 +16,8 @@ chroot "$ROOT" systemd-sysusers
 install -m 0644 "$REPO/agent/config/edge-agent.service" "$ROOT/lib/systemd/system/edge-agent.service"
 install -m 0644 "$REPO/gpu/config/edge-gpu-worker.socket" "$ROOT/lib/systemd/system/edge-gpu-worker.socket"
 install -m 0644 "$REPO/gpu/config/edge-gpu-worker@.service" "$ROOT/lib/systemd/system/edge-gpu-worker@.service"
+# The journal's erasure at a factory reset: a root one-shot the agent may start (polkit below).
+install -m 0644 "$REPO/agent/config/edge-agent-erase-logs.service" "$ROOT/lib/systemd/system/edge-agent-erase-logs.service"
 # A unit whose supplementary group is missing does not start at all: check them here.
 for group in input bluetooth render video; do
     chroot "$ROOT" getent group "$group" >/dev/null || { echo "no group $group in the image" >&2; exit 1; }

@@ -149,7 +149,29 @@ pub(crate) fn factory_reset(state_dir: &Path, hal: &Hal) -> Result<(), BridgeErr
     if let Err(e) = hal.wifi.forget_all() {
         tracing::warn!(error = %e, "Wi-Fi credentials not erased");
     }
-    BridgeFiles::in_dir(state_dir).save(&PairingRecord::default())
+    BridgeFiles::in_dir(state_dir).save(&PairingRecord::default())?;
+    erase_journal(hal.journal.as_ref());
+    Ok(())
+}
+
+/// Erases the system journal, last in a reset (it holds the owner's networks, binding and
+/// addresses, but a reset that could not erase it has still forgotten the owner). Says what it
+/// did; whether the journal was erased.
+pub(crate) fn erase_journal(journal: &dyn edge_hal::SystemLog) -> bool {
+    match journal.erase() {
+        Ok(edge_hal::journal::Erased::Journal) => true,
+        Ok(edge_hal::journal::Erased::NoUnit) => {
+            tracing::info!(
+                unit = edge_hal::journal::ERASE_UNIT,
+                "no journal erase unit installed: the system journal is not this agent's to erase"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "factory reset: the system journal not erased");
+            false
+        }
+    }
 }
 
 /// What a reset erases of the owner's besides the binding, in both resets (the agent's and the
@@ -170,6 +192,28 @@ pub(crate) fn erase_owner_data(state_dir: &Path) -> Result<(), BridgeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_factory_reset_erases_the_system_journal_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Arc::new(edge_hal::fake::FakeJournal::default());
+        let hal = Hal {
+            journal: journal.clone(),
+            ..Hal::fake()
+        };
+        let files = BridgeFiles::in_dir(dir.path());
+        files
+            .save(&PairingRecord {
+                owner_key: Some("07".repeat(32)),
+                failures: 3,
+                paired_before: true,
+            })
+            .expect("owned");
+        factory_reset(dir.path(), &hal).expect("reset");
+        assert_eq!(journal.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(files.load().expect("record"), PairingRecord::default());
+    }
 
     #[test]
     fn an_unreadable_record_is_set_aside_and_pairing_then_needs_the_button() {

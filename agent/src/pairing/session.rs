@@ -282,7 +282,11 @@ impl Served {
         }
         if factory {
             crate::host::logging::clear();
+            let journal = self.task.control.hal.journal.clone();
+            let journal =
+                edge_tasks::blocking(move || super::files::erase_journal(journal.as_ref())).await;
             tracing::warn!(
+                journal,
                 "factory reset: owner, owner settings, network binding, report queue, files set aside, recent logs and pairing state erased"
             );
         } else {
