@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of the repository for SECONDS each (default 30): the pairing
-# protocol's decoders and its frames at link MTUs (mobile-bridge/fuzz), the hub's report,
-# registration and signed-request parsing and the hub replies the agent parses (protocol/fuzz),
-# the agent's job parsing and validation, WGSL included, and the worker's request line
-# (gpu/fuzz), Wi-Fi scan output and the pairing button's events (hal/fuzz).
+# protocol's decoders, its frames at link MTUs and the device's state machines across message
+# sequences (mobile-bridge/fuzz); the hub's report, registration and signed-request parsing and
+# the hub replies the agent parses (protocol/fuzz); the hub's whole intake through its router and
+# store, job results with receipts included (hub/fuzz); the agent's job parsing and validation,
+# WGSL included, and the worker's request line (gpu/fuzz); Wi-Fi scan output and the pairing
+# button's events (hal/fuzz); the owner's settings (agent/fuzz).
 # A crash stops the run and leaves its input under <crate>/fuzz/artifacts/; keep it as a
 # regression test next to the decoder it broke.
 set -euo pipefail
@@ -17,7 +19,7 @@ fi
 # follow the kernels.
 cargo run -q -p edge-gpu --example fuzz_seeds -- gpu/fuzz/corpus/job_validate
 export PATH="$TOOLS/bin:$PATH" RUSTC_BOOTSTRAP=1
-for dir in mobile-bridge/fuzz protocol/fuzz gpu/fuzz hal/fuzz; do
+for dir in mobile-bridge/fuzz protocol/fuzz hub/fuzz gpu/fuzz hal/fuzz agent/fuzz; do
     for target in $(cd "$dir" && cargo fuzz list); do
         echo "== $dir: $target (${SECONDS_EACH}s)"
         # Seeds kept in the repository (the corpus is not) start the fuzzer from real inputs.

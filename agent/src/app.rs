@@ -131,7 +131,7 @@ impl App {
             GpuStatus::Unavailable { reason } => tracing::warn!(%reason, "no GPU"),
         }
 
-        let blobs = config.state_dir.join("blobs");
+        let blobs = crate::config::blobs_dir(&config.state_dir);
         let gpu_metrics = Arc::new(GpuMetrics::default());
         let (scheduler, scheduler_handle) = Scheduler::new(
             SchedulerParts {
@@ -311,6 +311,7 @@ impl App {
                 clock: hal.clock.clone(),
                 hub: binding.subscribe(),
                 grace: config.shutdown_grace,
+                blobs: crate::config::blobs_dir(&config.state_dir),
             };
             tasks.spawn("network", supervisor.run(tasks.clone()));
         }

@@ -1,5 +1,5 @@
 //! Power: rebooting the box (the owner's app can ask for it), and what the agent asks systemd
-//! for in general ([`systemctl`]).
+//! for in general (`systemctl`, through one helper).
 //!
 //! The real implementation asks systemd (`systemctl reboot`), so services stop in order and
 //! filesystems are synced; the fake counts requests.

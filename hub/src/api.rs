@@ -55,6 +55,8 @@ pub struct Hub {
     pub job_lease: std::time::Duration,
     /// Wall time, for receipt stamps, skew checks and job deadlines.
     pub clock: Arc<dyn Clock>,
+    /// Jobs' input blobs, one file per blob named by its SHA-256 (`edge-hub blob add`).
+    pub blobs: std::path::PathBuf,
 }
 
 /// Counters for `/metrics`.
@@ -91,6 +93,7 @@ pub fn router(hub: Arc<Hub>, limits: &crate::Limits) -> Router {
         .route(api::PING, get(|| async { StatusCode::NO_CONTENT }))
         .route(api::DOWNLOAD, get(download))
         .route(api::JOBS_NEXT, get(next_job))
+        .route(&format!("{}{{sha256}}", api::BLOBS), get(blob))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -539,6 +542,66 @@ async fn next_job(
         }
         tokio::time::sleep(JOB_POLL).await;
     }
+}
+
+/// A job's input blob, streamed from the blob directory to a registered device.
+async fn blob(
+    State(hub): State<Arc<Hub>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, Refusal> {
+    signed_device(&hub, &headers, &format!("{}{name}", api::BLOBS))?;
+    let Some(sha256) = edge_jobs::digest::Sha256::parse(&name).filter(|s| s.to_string() == name)
+    else {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a blob's name (64 lowercase hex digits, its SHA-256)"),
+        ));
+    };
+    let path = hub.blobs.join(sha256.to_string());
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Refusal(
+                StatusCode::NOT_FOUND,
+                format!("the hub has no blob {sha256}"),
+            ));
+        }
+        Err(e) => return Err(unreadable(&path, &e)),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| unreadable(&path, &e))?
+        .len();
+    let stream = futures_util::stream::unfold(file, |mut file| async move {
+        let mut chunk = vec![0; 64 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A blob the hub holds but cannot read: the operator's to fix, logged with the reason.
+fn unreadable(path: &std::path::Path, e: &std::io::Error) -> Refusal {
+    tracing::error!(path = %path.display(), error = %e, "a blob cannot be read");
+    Refusal(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the hub cannot read this blob".into(),
+    )
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@
 //! already seen reset when the hub restarts; a long-poll looks for new jobs every 500 ms.
 
 pub mod api;
+pub mod blobs;
 pub mod inspect;
 pub mod limits;
 pub mod pki;
@@ -139,6 +140,11 @@ pub enum HubError {
     },
 }
 
+/// The blob directory in a hub directory: jobs' inputs, one file per blob named by its SHA-256.
+pub fn blobs_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("blobs")
+}
+
 /// The database file in the hub's directory.
 pub fn db_path(dir: &std::path::Path) -> PathBuf {
     dir.join("hub.db")
@@ -162,13 +168,6 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
     let files = pki::PkiFiles::in_dir(&config.dir);
     let tls = tls::server_config(&files.server_cert, &files.server_key)?;
     let limits = config.limits.clone();
-    let store = store::Store::start(
-        &db_path(&config.dir),
-        store::Retention {
-            max_age: limits.retention,
-            max_reports_per_device: limits.max_reports_per_device,
-        },
-    )?;
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -195,6 +194,38 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
     } else {
         config.echo_urls.clone()
     };
+    let clock = Arc::new(OffsetClock(
+        std::time::Duration::from_secs(config.clock_offset_secs.unsigned_abs()),
+        config.clock_offset_secs >= 0,
+    ));
+    let app = app(&config.dir, &limits, echo_urls, clock)?;
+    Ok(Server {
+        main_addr,
+        echo_addr,
+        main,
+        echo,
+        tls,
+        app,
+        max_connections: limits.max_connections,
+    })
+}
+
+/// The hub's API over the database and blobs in `dir`, without listeners: what [`bind`]
+/// serves, and what a fuzz target drives one request at a time. Each request must carry its
+/// peer's address as a [`tls::Peer`] extension.
+pub fn app(
+    dir: &std::path::Path,
+    limits: &Limits,
+    echo_urls: Vec<String>,
+    clock: Arc<dyn edge_hal::Clock>,
+) -> Result<axum::Router, HubError> {
+    let store = store::Store::start(
+        &db_path(dir),
+        store::Retention {
+            max_age: limits.retention,
+            max_reports_per_device: limits.max_reports_per_device,
+        },
+    )?;
     let hub = Arc::new(api::Hub {
         store,
         limiter: limits::RateLimiter::new(limits.rate_per_device, limits.burst_per_device),
@@ -203,20 +234,10 @@ pub async fn bind(config: ServeConfig) -> Result<Server, HubError> {
         counters: api::Counters::default(),
         replays: limits::Replays::default(),
         job_lease: limits.job_lease,
-        clock: Arc::new(OffsetClock(
-            std::time::Duration::from_secs(config.clock_offset_secs.unsigned_abs()),
-            config.clock_offset_secs >= 0,
-        )),
+        clock,
+        blobs: blobs_dir(dir),
     });
-    Ok(Server {
-        main_addr,
-        echo_addr,
-        main,
-        echo,
-        tls,
-        app: api::router(hub, &limits),
-        max_connections: limits.max_connections,
-    })
+    Ok(api::router(hub, limits))
 }
 
 impl Server {

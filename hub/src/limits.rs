@@ -71,7 +71,7 @@ const MAX_MARKS: usize = 64;
 pub enum Replay {
     /// This device already signed this path at this time.
     Seen,
-    /// The device has [`MAX_MARKS`] signed requests to this path within the skew window.
+    /// The device already has 64 (`MAX_MARKS`) signed requests to this path within the skew window.
     TooMany,
 }
 

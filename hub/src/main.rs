@@ -95,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Jobs' input blobs, served to registered devices.
+    Blob {
+        #[command(subcommand)]
+        command: BlobCommand,
+    },
     /// Print every job as JSON lines, newest first: state, and the receipt's verification.
     Jobs,
     /// Print every stored report of a device as JSON lines, in sequence order.
@@ -112,6 +117,13 @@ enum JobCommand {
         device: String,
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BlobCommand {
+    /// Add a file as a job input blob and print its SHA-256, the name a job gives it
+    /// (`"input": {"sha256": "..."}`); devices fetch it from the hub when a job needs it.
+    Add { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +248,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             store::add_job(&conn, &device, &job, SystemClock.unix_ms())?;
             println!("{}", job.id);
+            Ok(())
+        }
+        Command::Blob {
+            command: BlobCommand::Add { file },
+        } => {
+            println!(
+                "{}",
+                edge_hub::blobs::add(&edge_hub::blobs_dir(&dir), &file)?
+            );
             Ok(())
         }
         Command::Jobs => {

@@ -18,17 +18,43 @@ impl Sha256 {
 
     /// The digest of the concatenation of `parts`.
     pub fn of_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        parts.into_iter().for_each(|p| ctx.update(p));
-        let mut out = [0; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        Self(out)
+        let mut hasher = Hasher::new();
+        parts.into_iter().for_each(|p| hasher.update(p));
+        hasher.finish()
     }
 
     /// Parses 64 hex characters.
     pub fn parse(text: &str) -> Option<Self> {
         let bytes = hex::decode(text)?;
         Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+/// A SHA-256 of bytes that come in pieces (a blob streamed to disk).
+pub struct Hasher(ring::digest::Context);
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hasher {
+    /// Nothing hashed yet.
+    pub fn new() -> Self {
+        Self(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+
+    /// Adds the next piece.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of every piece, in order.
+    pub fn finish(self) -> Sha256 {
+        let mut out = [0; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        Sha256(out)
     }
 }
 

@@ -22,6 +22,10 @@ pub const UPLOAD: &str = "/v1/bandwidth/upload";
 /// Path of job hand-out: `GET ?wait_secs=N` with [`poll`](crate::poll) headers; a [`JobOffer`]
 /// (200) or nothing within the wait (204).
 pub const JOBS_NEXT: &str = "/v1/jobs/next";
+/// Path of a job's input blob: `GET /v1/blobs/<sha256>` (64 lowercase hex) with
+/// [`poll`](crate::poll) headers signing that whole path; the blob's bytes, which the device
+/// checks against the name before it uses them.
+pub const BLOBS: &str = "/v1/blobs/";
 /// Longest long-poll the hub holds.
 pub const MAX_WAIT_SECS: u64 = 60;
 

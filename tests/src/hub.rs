@@ -155,6 +155,20 @@ impl HubDir {
             .arg(file));
     }
 
+    /// Adds `file` as a job input blob (`edge-hub blob add`); its SHA-256, the blob's name.
+    pub fn add_blob(&self, file: &Path) -> String {
+        run(Self::command(self.dir.path())
+            .args(["blob", "add"])
+            .arg(file))
+        .trim()
+        .to_owned()
+    }
+
+    /// Where the hub keeps the blob named `sha256` (`edge_hub::blobs_dir`).
+    pub fn blob_file(&self, sha256: &str) -> std::path::PathBuf {
+        self.dir.path().join("blobs").join(sha256)
+    }
+
     /// `edge-hub jobs`: every job, newest first.
     pub fn jobs(&self) -> Vec<serde_json::Value> {
         run(Self::command(self.dir.path()).arg("jobs"))

@@ -332,6 +332,98 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
 }
 
 #[test]
+fn a_jobs_input_blob_comes_from_the_hub_checked_against_its_name_and_is_not_kept() {
+    let hub = HubDir::init(&["127.0.0.1"]);
+    let server = hub.serve("127.0.0.1:0", "127.0.0.1:0", None);
+    let sandbox = hub.agent_sandbox(&format!("https://127.0.0.1:{}", server.main.port()), "");
+    let (agent, _notify) = start(&sandbox);
+    let id = device_id(&sandbox);
+    eventually(Duration::from_secs(60), || hub.device(&id)).expect("registered");
+
+    let dir = sandbox.dir.path();
+    let blob = |name: &str, bytes: &[u8]| {
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).expect("write blob");
+        hub.add_blob(&file)
+    };
+    // The inline job's input, [1.0, 2.0] as f32, as a blob.
+    let input = blob("input.bin", &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x40]);
+    let tampered = blob("tampered.bin", &[1; 8]);
+    std::fs::write(hub.blob_file(&tampered), [2; 8]).expect("the hub's copy changes");
+    let oversize = blob("oversize.bin", &[0; 300]);
+    let missing = "ab".repeat(32);
+    let inline = dir.join("inline.json");
+    std::fs::write(&inline, DOUBLE_JOB.replace("\"ID\"", "\"inline\"")).expect("write job");
+    for (job, sha256) in [
+        ("from-blob", &input),
+        ("tampered", &tampered),
+        ("oversize", &oversize),
+        ("missing", &missing),
+    ] {
+        let file = dir.join(format!("{job}.json"));
+        let text = DOUBLE_JOB.replace("\"ID\"", &format!("\"{job}\"")).replace(
+            r#"{"base64": "AACAPwAAAEA="}"#,
+            &format!(r#"{{"sha256": "{sha256}"}}"#),
+        );
+        std::fs::write(&file, text).expect("write job");
+        hub.submit(&id, &file);
+    }
+    let jobs = eventually(Duration::from_secs(120), || {
+        let jobs = hub.jobs();
+        jobs.iter()
+            .all(|j| j["state"] != "queued" && j["state"] != "assigned")
+            .then_some(jobs)
+    })
+    .expect("every job comes back");
+    let find = |id: &str| {
+        jobs.iter()
+            .find(|j| j["job_id"] == id)
+            .expect("job listed")
+            .clone()
+    };
+    let done = find("from-blob");
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["receipt_status"], "valid", "{done}");
+    for (job, says) in [
+        ("tampered", "not to its name"),
+        ("oversize", "over 256 bytes"),
+        ("missing", "no blob"),
+    ] {
+        let refused = find(job);
+        assert_eq!(refused["state"], "refused", "{refused}");
+        let error = refused["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(says) && error.contains("binding 0"),
+            "{job}: {refused}"
+        );
+    }
+
+    // The same input inline gives the same input and output hashes: the blob's bytes ran.
+    let out = sandbox
+        .agent(&["run-job", inline.to_str().expect("utf8")])
+        .output()
+        .expect("run-job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).expect("receipt");
+    for hash in ["input_sha256", "output_sha256"] {
+        assert_eq!(local[hash], done["receipt"][hash], "{hash}");
+    }
+    stop(agent);
+    let left: Vec<_> = std::fs::read_dir(sandbox.state().join("blobs"))
+        .expect("the blob store")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "fetched blobs are removed once their job ran: {left:?}"
+    );
+}
+
+#[test]
 fn a_backlog_drains_through_a_hub_that_takes_only_small_requests() {
     let hub = HubDir::init(&["127.0.0.1"]);
     let port = edge_tests::free_port();

@@ -80,7 +80,7 @@ fn worker_launch(config: &Config) -> edge_hal::gpu::WorkerLaunch {
     crate::gpu::worker::launch(
         config.gpu.worker_socket.as_deref(),
         &edge_hal::gpu::worker_beside_this_program(),
-        &config.state_dir.join("blobs"),
+        &crate::config::blobs_dir(&config.state_dir),
     )
 }
 

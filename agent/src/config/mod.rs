@@ -267,6 +267,12 @@ pub fn load(path: Option<&Path>, cwd: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// The jobs' blob store in `state_dir`: input blobs named by their SHA-256, fetched from the hub
+/// for a job, read by the scheduler and (bound read-only) by the GPU worker.
+pub fn blobs_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("blobs")
+}
+
 /// The owner's settings file in `state_dir`.
 pub fn owner_file(state_dir: &Path) -> PathBuf {
     state_dir.join("owner.toml")

@@ -1,11 +1,14 @@
 //! The agent's HTTPS client for the hub: TLS 1.3 only, the network's CA pinned (no system
 //! roots), no proxies. The device initiates everything; it sits behind NAT.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use edge_identity::Identity;
+use edge_jobs::digest::{Hasher, Sha256};
 use edge_jobs::job::Job;
 use edge_protocol::api::{
     self, ApiError, Batch, BatchReply, HubInfo, IpEcho, JobOffer, Registered,
@@ -16,6 +19,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
+use tokio::io::AsyncWriteExt;
 
 /// A request that has not finished after this long is abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +33,8 @@ pub(crate) const REPLY_LIMIT: usize = 256 << 10;
 pub(crate) const JOB_LIMIT: usize = 64 << 20;
 /// Most bytes of an error reply kept for its message.
 const ERROR_LIMIT: usize = 4 << 10;
+/// A blob comes at 1 MiB/s at least (on top of [`REQUEST_TIMEOUT`]), or is abandoned.
+const BLOB_BYTES_PER_SEC: u64 = 1 << 20;
 
 /// Errors talking to the hub.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,13 @@ pub enum HubError {
     /// The reply is not what was asked for.
     #[error("{url}: the reply is not valid: {reason}")]
     BadReply { url: String, reason: String },
+    /// What the hub sent could not be written here (a blob into the blob store).
+    #[error("{url}: writing {path}: {source}")]
+    Local {
+        url: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl HubError {
@@ -76,6 +89,8 @@ impl HubError {
             }
             // A hub that answers nonsense may be fixed; its answers are not trusted meanwhile.
             Self::TooLarge { .. } | Self::BadReply { .. } => true,
+            // A full disk may have room later.
+            Self::Local { .. } => true,
             Self::Ca { .. } | Self::Client(_) => false,
         }
     }
@@ -232,6 +247,79 @@ impl HubClient {
         Ok(Some(offer.job))
     }
 
+    /// Fetches the job input blob `sha256` into the blob store `dir`, as `<sha256>`, if it is at
+    /// most `max` bytes and hashes to its name: streamed to a file aside (never held in memory),
+    /// checked, flushed, then renamed, so a blob in the store is always whole and right. It is
+    /// made readable by all: the GPU worker runs as another user, and inputs are not secrets.
+    pub(crate) async fn fetch_blob(
+        &self,
+        identity: &Identity,
+        sha256: Sha256,
+        max: u64,
+        now_ms: u64,
+        dir: &Path,
+    ) -> Result<(), HubError> {
+        let path = format!("{}{sha256}", api::BLOBS);
+        let url = self.url(&path);
+        let timeout = REQUEST_TIMEOUT + Duration::from_secs(max / BLOB_BYTES_PER_SEC);
+        let request = self.signed(
+            self.http.get(&url).timeout(timeout),
+            identity,
+            &path,
+            now_ms,
+        );
+        let mut response = self.raw(request, &url).await?;
+        let too_large = || HubError::TooLarge {
+            url: url.clone(),
+            limit: usize::try_from(max).unwrap_or(usize::MAX),
+        };
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let aside = dir.join(format!(".{sha256}.partial"));
+        let local = |source| HubError::Local {
+            url: url.clone(),
+            path: aside.clone(),
+            source,
+        };
+        let written = async {
+            let mut file = tokio::fs::File::create(&aside).await.map_err(local)?;
+            let (mut hasher, mut len) = (Hasher::new(), 0u64);
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(HubError::unreachable(&url))?
+            {
+                len += chunk.len() as u64;
+                if len > max {
+                    return Err(too_large());
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(local)?;
+            }
+            let got = hasher.finish();
+            if got != sha256 {
+                return Err(HubError::BadReply {
+                    url: url.clone(),
+                    reason: format!("the blob's bytes hash to {got}, not to its name"),
+                });
+            }
+            file.sync_all().await.map_err(local)?;
+            let readable = std::fs::Permissions::from_mode(0o644);
+            tokio::fs::set_permissions(&aside, readable)
+                .await
+                .map_err(local)?;
+            tokio::fs::rename(&aside, dir.join(sha256.to_string()))
+                .await
+                .map_err(local)
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(&aside).await;
+        }
+        written
+    }
+
     /// `request` to `path` (a request that spends no sequence number: the job poll, the
     /// bandwidth tests) signed as the device, with `now_ms` (the box's clock) moved onto the
     /// hub's. Two requests to one path need different times: the hub takes each time once.
@@ -307,7 +395,6 @@ impl HubClient {
     }
 }
 
-/// The hub's error reply as a [`HubError::Refused`].
 /// The body of `response` (from `url`), if it is at most `limit` bytes; read no further than that.
 pub(crate) async fn read_capped(
     mut response: reqwest::Response,
@@ -338,6 +425,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], url: &str) -> Result<T, HubError> {
     })
 }
 
+/// The hub's error reply as a [`HubError::Refused`].
 async fn refused(url: String, status: StatusCode, response: reqwest::Response) -> HubError {
     let text = match read_capped(response, ERROR_LIMIT, &url).await {
         Ok(body) => String::from_utf8_lossy(&body).into_owned(),

@@ -1,13 +1,16 @@
-//! Job intake: long-polls the hub for work once registered, runs each job through the scheduler
-//! (so the owner's policy holds), and queues its outcome (the signed receipt, or why not) as a
-//! `job_result` report, which store-and-forward delivers like any other.
+//! Job intake: long-polls the hub for work once registered, fetches the input blobs a job names
+//! that the box does not hold, runs the job through the scheduler (so the owner's policy holds),
+//! and queues its outcome (the signed receipt, or why not) as a `job_result` report, which
+//! store-and-forward delivers like any other. Blobs fetched for a job are removed once it has run.
 
 use edge_hal::Clock;
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use edge_identity::Identity;
+use edge_jobs::job::{Blob, Job};
 use edge_protocol::Body;
 use edge_protocol::report::{JobOutcome, JobReport};
 use tokio::sync::watch;
@@ -32,6 +35,8 @@ pub(crate) struct IntakeTask {
     pub registered: watch::Receiver<bool>,
     /// Stamps polls and outcomes.
     pub clock: Arc<dyn Clock>,
+    /// The blob store the scheduler and the GPU worker read (`<state_dir>/blobs`).
+    pub blobs: PathBuf,
 }
 
 impl IntakeTask {
@@ -59,13 +64,82 @@ impl IntakeTask {
             };
             let job_id = job.id.clone();
             tracing::info!(job = %job_id, "job from the network");
-            let outcome = tokio::select! {
+            let fetched = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
+                fetched = self.fetch_blobs(&job) => fetched,
             };
+            let outcome = match &fetched {
+                Err(error) => JobOutcome::Refused {
+                    error: error.clone(),
+                },
+                Ok(_) => tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    result = self.scheduler.run_for_receipt(job) => outcome(result.map(|r| r.receipt)),
+                },
+            };
+            for path in fetched.unwrap_or_default() {
+                if let Err(e) = tokio::fs::remove_file(&path).await {
+                    tracing::warn!(path = %path.display(), error = %e, "a fetched blob could not be removed");
+                }
+            }
             let report = Body::JobResult(Box::new(JobReport { job_id, outcome }));
             self.outbox.push(report).await;
         }
+    }
+
+    /// Fetches the input blobs of `job` that the store does not hold, each at most its binding's
+    /// size; returns their paths (removed once the job has run), or why the job cannot run (the
+    /// blobs fetched so far are removed).
+    async fn fetch_blobs(&self, job: &Job) -> Result<Vec<PathBuf>, String> {
+        let mut fetched: Vec<PathBuf> = Vec::new();
+        let wanted = job
+            .bindings
+            .iter()
+            .any(|b| matches!(b.input, Some(Blob::Sha256(_))));
+        if wanted {
+            self.open_store()
+                .await
+                .map_err(|e| format!("the blob store {}: {e}", self.blobs.display()))?;
+        }
+        for binding in &job.bindings {
+            let Some(Blob::Sha256(sha256)) = &binding.input else {
+                continue;
+            };
+            let path = self.blobs.join(sha256.to_string());
+            if fetched.contains(&path) || tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                continue;
+            }
+            let got = self
+                .client
+                .fetch_blob(
+                    &self.identity,
+                    *sha256,
+                    binding.size,
+                    self.clock.unix_ms(),
+                    &self.blobs,
+                )
+                .await;
+            if let Err(e) = got {
+                for path in &fetched {
+                    let _ = tokio::fs::remove_file(path).await;
+                }
+                return Err(format!(
+                    "binding {}: fetching its input blob: {e}",
+                    binding.binding
+                ));
+            }
+            tracing::info!(job = %job.id, blob = %sha256, "input blob fetched from the hub");
+            fetched.push(path);
+        }
+        Ok(fetched)
+    }
+
+    /// The blob store, made if missing, open to the GPU worker's user (another user: it reads
+    /// the blobs through a read-only bind of this one directory, never the state directory).
+    async fn open_store(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::create_dir_all(&self.blobs).await?;
+        tokio::fs::set_permissions(&self.blobs, std::fs::Permissions::from_mode(0o755)).await
     }
 }
 

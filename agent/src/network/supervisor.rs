@@ -34,6 +34,8 @@ pub(crate) struct NetworkSupervisor {
     pub hub: watch::Receiver<Option<Arc<Hub>>>,
     /// How long the old binding's tasks get to stop.
     pub grace: Duration,
+    /// The jobs' blob store, where job intake puts the blobs it fetches.
+    pub blobs: std::path::PathBuf,
 }
 
 impl NetworkSupervisor {
@@ -130,6 +132,7 @@ impl NetworkSupervisor {
                 outbox: outbox.clone(),
                 registered: registered_rx,
                 clock: self.clock.clone(),
+                blobs: self.blobs.clone(),
             };
             tasks.spawn("job-intake", intake.run(shutdown.clone()));
         }
