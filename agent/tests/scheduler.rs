@@ -161,16 +161,19 @@ async fn a_job_runs_on_the_worker_and_its_receipt_verifies() {
 async fn heat_pauses_with_hysteresis_and_a_full_queue_refuses_at_once() {
     let Some(rig) = rig(policy()) else { return };
     rig.thermal.set_all(90.0);
-    let waiting: Vec<_> = ["low", "high", "mid", "low2"]
+    // One at a time, each queued before the next is sent: admission runs on blocking threads,
+    // so jobs sent at once may arrive in any order.
+    let mut waiting = Vec::new();
+    for (n, (id, p)) in ["low", "high", "mid", "low2"]
         .iter()
         .zip([0, 9, 5, 0])
-        .map(|(id, p)| {
-            let h = rig.handle.clone();
-            let job = alone(id, p);
-            tokio::spawn(async move { h.run(job).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        .enumerate()
+    {
+        let h = rig.handle.clone();
+        let job = alone(id, p);
+        waiting.push(tokio::spawn(async move { h.run(job).await }));
+        until(&rig.metrics.queue_depth, n as u64 + 1, id).await;
+    }
     // The queue (4) is full while paused: a fifth job is refused, not queued.
     let refused = rig.handle.run(small("extra", 0)).await;
     assert_eq!(refused.err(), Some(JobError::QueueFull { capacity: 4 }));
@@ -214,7 +217,7 @@ async fn queued_jobs_can_be_cancelled_and_late_ones_are_not_started() {
     late.deadline_unix_ms = Some(1_000); // 1970: long past by the fake clock
     let h = rig.handle.clone();
     let late = tokio::spawn(async move { h.run(late).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until(&rig.metrics.queue_depth, 1, "doomed queued").await;
     assert!(rig.handle.cancel("doomed").await);
     assert!(!rig.handle.cancel("no-such-job").await);
     assert_eq!(queued.await.expect("join").err(), Some(JobError::Cancelled));
@@ -451,9 +454,9 @@ async fn a_new_policy_holds_from_the_next_job_and_wakes_a_held_back_queue() {
     assert_eq!(rig.handle.policy(), closed);
     let h = rig.handle.clone();
     let held = tokio::spawn(async move { h.run(small("held", 0)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until(&rig.metrics.queue_depth, 1, "held queued").await;
+    until(&rig.metrics.paused, 2, "held back by the hours").await;
     assert!(!held.is_finished(), "outside the allowed hours");
-    assert_eq!(rig.metrics.paused.load(Ordering::SeqCst), 2);
     // The owner opens the window: the queued job starts without waiting for a recheck.
     rig.handle.set_policy(policy());
     let done = tokio::time::timeout(Duration::from_secs(30), held)

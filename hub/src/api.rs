@@ -498,6 +498,11 @@ fn signed_device(
                 "{path} signed at {time} was already taken: replayed"
             )));
         }
+        Err(Replay::BeforeStart { since_ms }) => {
+            return Err(unauthorized(format!(
+                "{path} signed at {time}, before the hub started at {since_ms}: sign it again"
+            )));
+        }
         Err(Replay::TooMany) => {
             return Err(Refusal(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -12,7 +12,8 @@
 //! ([`limits`]).
 //!
 //! Limits today: one process, one database file; rate limits and the marks of signed requests
-//! already seen reset when the hub restarts; a long-poll looks for new jobs every 500 ms.
+//! already seen are in memory (after a restart, requests signed before it are refused rather than
+//! risk a replay); a long-poll looks for new jobs every 500 ms.
 
 pub mod api;
 pub mod blobs;
@@ -232,7 +233,7 @@ pub fn app(
         per_address: limits::RateLimiter::new(limits.rate_per_address, limits.burst_per_address),
         echo_urls,
         counters: api::Counters::default(),
-        replays: limits::Replays::default(),
+        replays: limits::Replays::since(edge_hal::Clock::unix_ms(clock.as_ref())),
         job_lease: limits.job_lease,
         clock,
         blobs: blobs_dir(dir),

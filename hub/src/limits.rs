@@ -73,6 +73,12 @@ pub enum Replay {
     Seen,
     /// The device already has 64 (`MAX_MARKS`) signed requests to this path within the skew window.
     TooMany,
+    /// Signed before the hub started: the marks of the hub that ran before are gone, so it may
+    /// have been taken already.
+    BeforeStart {
+        /// When the marks begin, Unix ms.
+        since_ms: u64,
+    },
 }
 
 /// Signed requests taken within the skew window, by device and path: each `(device, path,
@@ -81,9 +87,19 @@ pub enum Replay {
 #[derive(Default)]
 pub struct Replays {
     marks: Mutex<HashMap<(String, String), BTreeSet<u64>>>,
+    since_ms: u64,
 }
 
 impl Replays {
+    /// Marks from `since_ms` (the hub's start) on: a request signed before it is refused, as
+    /// one the hub may have taken before it restarted. A device signs its next request anew.
+    pub fn since(since_ms: u64) -> Self {
+        Self {
+            marks: Mutex::default(),
+            since_ms,
+        }
+    }
+
     /// Takes `(device, path, time_ms)` once, forgetting marks older than `window_ms` before
     /// `now_ms`.
     pub fn take(
@@ -94,6 +110,11 @@ impl Replays {
         now_ms: u64,
         window_ms: u64,
     ) -> Result<(), Replay> {
+        if time_ms < self.since_ms {
+            return Err(Replay::BeforeStart {
+                since_ms: self.since_ms,
+            });
+        }
         let Ok(mut marks) = self.marks.lock() else {
             return Err(Replay::TooMany);
         };

@@ -18,7 +18,8 @@ use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 
 struct Hub {
-    _dir: tempfile::TempDir,
+    /// Shared by a hub and the one restarted on its directory.
+    tmp: std::sync::Arc<tempfile::TempDir>,
     dir: std::path::PathBuf,
     base: String,
     http: reqwest::Client,
@@ -50,17 +51,28 @@ async fn hub_with(max_body_bytes: usize, burst: u32, limits: Limits) -> Hub {
         ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
     );
     store::add_owner(&store::open(&db_path(&path)).expect("db"), "alice", &sha, 1).expect("owner");
-    let server = edge_hub::bind(ServeConfig {
-        dir: path.clone(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        echo_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        echo_urls: Vec::new(),
-        limits: Limits {
+    serve(
+        std::sync::Arc::new(dir),
+        token,
+        Limits {
             max_body_bytes,
             rate_per_device: 1.0,
             burst_per_device: burst,
             ..limits
         },
+    )
+    .await
+}
+
+/// A hub serving `dir` (made by [`hub_with`]) with these limits.
+async fn serve(dir: std::sync::Arc<tempfile::TempDir>, token: String, limits: Limits) -> Hub {
+    let path = dir.path().to_owned();
+    let server = edge_hub::bind(ServeConfig {
+        dir: path.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        echo_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        echo_urls: Vec::new(),
+        limits,
         clock_offset_secs: 0,
     })
     .await
@@ -76,7 +88,7 @@ async fn hub_with(max_body_bytes: usize, burst: u32, limits: Limits) -> Hub {
         .build()
         .expect("client");
     Hub {
-        _dir: dir,
+        tmp: dir,
         dir: path,
         base,
         http,
@@ -104,6 +116,12 @@ fn heartbeat(identity: &Identity, seq: u64) -> Signed {
 }
 
 impl Hub {
+    /// This hub stopped, and a new one started on its directory (default limits).
+    async fn restarted(&self) -> Hub {
+        self.shutdown.cancel();
+        serve(self.tmp.clone(), self.token.clone(), Limits::default()).await
+    }
+
     /// A new device, registered to the owner.
     async fn registered(&self) -> Identity {
         let me = Identity::generate_ephemeral().expect("key");
@@ -421,6 +439,27 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
     assert!(error.contains("clock"), "{error}");
     // Nothing more queued: an empty answer after the wait.
     let response = poll(poll_sign(&me, t + 2)).await.expect("poll");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_signed_request_taken_before_a_restart_is_not_taken_again_after_it() {
+    let hub = hub(1 << 20, 100).await;
+    let me = hub.registered().await;
+    let signed = poll_sign(&me, SystemClock.unix_ms());
+    let response = hub.poll(signed.clone()).await.expect("poll");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    // The restarted hub has no marks of what the first one took: the capture is refused, a
+    // request signed anew is taken.
+    let hub = hub.restarted().await;
+    let (status, error) = error_of(hub.poll(signed).await.expect("poll")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{error}");
+    assert!(error.contains("before the hub started"), "{error}");
+    let response = hub
+        .poll(poll_sign(&me, SystemClock.unix_ms()))
+        .await
+        .expect("poll");
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
 
