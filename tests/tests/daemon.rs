@@ -246,14 +246,88 @@ fn wait_for_capability(sandbox: &Sandbox, within: Duration) -> serde_json::Value
     }
 }
 
-#[test]
-fn the_gpu_capability_is_measured_once_and_then_cached() {
+/// A worker socket served as systemd's `edge-gpu-worker.socket` (`Accept=yes`) serves it: each
+/// connection a fresh `edge-gpu-worker serve` with the connection as its stdin and stdout. The
+/// connections numbered in `refuse` (from 0) are closed at once, as by a worker that failed to
+/// start. Returns the count of connections so far.
+fn worker_socket(
+    socket: &std::path::Path,
+    blobs: &std::path::Path,
+    refuse: &'static [usize],
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::os::fd::OwnedFd;
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind the worker socket");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let blobs = blobs.to_owned();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if refuse.contains(&n) {
+                continue;
+            }
+            let out = stream.try_clone().expect("dup the connection");
+            let _worker = std::process::Command::new(edge_tests::bin("edge-gpu-worker"))
+                .args(["serve", "--blobs"])
+                .arg(&blobs)
+                .stdin(Stdio::from(OwnedFd::from(stream)))
+                .stdout(Stdio::from(OwnedFd::from(out)))
+                .env("NODEVICE_SELECT", "1")
+                .spawn()
+                .expect("start edge-gpu-worker");
+        }
+    });
+    count
+}
+
+fn lavapipe_missing() -> bool {
     let lavapipe = format!(
         "/usr/share/vulkan/icd.d/lvp_icd.{}.json",
         std::env::consts::ARCH
     );
-    if !std::path::Path::new(&lavapipe).exists() {
+    let missing = !std::path::Path::new(&lavapipe).exists();
+    if missing {
         eprintln!("SKIPPED: {lavapipe} missing; install mesa-vulkan-drivers");
+    }
+    missing
+}
+
+#[test]
+fn a_capability_measurement_that_fails_is_tried_again_until_it_succeeds() {
+    if lavapipe_missing() {
+        return;
+    }
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("worker.sock");
+    let blobs = sockets.path().join("blobs");
+    std::fs::create_dir(&blobs).expect("blobs");
+    // Connection 0 is the GPU probe at start; 1, the benchmark's first worker, fails.
+    let connections = worker_socket(&socket, &blobs, &[1]);
+    let sandbox = Sandbox::with_benchmark(
+        &format!("worker_socket = {:?}\n", socket.display().to_string()),
+        true,
+    );
+    let mut notify = NotifySocket::bind_fresh(sandbox.dir.path());
+    let mut agent = sandbox.start(&notify, &[]);
+    assert!(notify.wait_for("READY=1", START), "{:?}", notify.seen);
+    let measured = wait_for_capability(&sandbox, Duration::from_secs(300));
+    assert!(
+        measured["sgemm_gflops"].as_f64().is_some_and(|v| v > 0.0),
+        "{measured}"
+    );
+    let n = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 3, "{n} connections: a worker after the one that failed");
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(
+        wait_exit(&mut agent, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_gpu_capability_is_measured_once_and_then_cached() {
+    if lavapipe_missing() {
         return;
     }
     let sandbox = Sandbox::with_benchmark("", true);

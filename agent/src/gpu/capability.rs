@@ -1,10 +1,15 @@
 //! The capability benchmark: what this box's GPU can do, measured with the built-in kernels
 //! through the scheduler (so on the worker, like any job), cached in the state directory and
-//! measured again only when the agent version, the adapter or its driver changes.
+//! measured again only when the agent version, the adapter or its driver changes. A measurement
+//! that fails (a worker that did not start, a wrong result) is tried again with backoff until it
+//! succeeds: a box without figures offers nothing to the network.
 
 use edge_protocol::exposition::Exposition;
+use std::convert::Infallible;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use edge_identity::durable;
 use edge_jobs::adapter::GpuStatus;
@@ -21,6 +26,11 @@ use crate::version::VERSIONS;
 const SGEMM_N: u32 = 512;
 /// Copy size of the bandwidth measurement.
 const COPY_BYTES: u32 = 32 << 20;
+
+/// The wait after a first failed measurement; it doubles (with jitter) up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between measurements that fail.
+const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// Errors measuring.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +57,8 @@ pub(crate) struct CapabilityTask {
 }
 
 impl CapabilityTask {
-    /// Loads the cache or measures; then ends.
-    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), CapabilityError> {
+    /// Loads the cache or measures (again after each failure, with backoff); then ends.
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), Infallible> {
         let GpuStatus::Available(info) = &self.gpu else {
             return Ok(());
         };
@@ -65,9 +75,27 @@ impl CapabilityTask {
             return Ok(());
         }
         crate::host::systemd::status("measuring GPU capability");
-        let measured = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            m = measure(&self.scheduler, &info.name, &info.driver_info) => m?,
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(RETRY_FIRST)
+            .with_max_delay(RETRY_MAX)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let measured = loop {
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                m = measure(&self.scheduler, &info.name, &info.driver_info) => m,
+            };
+            let e = match attempt {
+                Ok(measured) => break measured,
+                Err(e) => e,
+            };
+            let wait = backoff.next().unwrap_or(RETRY_MAX);
+            tracing::warn!(error = %e, retry_in = ?wait, "measuring the GPU capability failed");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(wait) => {}
+            }
         };
         tracing::info!(
             fp32_peak_gflops = measured.fp32_peak_gflops,
