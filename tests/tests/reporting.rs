@@ -268,6 +268,39 @@ const DOUBLE_JOB: &str = r#"{
   "dispatch": [1, 1, 1]
 }"#;
 
+/// Every job the hub holds, once none is queued or out with a device (within 120 s).
+fn finished_jobs(hub: &HubDir) -> Vec<serde_json::Value> {
+    eventually(Duration::from_secs(120), || {
+        let jobs = hub.jobs();
+        jobs.iter()
+            .all(|j| j["state"] != "queued" && j["state"] != "assigned")
+            .then_some(jobs)
+    })
+    .expect("every job comes back")
+}
+
+/// The job `id` of `jobs`, as the hub lists it.
+fn job(jobs: &[serde_json::Value], id: &str) -> serde_json::Value {
+    jobs.iter()
+        .find(|j| j["job_id"] == id)
+        .unwrap_or_else(|| panic!("job {id} listed"))
+        .clone()
+}
+
+/// The receipt of the job in `file` run by hand (`edge-agent run-job`) with the sandbox's config.
+fn run_here(sandbox: &Sandbox, file: &std::path::Path) -> serde_json::Value {
+    let out = sandbox
+        .agent(&["run-job", file.to_str().expect("utf8")])
+        .output()
+        .expect("run-job");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("receipt")
+}
+
 #[test]
 fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
     let hub = HubDir::init(&["127.0.0.1"]);
@@ -290,19 +323,8 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
     for file in [&good, &bad] {
         hub.submit(&id, file);
     }
-    let jobs = eventually(Duration::from_secs(120), || {
-        let jobs = hub.jobs();
-        jobs.iter()
-            .all(|j| j["state"] != "queued" && j["state"] != "assigned")
-            .then_some(jobs)
-    })
-    .expect("both jobs come back");
-    let find = |id: &str| {
-        jobs.iter()
-            .find(|j| j["job_id"] == id)
-            .expect("job listed")
-            .clone()
-    };
+    let jobs = finished_jobs(&hub);
+    let find = |id: &str| job(&jobs, id);
     let done = find("double-1");
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["receipt_status"], "valid", "{done}");
@@ -317,16 +339,7 @@ fn jobs_from_the_hub_run_on_the_gpu_and_come_back_with_verified_receipts() {
     );
 
     // The same job run by hand gives the same output hash: results are reproducible.
-    let out = sandbox
-        .agent(&["run-job", good.to_str().expect("utf8")])
-        .output()
-        .expect("run-job");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let local: serde_json::Value = serde_json::from_slice(&out.stdout).expect("receipt");
+    let local = run_here(&sandbox, &good);
     assert_eq!(local["output_sha256"], done["receipt"]["output_sha256"]);
     stop(agent);
 }
@@ -368,19 +381,8 @@ fn a_jobs_input_blob_comes_from_the_hub_checked_against_its_name_and_is_not_kept
         std::fs::write(&file, text).expect("write job");
         hub.submit(&id, &file);
     }
-    let jobs = eventually(Duration::from_secs(120), || {
-        let jobs = hub.jobs();
-        jobs.iter()
-            .all(|j| j["state"] != "queued" && j["state"] != "assigned")
-            .then_some(jobs)
-    })
-    .expect("every job comes back");
-    let find = |id: &str| {
-        jobs.iter()
-            .find(|j| j["job_id"] == id)
-            .expect("job listed")
-            .clone()
-    };
+    let jobs = finished_jobs(&hub);
+    let find = |id: &str| job(&jobs, id);
     let done = find("from-blob");
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["receipt_status"], "valid", "{done}");
@@ -399,16 +401,7 @@ fn a_jobs_input_blob_comes_from_the_hub_checked_against_its_name_and_is_not_kept
     }
 
     // The same input inline gives the same input and output hashes: the blob's bytes ran.
-    let out = sandbox
-        .agent(&["run-job", inline.to_str().expect("utf8")])
-        .output()
-        .expect("run-job");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let local: serde_json::Value = serde_json::from_slice(&out.stdout).expect("receipt");
+    let local = run_here(&sandbox, &inline);
     for hash in ["input_sha256", "output_sha256"] {
         assert_eq!(local[hash], done["receipt"][hash], "{hash}");
     }
