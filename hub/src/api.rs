@@ -549,13 +549,14 @@ async fn next_job(
     }
 }
 
-/// A job's input blob, streamed from the blob directory to a registered device.
+/// A job's input blob, streamed from the blob directory to the device running a job that names
+/// it.
 async fn blob(
     State(hub): State<Arc<Hub>>,
     headers: axum::http::HeaderMap,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, Refusal> {
-    signed_device(&hub, &headers, &format!("{}{name}", api::BLOBS))?;
+    let device = signed_device(&hub, &headers, &format!("{}{name}", api::BLOBS))?;
     let Some(sha256) = edge_jobs::digest::Sha256::parse(&name).filter(|s| s.to_string() == name)
     else {
         return Err(Refusal(
@@ -563,6 +564,14 @@ async fn blob(
             format!("{name:?} is not a blob's name (64 lowercase hex digits, its SHA-256)"),
         ));
     };
+    // A consumer's inputs go only to the box running their job, not to any registered box
+    // that learns or guesses a hash.
+    if !hub.store.blob_out(&device, &name).await.map_err(internal)? {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            format!("no job out with device {device} names blob {sha256}"),
+        ));
+    }
     let path = hub.blobs.join(sha256.to_string());
     let file = match tokio::fs::File::open(&path).await {
         Ok(file) => file,

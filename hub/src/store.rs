@@ -188,6 +188,11 @@ enum Op {
         now_ms: u64,
         reply: oneshot::Sender<Result<Vec<ReportResult>, StoreError>>,
     },
+    BlobOut {
+        device_id: String,
+        sha256: String,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 /// Public keys of registered devices, by device id (read by every request, written on
@@ -292,6 +297,20 @@ impl Store {
                 device_id: device_id.to_owned(),
                 now_ms,
                 lease_ms: lease.as_millis() as u64,
+                reply,
+            })
+            .map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Whether a job out with `device_id` (assigned to it, unfinished) names the blob `sha256`
+    /// as an input: only then may the device fetch it.
+    pub async fn blob_out(&self, device_id: &str, sha256: &str) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::BlobOut {
+                device_id: device_id.to_owned(),
+                sha256: sha256.to_owned(),
                 reply,
             })
             .map_err(|_| StoreError::Stopped)?;
@@ -431,6 +450,14 @@ impl Writer {
                         let _ = reply.send(Err(sqlite(e)));
                     }
                 },
+                Op::BlobOut {
+                    device_id,
+                    sha256,
+                    reply,
+                } => {
+                    // A read: answered now, whatever becomes of the group's commit.
+                    let _ = reply.send(blob_out(&tx, &device_id, &sha256).map_err(sqlite));
+                }
                 Op::Ingest {
                     reports,
                     peer_ip,
@@ -506,6 +533,9 @@ fn fail_all(group: Vec<Op>, err: impl Fn() -> StoreError) {
                 let _ = reply.send(Err(err()));
             }
             Op::TakeJob { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Op::BlobOut { reply, .. } => {
                 let _ = reply.send(Err(err()));
             }
         }
@@ -676,6 +706,20 @@ fn ingest(
         }
     }
     Ok(results)
+}
+
+/// Whether a job assigned to `device_id` names the blob `sha256` (as the stored job's JSON
+/// spells an input, `"sha256":"<hex>"`).
+fn blob_out(
+    tx: &rusqlite::Transaction<'_>,
+    device_id: &str,
+    sha256: &str,
+) -> rusqlite::Result<bool> {
+    tx.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM jobs WHERE device_id = ?1 AND state = 'assigned'
+         AND instr(job, ?2) > 0)",
+    )?
+    .query_row(params![device_id, format!("\"sha256\":\"{sha256}\"")], |r| r.get(0))
 }
 
 fn take_job(

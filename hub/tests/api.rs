@@ -464,6 +464,45 @@ async fn a_signed_request_taken_before_a_restart_is_not_taken_again_after_it() {
 }
 
 #[tokio::test]
+async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
+    use edge_jobs::job::Blob;
+    use edge_protocol::api::BLOBS;
+
+    let hub = hub(1 << 20, 100).await;
+    let (me, other) = (hub.registered().await, hub.registered().await);
+    let file = hub.dir.join("input.bin");
+    std::fs::write(&file, [7u8; 64]).expect("write");
+    let sha256 = edge_hub::blobs::add(&edge_hub::blobs_dir(&hub.dir), &file).expect("blob");
+    let path = format!("{BLOBS}{sha256}");
+    let fetch = |who: &Identity, time_ms: u64| {
+        let mut request = hub.http.get(format!("{}{path}", hub.base));
+        for (name, value) in edge_protocol::poll::sign(who, &path, time_ms) {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let t = SystemClock.unix_ms();
+    let (status, error) = error_of(fetch(&me, t).await.expect("fetch")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "before any job names it: {error}");
+    assert!(error.contains("no job out"), "{error}");
+
+    let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
+    job.id = "with-blob".into();
+    job.bindings[0].input = Some(Blob::Sha256(sha256));
+    let db = store::open(&db_path(&hub.dir)).expect("db");
+    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
+    let response = hub.poll(poll_sign(&me, t + 1)).await.expect("poll");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = fetch(&me, t + 2).await.expect("fetch");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.expect("bytes").as_ref(), [7u8; 64]);
+
+    // Another registered device that knows the hash: refused, as if there were none.
+    let (status, error) = error_of(fetch(&other, t + 3).await.expect("fetch")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+}
+
+#[tokio::test]
 async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued() {
     use edge_jobs::digest::Sha256;
     use edge_jobs::job::{Blob, Job};
