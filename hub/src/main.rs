@@ -95,7 +95,7 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
-    /// Jobs' input blobs, served to registered devices.
+    /// Jobs' input blobs, each served to the device running a job that names it.
     Blob {
         #[command(subcommand)]
         command: BlobCommand,
