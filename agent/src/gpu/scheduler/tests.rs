@@ -198,13 +198,28 @@ async fn a_submission_is_checked_off_the_runtime_thread() {
 async fn jobs_that_wait_run_by_priority_and_each_receipt_is_signed_for_its_job() {
     let (worker, seen) = FakeWorker::new(|_| Duration::from_secs(1));
     let (handle, shutdown, metrics) = start(policy(), worker);
-    let runs: Vec<_> = [("first", 0), ("low", 1), ("high", 9), ("mid", 5)]
+    // One at a time, each taken (queued or sent) before the next is submitted: admission runs
+    // on blocking threads, so jobs submitted at once may arrive in any order.
+    let mut runs = Vec::new();
+    for (n, (id, priority)) in [("first", 0), ("low", 1), ("high", 9), ("mid", 5)]
         .into_iter()
-        .map(|(id, priority)| {
-            let handle = handle.clone();
-            tokio::spawn(async move { handle.run_for_receipt(job(id, priority)).await })
-        })
-        .collect();
+        .enumerate()
+    {
+        let h = handle.clone();
+        runs.push(tokio::spawn(async move {
+            h.run_for_receipt(job(id, priority)).await
+        }));
+        let taken = || {
+            metrics.queue_depth.load(Ordering::Relaxed) + metrics.in_flight.load(Ordering::Relaxed)
+        };
+        for _ in 0..10_000 {
+            if taken() > n as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(taken() > n as u64, "{id} never taken");
+    }
     let mut receipts = Vec::new();
     for run in runs {
         receipts.push(run.await.expect("join").expect("job"));
