@@ -719,7 +719,10 @@ fn blob_out(
         "SELECT EXISTS(SELECT 1 FROM jobs WHERE device_id = ?1 AND state = 'assigned'
          AND instr(job, ?2) > 0)",
     )?
-    .query_row(params![device_id, format!("\"sha256\":\"{sha256}\"")], |r| r.get(0))
+    .query_row(
+        params![device_id, format!("\"sha256\":\"{sha256}\"")],
+        |r| r.get(0),
+    )
 }
 
 fn take_job(

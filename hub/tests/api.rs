@@ -483,7 +483,11 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     };
     let t = SystemClock.unix_ms();
     let (status, error) = error_of(fetch(&me, t).await.expect("fetch")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "before any job names it: {error}");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "before any job names it: {error}"
+    );
     assert!(error.contains("no job out"), "{error}");
 
     let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");

@@ -268,7 +268,7 @@ fn worker_socket(
                 continue;
             }
             let out = stream.try_clone().expect("dup the connection");
-            let _worker = std::process::Command::new(edge_tests::bin("edge-gpu-worker"))
+            let mut worker = std::process::Command::new(edge_tests::bin("edge-gpu-worker"))
                 .args(["serve", "--blobs"])
                 .arg(&blobs)
                 .stdin(Stdio::from(OwnedFd::from(stream)))
@@ -276,6 +276,7 @@ fn worker_socket(
                 .env("NODEVICE_SELECT", "1")
                 .spawn()
                 .expect("start edge-gpu-worker");
+            std::thread::spawn(move || worker.wait());
         }
     });
     count
@@ -317,7 +318,10 @@ fn a_capability_measurement_that_fails_is_tried_again_until_it_succeeds() {
         "{measured}"
     );
     let n = connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(n >= 3, "{n} connections: a worker after the one that failed");
+    assert!(
+        n >= 3,
+        "{n} connections: a worker after the one that failed"
+    );
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     assert_eq!(
         wait_exit(&mut agent, Duration::from_secs(15)).code(),
