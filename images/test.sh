@@ -203,7 +203,9 @@ token=$("$EDGE_HUB" --dir "$WORK/hub" owner add alice)
 "$EDGE_HUB" --dir "$WORK/hub" serve --listen "127.0.0.1:$HUB_PORT" --echo-listen 127.0.0.1:0 \
     --echo-url https://10.0.2.100:8443/v1/ip > "$WORK/hub.out" 2> "$WORK/hub.log" &
 HUB=$!
-NETDEV_EXTRA=",guestfwd=tcp:10.0.2.100:8443-tcp:127.0.0.1:$HUB_PORT"
+# One socat per connection (`cmd:`): a chardev target (`tcp:`) is a single connection made when
+# QEMU starts, which the hub closes once idle, and every later connection of the box then fails.
+NETDEV_EXTRA=",guestfwd=tcp:10.0.2.100:8443-cmd:socat - TCP:127.0.0.1:$HUB_PORT"
 
 say "second boot"
 boot second -no-reboot
