@@ -246,7 +246,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if inspect::device(&db_path(&dir), &device)?.is_none() {
                 return Err(format!("no device {device} is registered").into());
             }
-            store::add_job(&conn, &device, &job, SystemClock.unix_ms())?;
+            store::add_job(
+                &conn,
+                &edge_hub::blobs_dir(&dir),
+                &device,
+                &job,
+                SystemClock.unix_ms(),
+            )?;
             println!("{}", job.id);
             Ok(())
         }

@@ -72,9 +72,12 @@ CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (device_id, state, created_at_ms)
 
 /// Columns added since the first schema, added to databases made before them: (table, column,
 /// declaration).
-const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
     ("jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "lease_until_ms", "INTEGER"),
+    // What a receipt must name as the job's inputs, worked out when it was queued (blobs
+    // included); null where it cannot be (an input longer than its binding).
+    ("jobs", "input_sha256", "TEXT"),
 ];
 
 /// A job handed out this many times without a result is given up (`expired`).
@@ -119,6 +122,15 @@ pub enum StoreError {
     /// A job id already used.
     #[error("job {0} already exists")]
     JobExists(String),
+    /// A job's inputs cannot be read: a blob it names is missing or corrupt, or inline text is
+    /// not base64.
+    #[error("job {job}: {source}")]
+    JobInputs {
+        /// The job's id.
+        job: String,
+        /// What is wrong with its inputs.
+        source: edge_jobs::job::JobError,
+    },
     /// A registration older than one already stored.
     #[error("registration seq {seq} is not above the device's last registration ({last})")]
     StaleRegistration {
@@ -770,21 +782,21 @@ fn take_job(
 /// A job's end, from its device's signed report. Only for a job handed to that device and not yet
 /// finished (a result that comes after the lease ran out still counts: reports are queued on
 /// the box while it is offline); a receipt must verify, come from that device, and name the job,
-/// its kernel and (where the job alone says them) its inputs as issued.
+/// its kernel and its inputs (blobs included) as issued.
 fn record_job_result(
     tx: &rusqlite::Transaction<'_>,
     device_id: &str,
     report: &JobReport,
     now_ms: u64,
 ) -> rusqlite::Result<()> {
-    let issued: Option<(String, String, i64)> = tx
+    let issued: Option<(String, String, i64, Option<String>)> = tx
         .query_row(
-            "SELECT state, job, attempts FROM jobs WHERE job_id = ?1 AND device_id = ?2",
+            "SELECT state, job, attempts, input_sha256 FROM jobs WHERE job_id = ?1 AND device_id = ?2",
             params![report.job_id, device_id],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )
         .optional()?;
-    let Some((issued_state, issued_job, attempts)) = issued else {
+    let Some((issued_state, issued_job, attempts, issued_inputs)) = issued else {
         tracing::warn!(job = %report.job_id, device = %device_id, "result for a job this device was not given");
         return Ok(());
     };
@@ -802,9 +814,15 @@ fn record_job_result(
             let kernel = issued_job
                 .as_ref()
                 .map(|job| edge_jobs::digest::Sha256::of(job.kernel.wgsl.as_bytes()));
-            let inputs = issued_job
-                .as_ref()
-                .and_then(edge_jobs::job::Job::input_sha256);
+            // Queued before the hub worked inputs out at submission: from the job alone.
+            let inputs = issued_inputs
+                .as_deref()
+                .and_then(edge_jobs::digest::Sha256::parse)
+                .or_else(|| {
+                    issued_job
+                        .as_ref()
+                        .and_then(edge_jobs::job::Job::input_sha256)
+                });
             let status = match edge_jobs::receipt::verify(receipt) {
                 Err(e) => format!("INVALID: {e}"),
                 Ok(()) if receipt.body.device_id != device_id => {
@@ -856,17 +874,35 @@ fn record_job_result(
     Ok(())
 }
 
-/// Queues `job` (a v1 job's JSON) for `device_id`.
+/// Queues `job` (a v1 job's JSON) for `device_id`, with the digest a receipt must name as its
+/// inputs, worked out now: the blobs it names must be in `blobs` already.
 pub fn add_job(
     conn: &Connection,
+    blobs: &Path,
     device_id: &str,
     job: &edge_jobs::job::Job,
     now_ms: u64,
 ) -> Result<(), StoreError> {
+    let store = edge_jobs::job::BlobStore {
+        dir: blobs.to_owned(),
+    };
+    let inputs = job
+        .input_sha256_from(&store)
+        .map_err(|source| StoreError::JobInputs {
+            job: job.id.clone(),
+            source,
+        })?;
     let text = serde_json::to_string(job).unwrap_or_default();
     conn.execute(
-        "INSERT INTO jobs (job_id, device_id, job, state, created_at_ms) VALUES (?1, ?2, ?3, 'queued', ?4)",
-        params![job.id, device_id, text, now_ms as i64],
+        "INSERT INTO jobs (job_id, device_id, job, state, created_at_ms, input_sha256)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+        params![
+            job.id,
+            device_id,
+            text,
+            now_ms as i64,
+            inputs.map(|i| i.to_string())
+        ],
     )
     .map(|_| ())
     .map_err(|source| match source {

@@ -410,8 +410,8 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
     )
     .expect("job");
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
-    let err = store::add_job(&db, &me.device_id().to_string(), &job, 2).expect_err("same id");
+    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
+    let err = store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 2).expect_err("same id");
     assert!(err.to_string().contains("j1 already exists"), "{err}");
 
     let poll = |headers| hub.poll(headers);
@@ -475,11 +475,7 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     let sha256 = edge_hub::blobs::add(&edge_hub::blobs_dir(&hub.dir), &file).expect("blob");
     let path = format!("{BLOBS}{sha256}");
     let fetch = |who: &Identity, time_ms: u64| {
-        let mut request = hub.http.get(format!("{}{path}", hub.base));
-        for (name, value) in edge_protocol::poll::sign(who, &path, time_ms) {
-            request = request.header(name, value);
-        }
-        request.send()
+        signed(hub.http.get(format!("{}{path}", hub.base)), who, &path, time_ms).send()
     };
     let t = SystemClock.unix_ms();
     let (status, error) = error_of(fetch(&me, t).await.expect("fetch")).await;
@@ -494,7 +490,7 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     job.id = "with-blob".into();
     job.bindings[0].input = Some(Blob::Sha256(sha256));
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
+    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
     let response = hub.poll(poll_sign(&me, t + 1)).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);
     let response = fetch(&me, t + 2).await.expect("fetch");
@@ -518,21 +514,35 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
     let device = me.device_id().to_string();
     let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     job.bindings[0].input = Some(Blob::inline(&[9, 9, 9, 9]));
-    let issue = |id: &str| Job {
-        id: id.into(),
-        ..job.clone()
+    // The same input as a blob the hub holds: the same digest, which the hub works out at
+    // submission from the blob's bytes.
+    let blobs = edge_hub::blobs_dir(&hub.dir);
+    let file = hub.dir.join("input.bin");
+    std::fs::write(&file, [9, 9, 9, 9]).expect("write");
+    let sha256 = edge_hub::blobs::add(&blobs, &file).expect("blob");
+    let issue = |id: &str| {
+        let mut issued = Job {
+            id: id.into(),
+            ..job.clone()
+        };
+        if id.starts_with("blob-") {
+            issued.bindings[0].input = Some(Blob::Sha256(sha256));
+        }
+        issued
     };
     let db = store::open(&db_path(&hub.dir)).expect("db");
     for (t, id) in [
         (1, "wrong-kernel"),
         (2, "wrong-inputs"),
         (3, "good"),
-        (4, "kept"),
+        (4, "blob-wrong-inputs"),
+        (5, "blob-good"),
+        (6, "kept"),
     ] {
-        store::add_job(&db, &device, &issue(id), t).expect("queue");
+        store::add_job(&db, &blobs, &device, &issue(id), t).expect("queue");
     }
-    // Three are handed out; "kept" stays queued.
-    for t in 0..3 {
+    // Five are handed out; "kept" stays queued.
+    for t in 0..5 {
         let signed = poll_sign(&me, SystemClock.unix_ms() + t);
         assert_eq!(
             hub.poll(signed).await.expect("poll").status(),
@@ -589,7 +599,14 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
             ),
             result(3, "wrong-inputs", right_kernel, Sha256::of(b"other inputs")),
             result(4, "good", right_kernel, right_inputs),
-            result(5, "kept", right_kernel, right_inputs),
+            result(
+                5,
+                "blob-wrong-inputs",
+                right_kernel,
+                Sha256::of(b"other inputs"),
+            ),
+            result(6, "blob-good", right_kernel, right_inputs),
+            result(7, "kept", right_kernel, right_inputs),
         ])
         .await;
     assert!(
@@ -619,7 +636,13 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
         "{}",
         job("wrong-inputs")
     );
+    assert!(
+        status("blob-wrong-inputs").starts_with("INVALID: receipt is for inputs"),
+        "{}",
+        job("blob-wrong-inputs")
+    );
     assert_eq!(status("good"), "valid", "{}", job("good"));
+    assert_eq!(status("blob-good"), "valid", "{}", job("blob-good"));
     // A result for a job never handed out changes nothing.
     assert_eq!(job("kept")["state"], "queued", "{}", job("kept"));
     assert!(job("kept")["receipt"].is_null(), "{}", job("kept"));
@@ -830,7 +853,7 @@ async fn a_job_whose_result_never_comes_is_handed_out_again_then_given_up() {
     let me = hub.registered().await;
     let job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &me.device_id().to_string(), &job, 1).expect("queue");
+    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
     let state = || {
         let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
         (jobs[0]["state"].clone(), jobs[0]["attempts"].clone())

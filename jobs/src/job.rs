@@ -152,6 +152,16 @@ pub enum JobError {
         /// The store's directory, [`BlobStore::dir`].
         dir: PathBuf,
     },
+    /// A stored blob is longer than the binding it is the input of.
+    #[error("blob {sha256} in {dir} is longer than its binding ({max} bytes)")]
+    BlobTooLarge {
+        /// The hash the job named.
+        sha256: Sha256,
+        /// The binding's size.
+        max: u64,
+        /// The store's directory, [`BlobStore::dir`].
+        dir: PathBuf,
+    },
     /// Inline data is not base64.
     #[error("inline input is not base64: {0}")]
     Base64(String),
@@ -183,20 +193,44 @@ impl Job {
     /// input is a blob (only its holder has the bytes), or is not valid base64 or is longer than
     /// its binding (a device refuses such a job).
     pub fn input_sha256(&self) -> Option<Sha256> {
+        let inline = |binding: &Binding| match &binding.input {
+            None => Ok(Some(Vec::new())),
+            Some(Blob::Sha256(_)) => Ok(None),
+            Some(Blob::Base64(text)) => Ok(base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()),
+        };
+        self.digest_inputs(inline).ok().flatten()
+    }
+
+    /// As [`Job::input_sha256`], with blob inputs read from `blobs` (each checked against its
+    /// name, read no further than its binding's size): `Ok(None)` only when an input is longer
+    /// than its binding; a blob missing or corrupt, or inline text that is not base64, is an
+    /// error.
+    pub fn input_sha256_from(&self, blobs: &BlobStore) -> Result<Option<Sha256>, JobError> {
+        self.digest_inputs(|binding| match &binding.input {
+            None => Ok(Some(Vec::new())),
+            Some(blob) => blobs.resolve(blob, binding.size).map(Some),
+        })
+    }
+
+    /// The inputs' digest with each binding's bytes from `bytes_of` (`None`: not known).
+    fn digest_inputs(
+        &self,
+        mut bytes_of: impl FnMut(&Binding) -> Result<Option<Vec<u8>>, JobError>,
+    ) -> Result<Option<Sha256>, JobError> {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let mut inline = Vec::with_capacity(self.bindings.len());
+        let mut inputs = Vec::with_capacity(self.bindings.len());
         for binding in &self.bindings {
-            let bytes = match &binding.input {
-                None => Vec::new(),
-                Some(Blob::Sha256(_)) => return None,
-                Some(Blob::Base64(text)) => base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .ok()?,
+            let Some(bytes) = bytes_of(binding)? else {
+                return Ok(None);
             };
-            let padding = binding.size.checked_sub(bytes.len() as u64)?;
-            inline.push((bytes, padding));
+            let Some(padding) = binding.size.checked_sub(bytes.len() as u64) else {
+                return Ok(None);
+            };
+            inputs.push((bytes, padding));
         }
-        let parts = inline.iter().flat_map(|(bytes, padding)| {
+        let parts = inputs.iter().flat_map(|(bytes, padding)| {
             let chunk = ZEROS.len() as u64;
             let full = (padding / chunk) as usize;
             let rest = (padding % chunk) as usize;
@@ -204,7 +238,7 @@ impl Job {
                 .chain(std::iter::repeat_n(ZEROS.as_slice(), full))
                 .chain(std::iter::once(&ZEROS[..rest]))
         });
-        Some(Sha256::of_parts(parts))
+        Ok(Some(Sha256::of_parts(parts)))
     }
 }
 
@@ -252,6 +286,13 @@ impl BlobStore {
                 let mut bytes = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)
                     .map_err(io)?;
+                if bytes.len() as u64 > max {
+                    return Err(JobError::BlobTooLarge {
+                        sha256: *sha256,
+                        max,
+                        dir: self.dir.clone(),
+                    });
+                }
                 let actual = Sha256::of(&bytes);
                 if actual != *sha256 {
                     return Err(JobError::CorruptBlob {
@@ -327,6 +368,29 @@ mod tests {
         assert_eq!(job.input_sha256(), None, "a blob's bytes are the device's");
         job.bindings[0].input = Some(Blob::inline(&vec![7; size + 4]));
         assert_eq!(job.input_sha256(), None, "longer than its binding");
+    }
+
+    #[test]
+    fn whoever_holds_the_blobs_works_out_the_same_input_digest_as_for_inline_inputs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore {
+            dir: dir.path().to_owned(),
+        };
+        let mut inline = crate::kernels::hash_chain(1, 2, 64).expect("job");
+        inline.bindings[0].input = Some(Blob::inline(&[1, 2, 3, 4]));
+        let sha256 = Sha256::of(&[1, 2, 3, 4]);
+        std::fs::write(dir.path().join(sha256.to_string()), [1, 2, 3, 4]).expect("blob");
+        let mut blob = inline.clone();
+        blob.bindings[0].input = Some(Blob::Sha256(sha256));
+        let expected = inline.input_sha256().expect("inline");
+        assert_eq!(blob.input_sha256_from(&store).expect("read"), Some(expected));
+        assert_eq!(inline.input_sha256_from(&store).expect("read"), Some(expected));
+
+        blob.bindings[0].input = Some(Blob::Sha256(Sha256::of(b"absent")));
+        assert!(matches!(
+            blob.input_sha256_from(&store),
+            Err(JobError::MissingBlob { .. })
+        ));
     }
 
     #[test]

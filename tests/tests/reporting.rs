@@ -362,9 +362,8 @@ fn a_jobs_input_blob_comes_from_the_hub_checked_against_its_name_and_is_not_kept
     // The inline job's input, [1.0, 2.0] as f32, as a blob.
     let input = blob("input.bin", &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x40]);
     let tampered = blob("tampered.bin", &[1; 8]);
-    std::fs::write(hub.blob_file(&tampered), [2; 8]).expect("the hub's copy changes");
-    let oversize = blob("oversize.bin", &[0; 300]);
-    let missing = "ab".repeat(32);
+    let oversize = blob("oversize.bin", &[4; 8]);
+    let missing = blob("missing.bin", &[3; 8]);
     let inline = dir.join("inline.json");
     std::fs::write(&inline, DOUBLE_JOB.replace("\"ID\"", "\"inline\"")).expect("write job");
     for (job, sha256) in [
@@ -381,6 +380,10 @@ fn a_jobs_input_blob_comes_from_the_hub_checked_against_its_name_and_is_not_kept
         std::fs::write(&file, text).expect("write job");
         hub.submit(&id, &file);
     }
+    // After submission (which reads every blob a job names): one changed, one grown, one gone.
+    std::fs::write(hub.blob_file(&tampered), [2; 8]).expect("the hub's copy changes");
+    std::fs::write(hub.blob_file(&oversize), [4; 300]).expect("the hub's copy grows");
+    std::fs::remove_file(hub.blob_file(&missing)).expect("the hub's copy goes");
     let jobs = finished_jobs(&hub);
     let find = |id: &str| job(&jobs, id);
     let done = find("from-blob");

@@ -25,7 +25,7 @@ use axum::body::Body as HttpBody;
 use axum::http::{Method, Request, StatusCode};
 use edge_hal::Clock;
 use edge_hub::tls::Peer;
-use edge_hub::{Limits, db_path, store};
+use edge_hub::{Limits, blobs_dir, db_path, store};
 use edge_identity::Identity;
 use edge_jobs::digest::Sha256;
 use edge_jobs::job::Job;
@@ -53,7 +53,7 @@ impl Clock for FuzzClock {
 }
 
 struct Hub {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     db: PathBuf,
     runtime: tokio::runtime::Runtime,
     app: Router,
@@ -90,7 +90,7 @@ fn hub() -> &'static Hub {
             .block_on(async { edge_hub::app(dir.path(), &limits, Vec::new(), clock.clone()) })
             .expect("the hub starts");
         let hub = Hub {
-            _dir: dir,
+            dir: dir,
             db,
             runtime,
             app,
@@ -185,7 +185,8 @@ impl Hub {
         };
         let device = self.device.device_id().to_string();
         let now = self.clock.0.fetch_add(10 * 60 * 1000, Ordering::Relaxed);
-        store::add_job(&store::open(&self.db).expect("db"), &device, &job, now).expect("queue");
+        let (db, blobs) = (store::open(&self.db).expect("db"), blobs_dir(self.dir.path()));
+        store::add_job(&db, &blobs, &device, &job, now).expect("queue");
         let headers = poll::sign(&self.device, api::JOBS_NEXT, self.clock.unix_ms());
         let path = format!("{}?wait_secs=0", api::JOBS_NEXT);
         let (status, body) = self.send(Method::GET, &path, &headers, Vec::new());
