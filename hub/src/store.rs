@@ -906,7 +906,9 @@ pub fn add_job(
     )
     .map(|_| ())
     .map_err(|source| match source {
-        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::JobExists(job.id.clone())
         }
         source => StoreError::Sqlite {

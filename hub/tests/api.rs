@@ -410,8 +410,22 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
     )
     .expect("job");
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
-    let err = store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 2).expect_err("same id");
+    store::add_job(
+        &db,
+        &edge_hub::blobs_dir(&hub.dir),
+        &me.device_id().to_string(),
+        &job,
+        1,
+    )
+    .expect("queue");
+    let err = store::add_job(
+        &db,
+        &edge_hub::blobs_dir(&hub.dir),
+        &me.device_id().to_string(),
+        &job,
+        2,
+    )
+    .expect_err("same id");
     assert!(err.to_string().contains("j1 already exists"), "{err}");
 
     let poll = |headers| hub.poll(headers);
@@ -471,11 +485,17 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     let hub = hub(1 << 20, 100).await;
     let (me, other) = (hub.registered().await, hub.registered().await);
     let file = hub.dir.join("input.bin");
-    std::fs::write(&file, [7u8; 64]).expect("write");
+    std::fs::write(&file, [7u8; 16]).expect("write");
     let sha256 = edge_hub::blobs::add(&edge_hub::blobs_dir(&hub.dir), &file).expect("blob");
     let path = format!("{BLOBS}{sha256}");
     let fetch = |who: &Identity, time_ms: u64| {
-        signed(hub.http.get(format!("{}{path}", hub.base)), who, &path, time_ms).send()
+        signed(
+            hub.http.get(format!("{}{path}", hub.base)),
+            who,
+            &path,
+            time_ms,
+        )
+        .send()
     };
     let t = SystemClock.unix_ms();
     let (status, error) = error_of(fetch(&me, t).await.expect("fetch")).await;
@@ -490,12 +510,19 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     job.id = "with-blob".into();
     job.bindings[0].input = Some(Blob::Sha256(sha256));
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
+    store::add_job(
+        &db,
+        &edge_hub::blobs_dir(&hub.dir),
+        &me.device_id().to_string(),
+        &job,
+        1,
+    )
+    .expect("queue");
     let response = hub.poll(poll_sign(&me, t + 1)).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);
     let response = fetch(&me, t + 2).await.expect("fetch");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.bytes().await.expect("bytes").as_ref(), [7u8; 64]);
+    assert_eq!(response.bytes().await.expect("bytes").as_ref(), [7u8; 16]);
 
     // Another registered device that knows the hash: refused, as if there were none.
     let (status, error) = error_of(fetch(&other, t + 3).await.expect("fetch")).await;
@@ -853,7 +880,14 @@ async fn a_job_whose_result_never_comes_is_handed_out_again_then_given_up() {
     let me = hub.registered().await;
     let job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(&db, &edge_hub::blobs_dir(&hub.dir), &me.device_id().to_string(), &job, 1).expect("queue");
+    store::add_job(
+        &db,
+        &edge_hub::blobs_dir(&hub.dir),
+        &me.device_id().to_string(),
+        &job,
+        1,
+    )
+    .expect("queue");
     let state = || {
         let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
         (jobs[0]["state"].clone(), jobs[0]["attempts"].clone())

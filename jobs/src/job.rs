@@ -196,9 +196,9 @@ impl Job {
         let inline = |binding: &Binding| match &binding.input {
             None => Ok(Some(Vec::new())),
             Some(Blob::Sha256(_)) => Ok(None),
-            Some(Blob::Base64(text)) => Ok(base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .ok()),
+            Some(Blob::Base64(text)) => {
+                Ok(base64::engine::general_purpose::STANDARD.decode(text).ok())
+            }
         };
         self.digest_inputs(inline).ok().flatten()
     }
@@ -383,8 +383,14 @@ mod tests {
         let mut blob = inline.clone();
         blob.bindings[0].input = Some(Blob::Sha256(sha256));
         let expected = inline.input_sha256().expect("inline");
-        assert_eq!(blob.input_sha256_from(&store).expect("read"), Some(expected));
-        assert_eq!(inline.input_sha256_from(&store).expect("read"), Some(expected));
+        assert_eq!(
+            blob.input_sha256_from(&store).expect("read"),
+            Some(expected)
+        );
+        assert_eq!(
+            inline.input_sha256_from(&store).expect("read"),
+            Some(expected)
+        );
 
         blob.bindings[0].input = Some(Blob::Sha256(Sha256::of(b"absent")));
         assert!(matches!(
