@@ -122,6 +122,24 @@ impl Hub {
         serve(self.tmp.clone(), self.token.clone(), Limits::default()).await
     }
 
+    /// Queues `job` for the device of `identity`, at `now_ms` (`store::add_job`, with this hub's
+    /// blobs).
+    fn queue(
+        &self,
+        identity: &Identity,
+        job: &edge_jobs::job::Job,
+        now_ms: u64,
+    ) -> Result<(), store::StoreError> {
+        let db = store::open(&db_path(&self.dir)).expect("db");
+        store::add_job(
+            &db,
+            &edge_hub::blobs_dir(&self.dir),
+            &identity.device_id().to_string(),
+            job,
+            now_ms,
+        )
+    }
+
     /// A new device, registered to the owner.
     async fn registered(&self) -> Identity {
         let me = Identity::generate_ephemeral().expect("key");
@@ -409,23 +427,8 @@ async fn job_polls_are_signed_fresh_and_never_replayed() {
             "bindings": [], "dispatch": [1, 1, 1]}"#,
     )
     .expect("job");
-    let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(
-        &db,
-        &edge_hub::blobs_dir(&hub.dir),
-        &me.device_id().to_string(),
-        &job,
-        1,
-    )
-    .expect("queue");
-    let err = store::add_job(
-        &db,
-        &edge_hub::blobs_dir(&hub.dir),
-        &me.device_id().to_string(),
-        &job,
-        2,
-    )
-    .expect_err("same id");
+    hub.queue(&me, &job, 1).expect("queue");
+    let err = hub.queue(&me, &job, 2).expect_err("same id");
     assert!(err.to_string().contains("j1 already exists"), "{err}");
 
     let poll = |headers| hub.poll(headers);
@@ -509,15 +512,7 @@ async fn a_blob_goes_only_to_the_device_running_a_job_that_names_it() {
     let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     job.id = "with-blob".into();
     job.bindings[0].input = Some(Blob::Sha256(sha256));
-    let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(
-        &db,
-        &edge_hub::blobs_dir(&hub.dir),
-        &me.device_id().to_string(),
-        &job,
-        1,
-    )
-    .expect("queue");
+    hub.queue(&me, &job, 1).expect("queue");
     let response = hub.poll(poll_sign(&me, t + 1)).await.expect("poll");
     assert_eq!(response.status(), StatusCode::OK);
     let response = fetch(&me, t + 2).await.expect("fetch");
@@ -538,7 +533,6 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
 
     let hub = hub(1 << 20, 100).await;
     let me = hub.registered().await;
-    let device = me.device_id().to_string();
     let mut job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
     job.bindings[0].input = Some(Blob::inline(&[9, 9, 9, 9]));
     // The same input as a blob the hub holds: the same digest, which the hub works out at
@@ -557,7 +551,6 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
         }
         issued
     };
-    let db = store::open(&db_path(&hub.dir)).expect("db");
     for (t, id) in [
         (1, "wrong-kernel"),
         (2, "wrong-inputs"),
@@ -566,7 +559,7 @@ async fn a_job_result_counts_only_for_a_job_handed_out_and_only_as_it_was_issued
         (5, "blob-good"),
         (6, "kept"),
     ] {
-        store::add_job(&db, &blobs, &device, &issue(id), t).expect("queue");
+        hub.queue(&me, &issue(id), t).expect("queue");
     }
     // Five are handed out; "kept" stays queued.
     for t in 0..5 {
@@ -879,15 +872,7 @@ async fn a_job_whose_result_never_comes_is_handed_out_again_then_given_up() {
     let hub = hub_with(1 << 20, 100, limits).await;
     let me = hub.registered().await;
     let job = edge_jobs::kernels::hash_chain(1, 2, 64).expect("job");
-    let db = store::open(&db_path(&hub.dir)).expect("db");
-    store::add_job(
-        &db,
-        &edge_hub::blobs_dir(&hub.dir),
-        &me.device_id().to_string(),
-        &job,
-        1,
-    )
-    .expect("queue");
+    hub.queue(&me, &job, 1).expect("queue");
     let state = || {
         let jobs = inspect::jobs(&db_path(&hub.dir)).expect("jobs");
         (jobs[0]["state"].clone(), jobs[0]["attempts"].clone())
